@@ -1,0 +1,69 @@
+"""The gateway node's one configuration object, loaded once from flags and ``PRISM_*`` variables."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import ConfigError, InvalidName
+from shared.subjects import Subjects, validate_node_id, validate_prefix
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def random_node_id() -> str:
+    return "n" + secrets.token_hex(4)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    nats_url: str = _setting("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+    host: str = _setting("0.0.0.0", "address to listen on")
+    port: int = _setting(8080, "port for WebSocket routes, /healthz, /readyz and /metrics")
+    node_id: str = _setting("", "node id, unique in the cluster (random when empty)")
+    routes: tuple[str, ...] = _setting(("/ws",), "WebSocket paths, comma-separated")
+    subject_prefix: str = _setting("", "prefix for every NATS subject, e.g. 'acme.'")
+    compression: bool = _setting(False, "offer permessage-deflate (costs CPU and memory per connection)")
+    max_message_bytes: int = _setting(65536, "largest client message accepted (bigger: close 1009)")
+    max_outbound_bytes: int = _setting(
+        1 << 20, "per-connection outbound queue limit in bytes (over it: close 4001 slow consumer)"
+    )
+    max_rooms_per_conn: int = _setting(100, "rooms one connection may be in at once")
+    max_inflight_requests: int = _setting(16, "client requests awaiting a backend reply, per connection")
+    request_timeout: float = _setting(5.0, "seconds a client request waits for a backend reply")
+    ping_interval: float = _setting(20.0, "seconds between keepalive pings (0 disables)")
+    ping_timeout: float = _setting(20.0, "seconds to wait for a pong before closing")
+    presence_bucket: str = _setting("presence", "JetStream KV bucket of the presence registry")
+    presence_replicas: int = _setting(1, "replicas of the presence bucket when this node creates it")
+    presence_storage: str = _setting("file", "storage of the presence bucket: file or memory")
+    drain_seconds: float = _setting(10.0, "on SIGTERM, seconds over which clients are asked to reconnect")
+    log_level: str = _setting("info", "log level: debug, info, warning, error")
+
+    def validate(self) -> None:
+        try:
+            validate_prefix(self.subject_prefix)
+            if self.node_id:
+                validate_node_id(self.node_id)
+        except InvalidName as exc:
+            raise ConfigError(str(exc)) from None
+        if not self.routes or any(not r.startswith("/") for r in self.routes):
+            raise ConfigError(f"routes must be paths starting with '/', got {self.routes!r}")
+        if self.presence_storage not in ("file", "memory"):
+            raise ConfigError(f"presence_storage must be 'file' or 'memory', got {self.presence_storage!r}")
+        positive = ("max_message_bytes", "max_outbound_bytes", "max_rooms_per_conn", "max_inflight_requests")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.request_timeout <= 0:
+            raise ConfigError("request_timeout must be positive")
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.subject_prefix)

@@ -1,0 +1,109 @@
+"""Classify one client frame into the command it is: join, leave, event, raw message, or an error.
+
+The gateway never guesses: a frame that starts like a Prism command but is not one gets an error frame
+naming what was wrong; anything that is not a command or an event is a raw message for the backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from shared.errors import FrameError, InvalidName
+from shared.frames import ErrorCode, Ref
+from shared.subjects import validate_event, validate_room
+
+MAX_REF_LENGTH = 64
+_MAX_SAFE_INT = 2**53
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A client event. ``data`` is the JSON encoding of the frame's ``data`` (``null`` if absent)."""
+
+    name: str
+    data: bytes
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """Any other frame, forwarded to backends unchanged."""
+
+    payload: bytes
+    binary: bool
+
+
+Command = Join | Leave | Event | Raw
+
+
+def parse_client_frame(message: str | bytes) -> Command:
+    """Return the command ``message`` carries, or raise :class:`FrameError` with the error-frame code."""
+    if isinstance(message, bytes):
+        return Raw(message, binary=True)
+    stripped = message.lstrip()
+    if not stripped.startswith("{"):
+        return Raw(message.encode(), binary=False)
+    try:
+        obj = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        if stripped.startswith(('{"prism"', '{"event"')):
+            raise FrameError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
+        return Raw(message.encode(), binary=False)
+    if not isinstance(obj, dict):
+        return Raw(message.encode(), binary=False)
+    if "prism" in obj:
+        return _parse_command(obj)
+    if "event" in obj:
+        return _parse_event(obj)
+    return Raw(message.encode(), binary=False)
+
+
+def _parse_ref(obj: dict[str, object]) -> Ref:
+    ref = obj.get("ref")
+    if ref is None:
+        return None
+    if isinstance(ref, bool) or not isinstance(ref, int | str):
+        raise FrameError(ErrorCode.INVALID_REF, "ref must be an integer or a string")
+    if isinstance(ref, int) and not -_MAX_SAFE_INT < ref < _MAX_SAFE_INT:
+        raise FrameError(ErrorCode.INVALID_REF, "ref must be a safe integer (|ref| < 2**53)")
+    if isinstance(ref, str) and len(ref) > MAX_REF_LENGTH:
+        raise FrameError(ErrorCode.INVALID_REF, f"ref must be at most {MAX_REF_LENGTH} characters")
+    return ref
+
+
+def _parse_command(obj: dict[str, object]) -> Command:
+    ref = _parse_ref(obj)
+    kind = obj["prism"]
+    if kind not in ("join", "leave"):
+        shown = kind if isinstance(kind, str) else type(kind).__name__
+        raise FrameError(
+            ErrorCode.UNKNOWN_COMMAND, f"unknown command {shown!r:.60}; expected 'join' or 'leave'", ref
+        )
+    try:
+        room = validate_room(obj.get("room"))
+    except InvalidName as exc:
+        raise FrameError(ErrorCode.INVALID_ROOM, str(exc), ref) from None
+    return Join(room, ref) if kind == "join" else Leave(room, ref)
+
+
+def _parse_event(obj: dict[str, object]) -> Event:
+    ref = _parse_ref(obj)
+    try:
+        name = validate_event(obj["event"])
+    except InvalidName as exc:
+        raise FrameError(ErrorCode.INVALID_EVENT, str(exc), ref) from None
+    return Event(name, orjson.dumps(obj.get("data")), ref)

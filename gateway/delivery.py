@@ -1,0 +1,166 @@
+"""Backend -> clients: what the node does with messages on ``conn.``, ``user.``, ``room.`` and ``control.``.
+
+Payloads are never parsed: they are framed once and queued to every local recipient. A message with a
+reply subject gets a receipt (``{"node","delivered"}``) from this node; a request for a connection this
+node does not have gets "no responders", exactly as if nobody listened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from gateway.core.framing import is_valid_utf8
+from gateway.core.hub import Hub, JoinOutcome, Scope
+from gateway.io.bus import Bus, Handler, Headers
+from gateway.io.outbox import Flusher, LocalConn, Outgoing
+from gateway.metrics import GatewayMetrics
+from shared import headers as h
+from shared.close_codes import BACKEND_CLOSE_CODES, CloseCode
+from shared.errors import InvalidName
+from shared.subjects import Subjects, validate_room
+
+log = logging.getLogger("prism.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipOps:
+    """What control messages may do to a connection, carried out by the session layer."""
+
+    join: Callable[[LocalConn, str], Awaitable[JoinOutcome]]
+    leave: Callable[[LocalConn, str], Awaitable[bool]]
+    close: Callable[[LocalConn, int, str], None]
+
+
+class Delivery:
+    def __init__(
+        self,
+        node_id: str,
+        subjects: Subjects,
+        hub: Hub[LocalConn],
+        flusher: Flusher,
+        bus: Bus,
+        metrics: GatewayMetrics,
+        ops: MembershipOps,
+    ) -> None:
+        self.node_id = node_id
+        self.subjects = subjects
+        self.hub = hub
+        self.flusher = flusher
+        self.bus = bus
+        self.metrics = metrics
+        self.ops = ops
+        prefix = subjects.prefix
+        self._conn_offset = len(prefix) + len("conn.")
+        self._user_offset = len(prefix) + len("user.")
+        self._room_offset = len(prefix) + len("room.")
+        self._control_conn_offset = len(prefix) + len("control.conn.")
+        self._control_user_offset = len(prefix) + len("control.user.")
+        labels = {"node": node_id}
+        self._delivered = {t: metrics.delivered.labels(target=t, **labels) for t in ("conn", "user", "room")}
+
+    def handler_for(self, scope: Scope) -> Handler:
+        return self.on_room if scope is Scope.ROOM else self.on_user
+
+    def subject_for(self, scope: Scope, name: str) -> str:
+        return self.subjects.room(name) if scope is Scope.ROOM else self.subjects.user(name)
+
+    # -- deliveries --------------------------------------------------------------------------------------
+    def _outgoing(self, target: str, data: bytes, headers: Headers | None) -> Outgoing:
+        binary = headers is not None and headers.get(h.FRAME) == h.FRAME_BINARY
+        if not binary and not is_valid_utf8(data):
+            # A text frame must be UTF-8 or the client fails the connection; keep the bytes, send binary.
+            self.metrics.deliveries.labels(node=self.node_id, target=target, outcome="not_utf8").inc()
+            binary = True
+        return Outgoing(data, binary)
+
+    async def _fan_out(
+        self, target: str, recipients: Iterable[LocalConn], reply: str, data: bytes, headers: Headers | None
+    ) -> None:
+        message = self._outgoing(target, data, headers)
+        send = self.flusher.send
+        count = 0
+        for conn in recipients:
+            if send(conn, message):
+                count += 1
+        self._delivered[target].inc(count)
+        self.metrics.deliveries.labels(
+            node=self.node_id, target=target, outcome="delivered" if count else "no_recipient"
+        ).inc()
+        if reply:
+            await self.bus.publish(reply, orjson.dumps({"node": self.node_id, "delivered": count}))
+
+    async def on_conn(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        conn = self.hub.get(subject[self._conn_offset :])
+        if conn is None or conn.closing:
+            self.metrics.deliveries.labels(node=self.node_id, target="conn", outcome="gone").inc()
+            if reply:
+                await self.bus.reply_no_responders(reply)
+            return
+        await self._fan_out("conn", (conn,), reply, data, headers)
+
+    async def on_user(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        await self._fan_out("user", self.hub.user_conns(subject[self._user_offset :]), reply, data, headers)
+
+    async def on_room(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        await self._fan_out("room", self.hub.room_members(subject[self._room_offset :]), reply, data, headers)
+
+    # -- control -----------------------------------------------------------------------------------------
+    async def on_control_conn(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        conn_id, _, action = subject[self._control_conn_offset :].rpartition(".")
+        conn = self.hub.get(conn_id)
+        if conn is None or conn.closing:
+            if reply:
+                await self.bus.reply_no_responders(reply)
+            return
+        answer = await self._control(action, [conn], data)
+        if reply:
+            await self.bus.publish(reply, orjson.dumps(answer | {"conn": conn_id}))
+
+    async def on_control_user(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        user, _, action = subject[self._control_user_offset :].rpartition(".")
+        conns = [c for c in self.hub.user_conns(user) if not c.closing]
+        if not conns:
+            return  # nodes without the user stay silent; the one(s) that have it answer
+        answer = await self._control(action, conns, data)
+        if reply:
+            await self.bus.publish(reply, orjson.dumps(answer | {"user": user}))
+
+    async def _control(self, action: str, conns: list[LocalConn], data: bytes) -> dict[str, object]:
+        try:
+            body = orjson.loads(data) if data.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            return self._refuse(f"control payload is not JSON: {exc}")
+        if not isinstance(body, dict):
+            return self._refuse("control payload must be a JSON object")
+        if action == "close":
+            code = body.get("code", CloseCode.CLOSED_BY_BACKEND)
+            reason = body.get("reason", "closed by backend")
+            if not isinstance(code, int) or code not in BACKEND_CLOSE_CODES:
+                return self._refuse("code must be 1000, 1001, 1008, 1011, 1012, 1013 or 4000-4999")
+            if not isinstance(reason, str) or len(reason.encode()) > 123:
+                return self._refuse("reason must be a string of at most 123 bytes")
+            for conn in conns:
+                self.ops.close(conn, code, reason)
+            return {"ok": True, "node": self.node_id, "conns": len(conns)}
+        if action in ("join", "leave"):
+            try:
+                room = validate_room(body.get("room"))
+            except InvalidName as exc:
+                return self._refuse(str(exc))
+            if action == "join":
+                outcomes = [await self.ops.join(conn, room) for conn in conns]
+                refused = [o for o in outcomes if o is JoinOutcome.TOO_MANY_ROOMS]
+                if refused:
+                    return self._refuse(f"{len(refused)} connection(s) are in too many rooms")
+            else:
+                for conn in conns:
+                    await self.ops.leave(conn, room)
+            return {"ok": True, "node": self.node_id, "conns": len(conns)}
+        return self._refuse(f"unknown control action {action!r}; expected close, join or leave")
+
+    def _refuse(self, message: str) -> dict[str, object]:
+        return {"ok": False, "node": self.node_id, "error": message}

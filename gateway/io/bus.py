@@ -1,0 +1,174 @@
+"""The gateway's small, typed view of NATS: publish, request, subscribe, reply, and the KV it needs.
+
+nats-py's client has a 35-argument ``connect()`` and a wide surface; the rest of the gateway sees only
+:class:`Bus`. :class:`NatsBus` is the one implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.protocol import command as prot_command
+
+log = logging.getLogger("prism.bus")
+
+Headers = dict[str, str]
+# subject, reply, payload, headers
+Handler = Callable[[str, str, bytes, Headers | None], Awaitable[None]]
+
+# The exact bytes nats-server sends as "no responders" (status 503 in the header line). Every NATS client
+# library reads it from the status line, so a node that owns the wildcard ``conn.<node>.*`` can answer a
+# request for one of its connections that is gone exactly as the server would if nobody were listening.
+_NO_RESPONDERS_HEADER = b"NATS/1.0 503\r\n\r\n"
+DEFAULT_SUB_PENDING_MSGS = 65536
+
+
+class RequestTimeout(Exception):
+    """Nobody answered the request in time."""
+
+
+class NoResponders(Exception):
+    """Nobody listens on the request's subject."""
+
+
+class BusUnavailable(Exception):
+    """NATS is not connected (or is draining); the message was not sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    data: bytes
+    headers: Headers | None
+
+
+class SubscriptionHandle(Protocol):
+    async def unsubscribe(self) -> None: ...
+
+
+class Bus(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None: ...
+
+    async def request(
+        self, subject: str, payload: bytes, headers: Headers | None, timeout: float
+    ) -> Reply: ...
+
+    async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> SubscriptionHandle: ...
+
+    async def reply_no_responders(self, reply: str) -> None: ...
+
+    async def flush(self, timeout: float = 5.0) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NatsOptions:
+    servers: list[str]
+    name: str
+    connect_timeout: float = 5.0
+    max_reconnect_attempts: int = -1
+    reconnect_time_wait: float = 1.0
+    drain_timeout: float = 10.0
+
+
+class NatsBus:
+    """:class:`Bus` over one nats-py connection."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+
+    @classmethod
+    async def connect(
+        cls,
+        options: NatsOptions,
+        on_state: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> NatsBus:
+        async def disconnected() -> None:
+            log.warning("NATS disconnected")
+            if on_state:
+                await on_state(False)
+
+        async def reconnected() -> None:
+            log.info("NATS reconnected")
+            if on_state:
+                await on_state(True)
+
+        async def error(exc: Exception) -> None:
+            log.warning("NATS error: %s", exc)
+
+        nc = await nats.connect(
+            servers=options.servers,
+            name=options.name,
+            connect_timeout=int(options.connect_timeout),
+            max_reconnect_attempts=options.max_reconnect_attempts,
+            reconnect_time_wait=int(options.reconnect_time_wait),
+            drain_timeout=int(options.drain_timeout),
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+        return cls(nc)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None:
+        if self.nc.is_closed or self.nc.is_draining:
+            raise BusUnavailable("NATS connection is closed")
+        await self.nc.publish(subject, payload, headers=headers)
+
+    async def request(self, subject: str, payload: bytes, headers: Headers | None, timeout: float) -> Reply:
+        if self.nc.is_closed or self.nc.is_draining:
+            raise BusUnavailable("NATS connection is closed")
+        try:
+            msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(subject) from None
+        except nats.errors.TimeoutError:
+            raise RequestTimeout(subject) from None
+        return Reply(msg.data, msg.headers)
+
+    async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> SubscriptionHandle:
+        async def on_msg(msg: Msg) -> None:
+            try:
+                await handler(msg.subject, msg.reply, msg.data, msg.headers)
+            except Exception:
+                log.exception("handler for %s failed", msg.subject)
+
+        sub: Subscription = await self.nc.subscribe(
+            subject, queue=queue, cb=on_msg, pending_msgs_limit=DEFAULT_SUB_PENDING_MSGS
+        )
+        return sub
+
+    async def reply_no_responders(self, reply: str) -> None:
+        # nats-py has no public way to publish a status line, so this writes the HPUB itself.
+        await self.nc._send_command(prot_command.hpub_cmd(reply, "", _NO_RESPONDERS_HEADER, b""))
+        await self.nc._flush_pending()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        await self.nc.flush(timeout=int(max(1, timeout)))
+
+    @property
+    def jetstream(self) -> Any:
+        return self.nc.jetstream()
+
+    async def drain(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (nats.errors.ConnectionClosedError, nats.errors.FlushTimeoutError, TimeoutError):
+                await self.nc.close()
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.close()

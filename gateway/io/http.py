@@ -1,0 +1,69 @@
+"""Plain HTTP on the gateway's port: /healthz, /readyz, /metrics, and the checks made before an upgrade."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from shared.errors import InvalidName
+from shared.subjects import validate_user_id
+
+
+def split_path(path: str) -> tuple[str, dict[str, list[str]]]:
+    route, _, query = path.partition("?")
+    return route, parse_qs(query, keep_blank_values=True)
+
+
+def user_from_query(query: dict[str, list[str]]) -> str | None:
+    """The dev-mode identity from ``?user=``; raises :class:`InvalidName` if it is not a valid id."""
+    values = query.get("user")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidName("user may be given once")
+    return validate_user_id(values[0])
+
+
+class HttpRoutes:
+    """The ``process_request`` hook: answers plain HTTP paths, vets upgrade requests, 404s the rest."""
+
+    def __init__(
+        self,
+        ws_routes: tuple[str, ...],
+        registry: CollectorRegistry,
+        is_ready: Callable[[], bool],
+        not_ready_reason: Callable[[], str],
+    ) -> None:
+        self.ws_routes = frozenset(ws_routes)
+        self.registry = registry
+        self.is_ready = is_ready
+        self.not_ready_reason = not_ready_reason
+
+    def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        route, query = split_path(request.path)
+        if route in self.ws_routes:
+            if not self.is_ready():
+                response = connection.respond(503, f"not ready: {self.not_ready_reason()}\n")
+                response.headers["Retry-After"] = "1"
+                return response
+            try:
+                user_from_query(query)
+            except InvalidName as exc:
+                return connection.respond(400, f"invalid user: {exc}\n")
+            return None
+        if route == "/healthz":
+            return connection.respond(200, "ok\n")
+        if route == "/readyz":
+            if self.is_ready():
+                return connection.respond(200, "ready\n")
+            return connection.respond(503, f"not ready: {self.not_ready_reason()}\n")
+        if route == "/metrics":
+            body = generate_latest(self.registry)
+            headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+            return Response(200, "OK", headers, body)
+        return connection.respond(404, f"no route {route!r}; WebSocket routes: {sorted(self.ws_routes)}\n")

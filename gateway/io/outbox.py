@@ -1,0 +1,141 @@
+"""Per-connection bounded outbound queues, written with one coalesced write per connection per loop pass.
+
+Frames queued for a connection during one pass of the event loop are written together in the next pass
+with a single ``writelines``; a fan-out to N members therefore costs N list appends now and N writes
+later, not N syscalls per message. A connection whose socket buffer plus queue would exceed the limit is
+a slow consumer: its queue is dropped and it is closed with :attr:`CloseCode.SLOW_CONSUMER`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from gateway.core.framing import encode_frame
+
+log = logging.getLogger("prism.outbox")
+
+
+class Outgoing:
+    """One message to send, framed at most once however many connections it goes to."""
+
+    __slots__ = ("_frame", "binary", "payload")
+
+    def __init__(self, payload: bytes, binary: bool) -> None:
+        self.payload = payload
+        self.binary = binary
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = encode_frame(self.payload, binary=self.binary)
+        return self._frame
+
+
+@dataclass(eq=False, slots=True)
+class LocalConn:
+    """A WebSocket connection this node owns, with its outbound queue."""
+
+    conn_id: str
+    user: str | None
+    route: str
+    remote: str
+    ws: ServerConnection
+    connected_at: str
+    raw_frames: bool = True  # False when an extension (permessage-deflate) was negotiated
+    pending: list[bytes] = field(default_factory=list)
+    pending_bytes: int = 0
+    started: bool = False  # the welcome frame is queued; nothing may be written before it
+    dirty: bool = False
+    closing: bool = False
+    close_code: int | None = None
+    inflight_requests: int = 0
+
+
+class Flusher:
+    def __init__(
+        self,
+        max_outbound_bytes: int,
+        on_slow_consumer: Callable[[LocalConn], None],
+        on_written: Callable[[int, int], None],
+    ) -> None:
+        self.max_outbound_bytes = max_outbound_bytes
+        self._on_slow_consumer = on_slow_consumer
+        self._on_written = on_written  # (frames, bytes) per flush pass
+        self._dirty: list[LocalConn] = []
+        self._scheduled = False
+
+    def send(self, conn: LocalConn, message: Outgoing) -> bool:
+        """Queue ``message`` for ``conn``; False if the connection is closing and it was dropped."""
+        if conn.closing:
+            return False
+        if conn.raw_frames:
+            frame = message.frame
+            conn.pending.append(frame)
+            conn.pending_bytes += len(frame)
+        else:
+            protocol = conn.ws.protocol
+            if message.binary:
+                protocol.send_binary(message.payload)
+            else:
+                protocol.send_text(message.payload)
+            for chunk in protocol.data_to_send():
+                conn.pending.append(chunk)
+                conn.pending_bytes += len(chunk)
+        self._mark(conn)
+        return True
+
+    def start(self, conn: LocalConn, first: Outgoing) -> None:
+        """Put the welcome frame ahead of anything queued before the connection was ready, and flush."""
+        self.send(conn, first)
+        if len(conn.pending) > 1:
+            conn.pending.insert(0, conn.pending.pop())
+        conn.started = True
+        self._mark(conn)
+
+    def _mark(self, conn: LocalConn) -> None:
+        if not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        frames = written = 0
+        for conn in dirty:
+            conn.dirty = False
+            if not conn.started or not conn.pending:
+                continue
+            if conn.closing or conn.ws.protocol.state is not State.OPEN:
+                conn.pending.clear()
+                conn.pending_bytes = 0
+                continue
+            transport = conn.ws.transport
+            if transport.get_write_buffer_size() + conn.pending_bytes > self.max_outbound_bytes:
+                conn.pending.clear()
+                conn.pending_bytes = 0
+                self._on_slow_consumer(conn)
+                continue
+            frames += len(conn.pending)
+            written += conn.pending_bytes
+            try:
+                transport.writelines(conn.pending)
+            except Exception as exc:  # a transport closing under us: the read side will notice
+                log.debug("write to %s failed: %s", conn.conn_id, exc)
+            conn.pending = []
+            conn.pending_bytes = 0
+        if frames:
+            self._on_written(frames, written)
+
+    def queued_bytes(self, conn: LocalConn) -> int:
+        """Bytes waiting for ``conn``: in our queue plus in the socket's write buffer."""
+        return conn.pending_bytes + conn.ws.transport.get_write_buffer_size()

@@ -1,0 +1,192 @@
+"""One gateway node: wires hub, outbox, NATS, presence and the WebSocket server, and owns the lifecycle.
+
+    start()  connect NATS, bind the presence bucket, subscribe, listen      -> ready (/readyz 200)
+    drain()  unready, stop accepting, ask clients to reconnect (1012) over drain_seconds, wait for them
+    stop()   drain NATS and close it
+
+:func:`run` adds signal handling for the ``prism gateway`` process: the first SIGTERM/SIGINT drains,
+a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+from enum import Enum
+
+from prometheus_client import CollectorRegistry
+from websockets.asyncio.server import Server, serve
+
+from gateway.config import GatewayConfig, random_node_id
+from gateway.core.hub import Hub
+from gateway.delivery import Delivery, MembershipOps
+from gateway.io.bus import NatsBus, NatsOptions
+from gateway.io.http import HttpRoutes
+from gateway.io.interests import InterestSync
+from gateway.io.outbox import Flusher, LocalConn
+from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket
+from gateway.metrics import GatewayMetrics
+from gateway.session import Sessions
+from shared.close_codes import CloseCode
+
+log = logging.getLogger("prism.node")
+
+
+class State(Enum):
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Node:
+    def __init__(self, config: GatewayConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.node_id = config.node_id or random_node_id()
+        self.subjects = config.subjects
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry, self.node_id)
+        self.metrics.build.info({"version": _version(), "node": self.node_id})
+        self.hub: Hub[LocalConn] = Hub(config.max_rooms_per_conn)
+        self.state = State.NEW
+        self._written_frames = self.metrics.frames_out.labels(node=self.node_id)
+        self._written_bytes = self.metrics.bytes_out.labels(node=self.node_id)
+        self.flusher = Flusher(config.max_outbound_bytes, self._on_slow_consumer, self._on_written)
+        self._bus: NatsBus | None = None
+        self._sessions: Sessions | None = None
+        self._server: Server | None = None
+        self.port = config.port
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.state = State.STARTING
+        options = NatsOptions(servers=self.config.nats_servers, name=f"prism-gateway-{self.node_id}")
+        bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
+        self.metrics.nats_connected.labels(node=self.node_id).set(1)
+        bucket = BucketOptions(
+            self.config.presence_bucket, self.config.presence_replicas, self.config.presence_storage
+        )
+        presence = KvPresenceStore(await open_bucket(bus.jetstream, bucket))
+        sessions: Sessions
+        ops = MembershipOps(
+            join=lambda conn, room: sessions.join(conn, room),
+            leave=lambda conn, room: sessions.leave(conn, room),
+            close=lambda conn, code, reason: sessions.close(conn, code, reason),
+        )
+        delivery = Delivery(self.node_id, self.subjects, self.hub, self.flusher, bus, self.metrics, ops)
+        interests = InterestSync(bus, self.hub.wants, delivery.subject_for, delivery.handler_for)
+        sessions = self._sessions = Sessions(
+            self.config, self.node_id, self.hub, self.flusher, bus, presence, interests, self.metrics
+        )
+        await bus.subscribe(self.subjects.node_conns(self.node_id), delivery.on_conn)
+        await bus.subscribe(self.subjects.node_control_conns(self.node_id), delivery.on_control_conn)
+        await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
+        await bus.flush()
+        routes = HttpRoutes(self.config.routes, self.registry, self.is_ready, lambda: self.state.value)
+        self._server = await serve(
+            sessions.handle,
+            self.config.host,
+            self.config.port,
+            compression="deflate" if self.config.compression else None,
+            process_request=routes,
+            max_size=self.config.max_message_bytes,
+            ping_interval=self.config.ping_interval or None,
+            ping_timeout=self.config.ping_timeout or None,
+            server_header="Prism",
+        )
+        sockets = self._server.sockets
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self.state = State.READY
+        self.metrics.ready.labels(node=self.node_id).set(1)
+        log.info("node %s ready on port %d", self.node_id, self.port)
+
+    def is_ready(self) -> bool:
+        return self.state is State.READY and self._bus is not None and self._bus.connected
+
+    async def drain(self) -> None:
+        """Stop accepting and ask every client to reconnect elsewhere, spread over ``drain_seconds``."""
+        if self.state in (State.DRAINING, State.STOPPED):
+            return
+        self.state = State.DRAINING
+        self.metrics.ready.labels(node=self.node_id).set(0)
+        if self._server is None or self._sessions is None:
+            return
+        self._server.close(close_connections=False)
+        conns = [m.handle for m in self.hub.conns.values()]
+        window = max(0.0, self.config.drain_seconds)
+        steps = max(1, min(len(conns), int(window * 20)))
+        per_step = math.ceil(len(conns) / steps) if conns else 0
+        for i in range(0, len(conns), max(1, per_step)):
+            for conn in conns[i : i + per_step]:
+                self._sessions.close(conn, CloseCode.SERVICE_RESTART, "node draining: reconnect")
+            if window and i + per_step < len(conns):
+                await asyncio.sleep(window / steps)
+        await self._server.wait_closed()
+        if self._sessions.tasks:
+            await asyncio.gather(*self._sessions.tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        if self.state is State.STOPPED:
+            return
+        await self.drain()
+        self.state = State.STOPPED
+        if self._bus is not None:
+            await self._bus.drain()
+        self.metrics.nats_connected.labels(node=self.node_id).set(0)
+        log.info("node %s stopped", self.node_id)
+
+    # -- callbacks -------------------------------------------------------------------------------------
+    async def _on_nats_state(self, connected: bool) -> None:
+        self.metrics.nats_connected.labels(node=self.node_id).set(1 if connected else 0)
+        if connected:
+            self.metrics.nats_reconnects.labels(node=self.node_id).inc()
+
+    def _on_slow_consumer(self, conn: LocalConn) -> None:
+        if self._sessions is not None:
+            self._sessions.slow_consumer(conn)
+
+    def _on_written(self, frames: int, nbytes: int) -> None:
+        self._written_frames.inc(frames)
+        self._written_bytes.inc(nbytes)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prism-gateway")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+async def run(config: GatewayConfig) -> int:
+    """Run one node until SIGTERM/SIGINT, then drain and stop; a second signal exits at once."""
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await node.start()
+        print(f"prism gateway {node.node_id} listening on ws://{config.host}:{node.port}", flush=True)
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await node.stop()
+    return 0

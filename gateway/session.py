@@ -1,0 +1,281 @@
+"""Clients -> backends: one WebSocket connection's life on this node, from welcome to disconnect event.
+
+Opening registers the connection in the hub and the presence bucket, announces it on
+``client.connect`` and sends the welcome frame first. Each client frame is classified by
+:func:`gateway.core.inbound.parse_client_frame` and carried out; closing undoes all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from gateway.config import GatewayConfig
+from gateway.core.hub import Hub, JoinOutcome
+from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame
+from gateway.io.bus import Bus, BusUnavailable, Headers, NoResponders, RequestTimeout
+from gateway.io.http import split_path, user_from_query
+from gateway.io.interests import InterestSync
+from gateway.io.outbox import Flusher, LocalConn, Outgoing
+from gateway.io.presence_store import ConnRecord, PresenceStore, utc_now
+from gateway.metrics import GatewayMetrics
+from shared import frames
+from shared import headers as h
+from shared.close_codes import CloseCode
+from shared.errors import FrameError
+from shared.frames import ErrorCode, Ref
+
+log = logging.getLogger("prism.session")
+
+
+def record_of(conn: LocalConn, node_id: str) -> ConnRecord:
+    return ConnRecord(conn.conn_id, node_id, conn.user, conn.route, conn.remote, conn.connected_at)
+
+
+class Sessions:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        node_id: str,
+        hub: Hub[LocalConn],
+        flusher: Flusher,
+        bus: Bus,
+        presence: PresenceStore,
+        interests: InterestSync,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.subjects = config.subjects
+        self.hub = hub
+        self.flusher = flusher
+        self.bus = bus
+        self.presence = presence
+        self.interests = interests
+        self.metrics = metrics
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._frames_in = {
+            k: metrics.frames_in.labels(node=node_id, kind=k)
+            for k in ("command", "event", "request", "message", "invalid")
+        }
+        self._bytes_in = metrics.bytes_in.labels(node=node_id)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def new_conn_id(self) -> str:
+        return f"{self.node_id}.{secrets.token_urlsafe(9)}"
+
+    # -- the connection handler ------------------------------------------------------------------------
+    async def handle(self, ws: ServerConnection) -> None:
+        route, query = split_path(ws.request.path if ws.request else "/")
+        host, port = (ws.remote_address or ("", 0))[:2]
+        conn = LocalConn(
+            conn_id=self.new_conn_id(),
+            user=user_from_query(query),  # already validated before the upgrade
+            route=route,
+            remote=f"{host}:{port}",
+            ws=ws,
+            connected_at=utc_now(),
+            raw_frames=not ws.protocol.extensions,
+        )
+        if not await self._open(conn):
+            return
+        try:
+            async for message in ws:
+                await self._on_frame(conn, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._closed(conn)
+
+    async def _open(self, conn: LocalConn) -> bool:
+        changes = self.hub.add(conn.conn_id, conn.user, conn)
+        try:
+            await self.interests.apply(changes)
+            await self.presence.register(record_of(conn, self.node_id))
+        except Exception as exc:
+            log.warning("could not register %s: %s", conn.conn_id, exc)
+            self.metrics.presence_errors.labels(node=self.node_id, op="register").inc()
+            _, changes = self.hub.remove(conn.conn_id)
+            await self.interests.apply(changes)
+            await conn.ws.close(CloseCode.TRY_AGAIN_LATER, "presence registry unavailable")
+            return False
+        await self._lifecycle(self.subjects.client_connect, conn, {})
+        welcome = frames.welcome(conn.conn_id, self.node_id, conn.user, conn.route)
+        self.flusher.start(conn, Outgoing(welcome, binary=False))
+        self.metrics.connects.labels(node=self.node_id, route=conn.route).inc()
+        self.metrics.connections.labels(node=self.node_id, route=conn.route).inc()
+        self._gauge_hub()
+        return True
+
+    async def _closed(self, conn: LocalConn) -> None:
+        conn.closing = True
+        member, changes = self.hub.remove(conn.conn_id)
+        rooms = member.rooms if member else set()
+        ws = conn.ws
+        code = conn.close_code if conn.close_code is not None else ws.close_code
+        reason = ws.close_reason or ""
+        await self.interests.apply(changes)
+        try:
+            await self.presence.unregister(record_of(conn, self.node_id), rooms)
+        except Exception as exc:
+            log.warning("could not unregister %s: %s", conn.conn_id, exc)
+            self.metrics.presence_errors.labels(node=self.node_id, op="unregister").inc()
+        extra: dict[str, object] = {"code": code, "reason": reason, "rooms": sorted(rooms)}
+        extra["disconnected_at"] = utc_now()
+        await self._lifecycle(self.subjects.client_disconnect, conn, extra)
+        self.metrics.connections.labels(node=self.node_id, route=conn.route).dec()
+        self.metrics.disconnects.labels(node=self.node_id, code=str(code)).inc()
+        self._gauge_hub()
+
+    def close(self, conn: LocalConn, code: int, reason: str) -> None:
+        """Close ``conn`` with ``code`` once whatever is already queued for it has been written."""
+        if conn.closing:
+            return
+        self.flusher.flush()
+        conn.closing = True
+        conn.close_code = code
+        self.spawn(conn.ws.close(code, reason))
+
+    def slow_consumer(self, conn: LocalConn) -> None:
+        self.metrics.slow_consumers.labels(node=self.node_id).inc()
+        limit = self.config.max_outbound_bytes
+        conn.closing = True
+        conn.close_code = CloseCode.SLOW_CONSUMER
+        self.spawn(conn.ws.close(CloseCode.SLOW_CONSUMER, f"slow consumer: over {limit} bytes queued"))
+
+    def _gauge_hub(self) -> None:
+        self.metrics.rooms_active.labels(node=self.node_id).set(len(self.hub.rooms))
+        self.metrics.users_active.labels(node=self.node_id).set(len(self.hub.users))
+
+    # -- client frames ---------------------------------------------------------------------------------
+    async def _on_frame(self, conn: LocalConn, message: str | bytes) -> None:
+        self._bytes_in.inc(len(message))
+        try:
+            command = parse_client_frame(message)
+        except FrameError as exc:
+            self._frames_in["invalid"].inc()
+            self.send_error(conn, exc.ref, ErrorCode(exc.code), exc.message)
+            return
+        if isinstance(command, Join):
+            self._frames_in["command"].inc()
+            outcome = await self.join(conn, command.room)
+            if outcome is JoinOutcome.TOO_MANY_ROOMS:
+                limit = self.config.max_rooms_per_conn
+                self.send_error(conn, command.ref, ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms")
+            else:
+                self._send(conn, frames.ok(command.ref))
+        elif isinstance(command, Leave):
+            self._frames_in["command"].inc()
+            await self.leave(conn, command.room)
+            self._send(conn, frames.ok(command.ref))
+        elif isinstance(command, Event):
+            await self._on_event(conn, command)
+        elif isinstance(command, Raw):
+            self._frames_in["message"].inc()
+            headers = self._headers(conn)
+            headers[h.FRAME] = h.FRAME_BINARY if command.binary else h.FRAME_TEXT
+            await self._publish(conn, self.subjects.client_message, command.payload, headers, None)
+
+    async def join(self, conn: LocalConn, room: str) -> JoinOutcome:
+        outcome, changes = self.hub.join(conn.conn_id, room)
+        if outcome is JoinOutcome.JOINED:
+            # The subscription is sent before the KV put on the same NATS connection, so once the put is
+            # acknowledged the server has the subscription too: "ok" means deliveries will arrive.
+            await self.interests.apply(changes)
+            try:
+                await self.presence.joined(record_of(conn, self.node_id), room)
+            except Exception as exc:
+                log.warning("presence join %s %s failed: %s", conn.conn_id, room, exc)
+                self.metrics.presence_errors.labels(node=self.node_id, op="join").inc()
+            self._gauge_hub()
+        return outcome
+
+    async def leave(self, conn: LocalConn, room: str) -> bool:
+        was_member, changes = self.hub.leave(conn.conn_id, room)
+        if was_member:
+            await self.interests.apply(changes)
+            try:
+                await self.presence.left(record_of(conn, self.node_id), room)
+            except Exception as exc:
+                log.warning("presence leave %s %s failed: %s", conn.conn_id, room, exc)
+                self.metrics.presence_errors.labels(node=self.node_id, op="leave").inc()
+            self._gauge_hub()
+        return was_member
+
+    async def _on_event(self, conn: LocalConn, event: Event) -> None:
+        subject = self.subjects.client_event(event.name)
+        headers = self._headers(conn)
+        headers[h.EVENT] = event.name
+        if event.ref is None:
+            self._frames_in["event"].inc()
+            await self._publish(conn, subject, event.data, headers, None)
+            return
+        self._frames_in["request"].inc()
+        if conn.inflight_requests >= self.config.max_inflight_requests:
+            limit = self.config.max_inflight_requests
+            self.send_error(conn, event.ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
+            return
+        conn.inflight_requests += 1
+        self.spawn(self._request(conn, subject, event, headers))
+
+    async def _request(self, conn: LocalConn, subject: str, event: Event, headers: Headers) -> None:
+        try:
+            reply = await self.bus.request(subject, event.data, headers, self.config.request_timeout)
+        except RequestTimeout:
+            seconds = self.config.request_timeout
+            self.send_error(conn, event.ref, ErrorCode.TIMEOUT, f"no reply to {event.name!r} in {seconds}s")
+        except NoResponders:
+            self.send_error(conn, event.ref, ErrorCode.NO_RESPONDERS, f"no backend handles {event.name!r}")
+        except Exception as exc:
+            self.send_error(conn, event.ref, ErrorCode.BACKEND_UNAVAILABLE, f"cannot reach backends: {exc}")
+        else:
+            self._send(conn, frames.reply(event.ref, reply.data))
+        finally:
+            conn.inflight_requests -= 1
+
+    async def _publish(
+        self, conn: LocalConn, subject: str, payload: bytes, headers: Headers, ref: Ref
+    ) -> None:
+        try:
+            await self.bus.publish(subject, payload, headers)
+        except BusUnavailable as exc:
+            self.send_error(conn, ref, ErrorCode.BACKEND_UNAVAILABLE, f"message not sent: {exc}")
+
+    def _headers(self, conn: LocalConn) -> Headers:
+        headers = {h.CONN: conn.conn_id, h.NODE: self.node_id, h.ROUTE: conn.route, h.REMOTE: conn.remote}
+        if conn.user is not None:
+            headers[h.USER] = conn.user
+        return headers
+
+    async def _lifecycle(self, subject: str, conn: LocalConn, extra: dict[str, object]) -> None:
+        body = {
+            "conn": conn.conn_id,
+            "user": conn.user,
+            "node": self.node_id,
+            "route": conn.route,
+            "remote": conn.remote,
+            "connected_at": conn.connected_at,
+            **extra,
+        }
+        try:
+            await self.bus.publish(subject, orjson.dumps(body), self._headers(conn))
+        except Exception as exc:
+            log.warning("could not publish %s for %s: %s", subject, conn.conn_id, exc)
+
+    def _send(self, conn: LocalConn, frame: bytes) -> None:
+        self.flusher.send(conn, Outgoing(frame, binary=False))
+
+    def send_error(self, conn: LocalConn, ref: Ref, code: ErrorCode, message: str) -> None:
+        self.metrics.client_errors.labels(node=self.node_id, code=code.value).inc()
+        self._send(conn, frames.error(ref, code, message))

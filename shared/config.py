@@ -1,0 +1,93 @@
+"""Load a frozen dataclass of settings from ``PRISM_*`` environment variables and matching flags.
+
+Each field ``foo_bar`` is read from ``--foo-bar`` if given, else ``PRISM_FOO_BAR``, else its default.
+A field's ``metadata["help"]`` is its documentation (shown by ``--help`` and rendered into docs).
+Types understood: str, int, float, bool, tuple[str, ...] (comma-separated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar, get_type_hints
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+ENV_PREFIX = "PRISM_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _convert(kind: Any, name: str, raw: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind == tuple[str, ...]:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], skip: Sequence[str] = ()) -> None:
+    """Add one flag per field of ``cls`` (values stay strings; :func:`load` converts them)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        help_text = f"{f.metadata.get('help', '')} (env {env_name(f.name)}, default {f.default!r})"
+        parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar="V", help=help_text)
+
+
+def load(
+    cls: type[T],
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> T:
+    """Build ``cls`` from overrides, then flags, then environment, then defaults; then validate it."""
+    environ = os.environ if environ is None else environ
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+            continue
+        from_flag = getattr(args, f.name, None) if args is not None else None
+        if from_flag is not None:
+            values[f.name] = _convert(hints[f.name], flag_name(f.name), from_flag)
+        elif env_name(f.name) in environ:
+            values[f.name] = _convert(hints[f.name], env_name(f.name), environ[env_name(f.name)])
+    instance = cls(**values)
+    check = getattr(instance, "validate", None)
+    if check is not None:
+        check()
+    return instance
+
+
+def describe(cls: type[Any]) -> list[tuple[str, str, str, str]]:
+    """(env var, flag, default, help) for every field: the source of the configuration docs."""
+    return [
+        (env_name(f.name), flag_name(f.name), repr(f.default), f.metadata.get("help", ""))
+        for f in dataclasses.fields(cls)
+    ]

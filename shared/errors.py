@@ -1,0 +1,56 @@
+"""The root of every exception Prism raises on purpose.
+
+PrismError
+├── InvalidName        an id, room, event name or prefix that would change a subject's meaning
+├── FrameError         a client frame Prism cannot accept (carries the error-frame code)
+├── ConfigError        a setting that cannot be used
+└── ClientError        raised by the Python client SDK
+    ├── RequestFailed  the gateway answered a command or request with an error frame
+    └── ConnectionLost the WebSocket closed (carries the close code)
+"""
+
+from __future__ import annotations
+
+
+class PrismError(Exception):
+    """Base class of Prism's own exceptions."""
+
+
+class InvalidName(PrismError, ValueError):
+    """A name failed validation; the message says which rule it broke."""
+
+
+class FrameError(PrismError):
+    """A client frame was refused. ``code`` is the slug sent in the error frame."""
+
+    def __init__(self, code: str, message: str, ref: int | str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+class ConfigError(PrismError):
+    """A configuration value cannot be used."""
+
+
+class ClientError(PrismError):
+    """Raised by :mod:`shared.client`."""
+
+
+class RequestFailed(ClientError):
+    """The gateway answered with an error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConnectionLost(ClientError):
+    """The WebSocket closed; ``code`` is its close code (or None if the TCP connection dropped)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"connection closed ({code}): {reason}")
+        self.code = code
+        self.reason = reason

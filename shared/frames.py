@@ -1,0 +1,92 @@
+"""Client-facing frame formats: what the gateway says to clients, and the commands clients send.
+
+Gateway frames are JSON objects whose first key is ``"prism"`` (the frame kind), so clients tell them
+from backend payloads by the prefix ``{"prism":``. Backends must not send payloads that start that way.
+"""
+
+from __future__ import annotations
+
+import base64
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+PRISM_PREFIX = b'{"prism":'
+Ref = int | str | None
+
+
+class Kind(StrEnum):
+    # gateway -> client
+    WELCOME = "welcome"
+    OK = "ok"
+    ERROR = "error"
+    REPLY = "reply"
+    # client -> gateway
+    JOIN = "join"
+    LEAVE = "leave"
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an error frame: a stable slug a client can switch on."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_FRAME = "invalid_frame"
+    UNKNOWN_COMMAND = "unknown_command"
+    INVALID_ROOM = "invalid_room"
+    INVALID_EVENT = "invalid_event"
+    INVALID_REF = "invalid_ref"
+    TOO_MANY_ROOMS = "too_many_rooms"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    TIMEOUT = "timeout"
+    NO_RESPONDERS = "no_responders"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+
+
+def welcome(conn: str, node: str, user: str | None, route: str) -> bytes:
+    return orjson.dumps({"prism": "welcome", "conn": conn, "node": node, "user": user, "route": route})
+
+
+def ok(ref: Ref) -> bytes:
+    return orjson.dumps({"prism": "ok", "ref": ref})
+
+
+def error(ref: Ref, code: ErrorCode, message: str) -> bytes:
+    return orjson.dumps({"prism": "error", "ref": ref, "code": code.value, "message": message})
+
+
+def reply(ref: Ref, payload: bytes) -> bytes:
+    """A backend's reply to a client request. JSON payloads are embedded as ``data``; valid UTF-8 that
+    is not JSON becomes a JSON string; other bytes are base64 with ``"encoding":"base64"``."""
+    frame: dict[str, Any] = {"prism": "reply", "ref": ref}
+    try:
+        frame["data"] = orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        try:
+            frame["data"] = payload.decode()
+        except UnicodeDecodeError:
+            frame["data"] = base64.b64encode(payload).decode()
+            frame["encoding"] = "base64"
+    return orjson.dumps(frame)
+
+
+# Client-side builders (used by the SDKs and tests).
+def join(room: str, ref: Ref = None) -> bytes:
+    return orjson.dumps({"prism": "join", "room": room, "ref": ref})
+
+
+def leave(room: str, ref: Ref = None) -> bytes:
+    return orjson.dumps({"prism": "leave", "room": room, "ref": ref})
+
+
+def event(name: str, data: Any = None, ref: Ref = None) -> bytes:
+    frame: dict[str, Any] = {"event": name, "data": data}
+    if ref is not None:
+        frame["ref"] = ref
+    return orjson.dumps(frame)
+
+
+def is_prism_frame(data: bytes | str) -> bool:
+    if isinstance(data, str):
+        return data.startswith('{"prism":')
+    return data.startswith(PRISM_PREFIX)

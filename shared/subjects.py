@@ -1,0 +1,153 @@
+"""NATS subject names and the validation that keeps client-chosen names from changing their meaning.
+
+Every subject Prism uses is built here, from one :class:`Subjects` object that carries the deployment's
+optional prefix, so that a prefix applies to every subject alike. Names that end up inside a subject or a
+KV key (user ids, room names, conn ids, event names) are checked by the ``validate_*`` functions: only
+``[A-Za-z0-9_=-]`` inside a token (the characters both NATS subjects and KV keys accept without escaping),
+bounded lengths, and never a wildcard, whitespace or an empty token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.errors import InvalidName
+
+MAX_ID_LENGTH = 128
+MAX_EVENT_LENGTH = 128
+MAX_EVENT_TOKENS = 8
+MAX_NODE_ID_LENGTH = 32
+
+_TOKEN = r"[A-Za-z0-9_=-]"
+_TOKEN_RE = re.compile(rf"{_TOKEN}+")
+_NODE_RE = re.compile(rf"{_TOKEN}{{1,{MAX_NODE_ID_LENGTH}}}")
+_CONN_RE = re.compile(rf"{_TOKEN}{{1,{MAX_NODE_ID_LENGTH}}}\.{_TOKEN}{{1,32}}")
+_PREFIX_RE = re.compile(rf"(?:{_TOKEN}+\.)*")
+
+
+def _describe_bad(kind: str, value: object, max_length: int) -> str:
+    if not isinstance(value, str):
+        return f"{kind} must be a string, got {type(value).__name__}"
+    if not value:
+        return f"{kind} must not be empty"
+    if len(value) > max_length:
+        return f"{kind} is {len(value)} characters long; the limit is {max_length}"
+    bad = sorted({c for c in value if not _TOKEN_RE.fullmatch(c)})
+    shown = ", ".join(repr(c) for c in bad[:5])
+    return f"{kind} may contain only letters, digits, '_', '-' and '='; found {shown}"
+
+
+def validate_token(kind: str, value: object, max_length: int = MAX_ID_LENGTH) -> str:
+    """Return ``value`` if it is one safe subject token, else raise :class:`InvalidName` saying why."""
+    if isinstance(value, str) and 0 < len(value) <= max_length and _TOKEN_RE.fullmatch(value):
+        return value
+    raise InvalidName(_describe_bad(kind, value, max_length))
+
+
+def validate_user_id(value: object) -> str:
+    return validate_token("user id", value)
+
+
+def validate_room(value: object) -> str:
+    return validate_token("room name", value)
+
+
+def validate_node_id(value: object) -> str:
+    return validate_token("node id", value, MAX_NODE_ID_LENGTH)
+
+
+def validate_conn_id(value: object) -> str:
+    """A conn id is ``<node_id>.<suffix>``: two tokens, so a node can subscribe ``conn.<node_id>.*``."""
+    if isinstance(value, str) and _CONN_RE.fullmatch(value):
+        return value
+    raise InvalidName(f"conn id must look like '<node>.<id>' with safe characters, got {value!r:.80}")
+
+
+def validate_event(value: object) -> str:
+    """An event name is a dotted path of safe tokens, e.g. ``chat.send``: no empty token, no wildcard."""
+    if not isinstance(value, str) or not value:
+        return _raise(f"event name must be a non-empty string, got {value!r:.80}")
+    if len(value) > MAX_EVENT_LENGTH:
+        return _raise(f"event name is {len(value)} characters long; the limit is {MAX_EVENT_LENGTH}")
+    tokens = value.split(".")
+    if len(tokens) > MAX_EVENT_TOKENS:
+        return _raise(f"event name has {len(tokens)} dot-separated parts; the limit is {MAX_EVENT_TOKENS}")
+    for token in tokens:
+        if not _TOKEN_RE.fullmatch(token):
+            return _raise(
+                f"event name {value!r:.80} must be dot-separated parts of letters, digits, '_', '-', '='"
+            )
+    return value
+
+
+def validate_prefix(value: str) -> str:
+    """A deployment prefix is empty or dotted tokens ending in '.', e.g. ``acme.``."""
+    if _PREFIX_RE.fullmatch(value):
+        return value
+    raise InvalidName(f"subject prefix must be empty or tokens ending with '.', e.g. 'acme.', got {value!r}")
+
+
+def _raise(message: str) -> str:
+    raise InvalidName(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Builds every subject Prism uses. ``prefix`` (e.g. ``"acme."``) is prepended to all of them."""
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        validate_prefix(self.prefix)
+
+    # Delivery (backend -> clients); fixed contract.
+    def conn(self, conn_id: str) -> str:
+        return f"{self.prefix}conn.{validate_conn_id(conn_id)}"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}user.{validate_user_id(user_id)}"
+
+    def room(self, room: str) -> str:
+        return f"{self.prefix}room.{validate_room(room)}"
+
+    def node_conns(self, node_id: str) -> str:
+        """The one wildcard a node subscribes for every ``conn.`` delivery it owns."""
+        return f"{self.prefix}conn.{validate_node_id(node_id)}.*"
+
+    # Client -> backends.
+    def client_event(self, event: str) -> str:
+        return f"{self.prefix}client.event.{validate_event(event)}"
+
+    @property
+    def client_message(self) -> str:
+        return f"{self.prefix}client.message"
+
+    @property
+    def client_connect(self) -> str:
+        return f"{self.prefix}client.connect"
+
+    @property
+    def client_disconnect(self) -> str:
+        return f"{self.prefix}client.disconnect"
+
+    # Control (backend -> gateway).
+    def control_conn(self, conn_id: str, action: str) -> str:
+        return f"{self.prefix}control.conn.{validate_conn_id(conn_id)}.{validate_token('action', action)}"
+
+    def control_user(self, user_id: str, action: str) -> str:
+        return f"{self.prefix}control.user.{validate_user_id(user_id)}.{validate_token('action', action)}"
+
+    def node_control_conns(self, node_id: str) -> str:
+        return f"{self.prefix}control.conn.{validate_node_id(node_id)}.*.*"
+
+    @property
+    def control_users(self) -> str:
+        return f"{self.prefix}control.user.*.*"
+
+    def strip(self, subject: str) -> str:
+        """The subject without the deployment prefix."""
+        return subject[len(self.prefix) :] if subject.startswith(self.prefix) else subject
+
+
+CONTROL_ACTIONS = ("close", "join", "leave")
