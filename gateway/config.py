@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,10 @@ class GatewayConfig:
     presence_bucket: str = _setting("presence", "JetStream KV bucket of the presence registry")
     presence_replicas: int = _setting(1, "replicas of the presence bucket when this node creates it")
     presence_storage: str = _setting("file", "storage of the presence bucket: file or memory")
+    close_timeout: float = _setting(
+        3.0,
+        "seconds to wait for a client's close frame before dropping TCP (bounds a slow consumer's memory)",
+    )
     drain_seconds: float = _setting(10.0, "on SIGTERM, seconds over which clients are asked to reconnect")
     log_level: str = _setting("info", "log level: debug, info, warning, error")
 
@@ -57,8 +62,12 @@ class GatewayConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        if self.request_timeout <= 0:
-            raise ConfigError("request_timeout must be positive")
+        if not 0 < self.request_timeout < math.inf:  # written this way round to refuse nan too
+            raise ConfigError(f"request_timeout must be positive seconds, got {self.request_timeout}")
+        for name in ("ping_interval", "ping_timeout", "drain_seconds"):
+            seconds = getattr(self, name)
+            if not 0 <= seconds < math.inf:
+                raise ConfigError(f"{name} must be zero or a positive number of seconds, got {seconds}")
 
     @property
     def nats_servers(self) -> list[str]:

@@ -97,6 +97,7 @@ class Node:
             max_size=self.config.max_message_bytes,
             ping_interval=self.config.ping_interval or None,
             ping_timeout=self.config.ping_timeout or None,
+            close_timeout=self.config.close_timeout,
             server_header="Prism",
         )
         sockets = self._server.sockets

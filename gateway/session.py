@@ -143,16 +143,25 @@ class Sessions:
         if conn.closing:
             return
         self.flusher.flush()
-        conn.closing = True
-        conn.close_code = code
-        self.spawn(conn.ws.close(code, reason))
+        self._close_now(conn, code, reason)
 
     def slow_consumer(self, conn: LocalConn) -> None:
         self.metrics.slow_consumers.labels(node=self.node_id).inc()
         limit = self.config.max_outbound_bytes
+        self._close_now(conn, CloseCode.SLOW_CONSUMER, f"slow consumer: over {limit} bytes unread")
+
+    def _close_now(self, conn: LocalConn, code: int, reason: str) -> None:
         conn.closing = True
-        conn.close_code = CloseCode.SLOW_CONSUMER
-        self.spawn(conn.ws.close(CloseCode.SLOW_CONSUMER, f"slow consumer: over {limit} bytes queued"))
+        conn.close_code = code
+        self.spawn(self._bounded_close(conn, code, reason))
+
+    async def _bounded_close(self, conn: LocalConn, code: int, reason: str) -> None:
+        # websockets' close() first waits for the write buffer to drain, with no deadline: against a client
+        # that never reads it would wait forever, holding the buffer. Bound it, then drop the TCP connection.
+        try:
+            await asyncio.wait_for(conn.ws.close(code, reason), self.config.close_timeout)
+        except TimeoutError:
+            conn.ws.transport.abort()
 
     def _gauge_hub(self) -> None:
         self.metrics.rooms_active.labels(node=self.node_id).set(len(self.hub.rooms))

@@ -57,16 +57,19 @@ def error(ref: Ref, code: ErrorCode, message: str) -> bytes:
 
 def reply(ref: Ref, payload: bytes) -> bytes:
     """A backend's reply to a client request. JSON payloads are embedded as ``data``; valid UTF-8 that
-    is not JSON becomes a JSON string; other bytes are base64 with ``"encoding":"base64"``."""
+    is not JSON (or JSON nested too deeply to re-encode) becomes a JSON string; other bytes are base64
+    with ``"encoding":"base64"``."""
     frame: dict[str, Any] = {"prism": "reply", "ref": ref}
     try:
         frame["data"] = orjson.loads(payload) if payload else None
-    except orjson.JSONDecodeError:
-        try:
-            frame["data"] = payload.decode()
-        except UnicodeDecodeError:
-            frame["data"] = base64.b64encode(payload).decode()
-            frame["encoding"] = "base64"
+        return orjson.dumps(frame)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # encoding stops at 254 levels of nesting
+        pass
+    try:
+        frame["data"] = payload.decode()
+    except UnicodeDecodeError:
+        frame["data"] = base64.b64encode(payload).decode()
+        frame["encoding"] = "base64"
     return orjson.dumps(frame)
 
 

@@ -106,4 +106,8 @@ def _parse_event(obj: dict[str, object]) -> Event:
         name = validate_event(obj["event"])
     except InvalidName as exc:
         raise FrameError(ErrorCode.INVALID_EVENT, str(exc), ref) from None
-    return Event(name, orjson.dumps(obj.get("data")), ref)
+    try:
+        data = orjson.dumps(obj.get("data"))
+    except orjson.JSONEncodeError:  # orjson encodes at most 254 levels of nesting (it parses 1024)
+        raise FrameError(ErrorCode.INVALID_FRAME, "event data is nested too deeply", ref) from None
+    return Event(name, data, ref)

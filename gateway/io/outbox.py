@@ -2,8 +2,9 @@
 
 Frames queued for a connection during one pass of the event loop are written together in the next pass
 with a single ``writelines``; a fan-out to N members therefore costs N list appends now and N writes
-later, not N syscalls per message. A connection whose socket buffer plus queue would exceed the limit is
-a slow consumer: its queue is dropped and it is closed with :attr:`CloseCode.SLOW_CONSUMER`.
+later, not N syscalls per message. A connection whose unsent socket buffer stays over the limit after a
+write is a slow consumer: it is closed with :attr:`CloseCode.SLOW_CONSUMER` and gets nothing more, so
+its memory is bounded by the limit plus one loop pass of messages.
 """
 
 from __future__ import annotations
@@ -120,11 +121,6 @@ class Flusher:
                 conn.pending_bytes = 0
                 continue
             transport = conn.ws.transport
-            if transport.get_write_buffer_size() + conn.pending_bytes > self.max_outbound_bytes:
-                conn.pending.clear()
-                conn.pending_bytes = 0
-                self._on_slow_consumer(conn)
-                continue
             frames += len(conn.pending)
             written += conn.pending_bytes
             try:
@@ -133,6 +129,10 @@ class Flusher:
                 log.debug("write to %s failed: %s", conn.conn_id, exc)
             conn.pending = []
             conn.pending_bytes = 0
+            # What the socket could not take is what the client has not read: over the limit, it is slow.
+            # (Checked after writing so one burst the client absorbs at once is not mistaken for slowness.)
+            if transport.get_write_buffer_size() > self.max_outbound_bytes:
+                self._on_slow_consumer(conn)
         if frames:
             self._on_written(frames, written)
 

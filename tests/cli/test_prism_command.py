@@ -1,0 +1,168 @@
+"""The ``prism`` command as a user runs it: ``prism dev`` and ``prism gateway`` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from shared.backend import PrismBackend
+from shared.client import PrismClient
+from tests.helpers import eventually, free_port, free_port_pair
+
+pytestmark = pytest.mark.cli
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc), so the test can check each one is gone later."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 30) -> str:
+    seen: list[str] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError(f"output ended before {marker!r}: {''.join(seen)}")
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+
+
+def http_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.status)
+
+
+async def test_prism_dev_serves_two_nodes_and_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
+    port = free_port_pair()
+    env = {**os.environ, "PRISM_DRAIN_SECONDS": "0.5"}
+    env.pop("PRISM_NATS_URL", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "dev",
+        "--nodes",
+        "2",
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None
+    children: set[int] = set()
+    try:
+        banner = await read_until(proc.stdout, "Press Ctrl-C")
+        banner += await read_until(proc.stdout, "try")
+        assert f"ws://localhost:{port}/ws" in banner
+        assert f"ws://localhost:{port + 1}/ws" in banner
+        nats_url = next(w for w in banner.split() if w.startswith("nats://"))
+        children = descendants(proc.pid)
+        assert len(children) >= 3  # nats-server and two nodes
+        for p in (port, port + 1):
+            for path in ("/healthz", "/readyz", "/metrics"):
+                assert await asyncio.to_thread(http_status, f"http://127.0.0.1:{p}{path}") == 200
+        nc = await nats.connect(nats_url)
+        a = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws", user="alice")
+        b = await PrismClient.connect(f"ws://127.0.0.1:{port + 1}/ws", user="bob")
+        await a.join("lobby")
+        await b.join("lobby")
+        receipts = await PrismBackend(nc).deliver("room.lobby", "hello from the backend")
+        assert sorted(r["node"] for r in receipts) == ["node1", "node2"]
+        assert await a.receive(5) == await b.receive(5) == "hello from the backend"
+        await nc.close()
+        proc.send_signal(signal.SIGINT)
+        assert await a.wait_closed() == 1012
+        await b.wait_closed()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        await eventually(lambda: not any(alive(pid) for pid in children), what="every child to exit")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_prism_gateway_runs_one_node_and_drains_on_sigterm(nats_server: Any) -> None:
+    port = free_port()
+    env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_DRAIN_SECONDS": "0"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "gateway",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--node-id",
+        "solo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    assert proc.stdout is not None
+    try:
+        await read_until(proc.stdout, "listening on")
+        client = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws")
+        assert client.node == "solo"
+        proc.send_signal(signal.SIGTERM)
+        assert await client.wait_closed() == 1012
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_bad_configuration_is_a_clear_error() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "gateway",
+        "--port",
+        "not-a-number",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert b"--port='not-a-number'" in out

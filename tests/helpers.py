@@ -1,0 +1,52 @@
+"""Test helpers: waiting for conditions with deadlines (never sleeping to synchronise), free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+DEFAULT_TIMEOUT = 10.0
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]] | Callable[[], Any],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "condition",
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    last: object = None
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        last = result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r:.300})")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p+1 were both free a moment ago (for ``prism dev --nodes 2``)."""
+    for _ in range(50):
+        first = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", first + 1))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError("no two consecutive free ports found")

@@ -1,0 +1,105 @@
+"""Slow consumers, message size limits, and the plain HTTP endpoints on the gateway port."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+from nats.aio.client import Client as NatsClient
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from gateway.node import Node
+from shared.client import PrismClient
+from shared.close_codes import CloseCode
+from tests.conftest import NodeFactory, ws_url
+from tests.helpers import eventually
+
+
+def metric_value(node: Node, name: str, **labels: str) -> float:
+    value = node.registry.get_sample_value(name, {"node": node.node_id, **labels})
+    return value or 0.0
+
+
+async def test_a_client_that_never_reads_is_closed_as_slow_consumer_and_others_carry_on(
+    make_node: NodeFactory, nc: NatsClient
+) -> None:
+    node = await make_node(max_outbound_bytes=256 * 1024, close_timeout=0.5)
+    healthy = await PrismClient.connect(ws_url(node), user="healthy")
+    await healthy.join("firehose")
+    # max_queue=1 and no recv(): the client stops reading its socket after one message.
+    stalled = await connect(ws_url(node), max_queue=1, compression=None)
+    welcome = orjson.loads(await stalled.recv())
+    await nc.request(f"control.conn.{welcome['conn']}.join", b'{"room":"firehose"}', timeout=5)
+    payload = b"x" * 50_000
+    received = 0
+    for sent in range(1, 2001):  # bounded: 100 MB at most
+        await nc.publish("room.firehose", payload)
+        if sent % 20 == 0:
+            await nc.flush()
+            while not healthy._deliveries.empty():
+                assert await healthy.receive(5) == payload.decode()
+                received += 1
+            if metric_value(node, "prism_slow_consumer_closes_total") >= 1:
+                break
+    assert metric_value(node, "prism_slow_consumer_closes_total") == 1
+    await eventually(lambda: welcome["conn"] not in node.hub.conns, what="the stalled conn to be removed")
+    while received < sent:
+        assert await healthy.receive(10) == payload.decode()
+        received += 1
+    assert healthy.close_code is None
+    # It never reads, so it never sees the close frame (the node dropped TCP after close_timeout).
+    stalled.transport.abort()
+    await stalled.wait_closed()
+    await healthy.close()
+
+
+async def test_oversized_client_message_closes_with_1009(make_node: NodeFactory) -> None:
+    node = await make_node(max_message_bytes=1024)
+    async with await PrismClient.connect(ws_url(node)) as client:
+        await client.send("y" * 2048)
+        assert await client.wait_closed() == CloseCode.MESSAGE_TOO_BIG
+
+
+def http_get(node: Node, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}{path}", timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+async def test_health_ready_metrics_and_unknown_paths(make_node: NodeFactory) -> None:
+    node = await make_node()
+    async with await PrismClient.connect(ws_url(node), user="m"):
+        assert await asyncio.to_thread(http_get, node, "/healthz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, node, "/readyz") == (200, "ready\n")
+        status, body = await asyncio.to_thread(http_get, node, "/metrics")
+        assert status == 200
+        assert 'prism_connections{node="node1",route="/ws"} 1.0' in body
+        assert "prism_build_info" in body
+        status, body = await asyncio.to_thread(http_get, node, "/nope")
+        assert status == 404
+        assert "/ws" in body
+
+
+async def test_invalid_user_is_refused_before_the_upgrade(make_node: NodeFactory) -> None:
+    node = await make_node()
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(ws_url(node, user="bad.user"))
+    assert refused.value.response.status_code == 400
+    assert b"user id" in refused.value.response.body
+
+
+async def test_draining_node_is_unready_and_asks_clients_to_reconnect(make_node: NodeFactory) -> None:
+    node = await make_node(drain_seconds=0.2)
+    client = await PrismClient.connect(ws_url(node))
+    drain = asyncio.ensure_future(node.drain())
+    assert await client.wait_closed() == CloseCode.SERVICE_RESTART
+    await drain
+    assert not node.is_ready()
+    with pytest.raises(ConnectionRefusedError):
+        await connect(ws_url(node), open_timeout=2)
