@@ -64,7 +64,7 @@ class GatewayConfig:
                 raise ConfigError(f"{name} must be positive")
         if not 0 < self.request_timeout < math.inf:  # written this way round to refuse nan too
             raise ConfigError(f"request_timeout must be positive seconds, got {self.request_timeout}")
-        for name in ("ping_interval", "ping_timeout", "drain_seconds"):
+        for name in ("ping_interval", "ping_timeout", "close_timeout", "drain_seconds"):
             seconds = getattr(self, name)
             if not 0 <= seconds < math.inf:
                 raise ConfigError(f"{name} must be zero or a positive number of seconds, got {seconds}")
