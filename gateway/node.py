@@ -87,7 +87,7 @@ class Node:
         await bus.subscribe(self.subjects.node_control_conns(self.node_id), delivery.on_control_conn)
         await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
         await bus.flush()
-        routes = HttpRoutes(self.config.routes, self.registry, self.is_ready, lambda: self.state.value)
+        routes = HttpRoutes(self.config.routes, self.registry, self.is_ready, self.not_ready_reason)
         self._server = await serve(
             sessions.handle,
             self.config.host,
@@ -110,6 +110,11 @@ class Node:
     def is_ready(self) -> bool:
         return self.state is State.READY and self._bus is not None and self._bus.connected
 
+    def not_ready_reason(self) -> str:
+        if self.state is State.READY and not (self._bus is not None and self._bus.connected):
+            return "NATS disconnected"
+        return self.state.value
+
     async def drain(self) -> None:
         """Stop accepting and ask every client to reconnect elsewhere, spread over ``drain_seconds``."""
         if self.state in (State.DRAINING, State.STOPPED):
@@ -118,7 +123,8 @@ class Node:
         self.metrics.ready.labels(node=self.node_id).set(0)
         if self._server is None or self._sessions is None:
             return
-        self._server.close(close_connections=False)
+        # New upgrades now get 503 (not ready) while /healthz, /readyz and /metrics keep answering;
+        # the listener closes once every connection has gone.
         conns = [m.handle for m in self.hub.conns.values()]
         window = max(0.0, self.config.drain_seconds)
         steps = max(1, min(len(conns), int(window * 20)))
@@ -128,6 +134,11 @@ class Node:
                 self._sessions.close(conn, CloseCode.SERVICE_RESTART, "node draining: reconnect")
             if window and i + per_step < len(conns):
                 await asyncio.sleep(window / steps)
+        try:
+            await asyncio.wait_for(self._sessions.idle.wait(), self.config.close_timeout + 5)
+        except TimeoutError:
+            log.warning("%d connections still open after drain; closing them", len(self.hub))
+        self._server.close(close_connections=True)
         await self._server.wait_closed()
         if self._sessions.tasks:
             await asyncio.gather(*self._sessions.tasks, return_exceptions=True)

@@ -61,6 +61,8 @@ class Sessions:
         self.interests = interests
         self.metrics = metrics
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.idle = asyncio.Event()  # set while no connection is registered (drain waits on it)
+        self.idle.set()
         self._frames_in = {
             k: metrics.frames_in.labels(node=node_id, kind=k)
             for k in ("command", "event", "request", "message", "invalid")
@@ -100,6 +102,7 @@ class Sessions:
 
     async def _open(self, conn: LocalConn) -> bool:
         changes = self.hub.add(conn.conn_id, conn.user, conn)
+        self.idle.clear()
         try:
             await self.interests.apply(changes)
             await self.presence.register(record_of(conn, self.node_id))
@@ -107,6 +110,7 @@ class Sessions:
             log.warning("could not register %s: %s", conn.conn_id, exc)
             self.metrics.presence_errors.labels(node=self.node_id, op="register").inc()
             _, changes = self.hub.remove(conn.conn_id)
+            self._set_idle()
             await self.interests.apply(changes)
             await conn.ws.close(CloseCode.TRY_AGAIN_LATER, "presence registry unavailable")
             return False
@@ -137,6 +141,11 @@ class Sessions:
         self.metrics.connections.labels(node=self.node_id, route=conn.route).dec()
         self.metrics.disconnects.labels(node=self.node_id, code=str(code)).inc()
         self._gauge_hub()
+        self._set_idle()
+
+    def _set_idle(self) -> None:
+        if not self.hub.conns:
+            self.idle.set()
 
     def close(self, conn: LocalConn, code: int, reason: str) -> None:
         """Close ``conn`` with ``code`` once whatever is already queued for it has been written."""

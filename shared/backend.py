@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import nats.errors
 import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -36,57 +37,74 @@ class PrismBackend:
         await self.publish(self.subjects.room(room), payload, binary=binary)
 
     async def deliver(
-        self, subject: str, payload: bytes | str, *, binary: bool = False, wait: float = 0.5
+        self,
+        subject: str,
+        payload: bytes | str,
+        *,
+        binary: bool = False,
+        timeout: float = 5.0,
+        window: float = 0.25,
     ) -> list[dict[str, Any]]:
-        """Publish with a reply subject and collect every node's receipt for ``wait`` seconds.
+        """Publish with a reply subject and return the receipts, ``[{"node": ..., "delivered": n}, ...]``.
 
-        Raises ``nats.errors.NoRespondersError`` when nobody holds the target (e.g. a gone connection).
-        For ``conn.`` subjects exactly one node answers, so this returns as soon as it has.
+        A ``conn.`` target has one owner, so this returns at its receipt. For ``user.``/``room.`` every
+        node with a recipient answers: receipts are collected until ``window`` seconds after the first.
+        Raises ``nats.errors.NoRespondersError`` when nobody holds the target (a gone connection, an
+        empty room), and returns ``[]`` if no receipt came within ``timeout``.
         """
         data = payload.encode() if isinstance(payload, str) else payload
-        inbox = self.nc.new_inbox()
-        receipts: list[dict[str, Any]] = []
-        first: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        headers = {h.FRAME: h.FRAME_BINARY} if binary else None
+        single = subject.startswith(self.subjects.prefix + "conn.")
+        return await self._gather(subject, data, headers, timeout, 0.0 if single else window)
 
-        async def on_reply(msg: Msg) -> None:
-            if not first.done():
-                first.set_result(msg)
-            if not (msg.headers and msg.headers.get(h.STATUS)):
-                receipts.append(orjson.loads(msg.data))
-
-        sub = await self.nc.subscribe(inbox, cb=on_reply)
+    async def _gather(
+        self, subject: str, data: bytes, headers: dict[str, str] | None, timeout: float, window: float
+    ) -> list[dict[str, Any]]:
+        """Publish with an inbox as reply subject; collect JSON replies until ``window`` after the first."""
+        replies: asyncio.Queue[Msg] = asyncio.Queue()
+        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=replies.put)
+        answers: list[dict[str, Any]] = []
         try:
-            headers = {h.FRAME: h.FRAME_BINARY} if binary else None
-            await self.nc.publish(subject, data, reply=inbox, headers=headers)
-            msg = await asyncio.wait_for(
-                first, wait if not subject.startswith(self.subjects.prefix + "conn.") else max(wait, 5.0)
-            )
-            if msg.headers and msg.headers.get(h.STATUS) == "503":
-                import nats.errors
-
+            await self.nc.publish(subject, data, reply=sub.subject, headers=headers)
+            try:
+                first = await asyncio.wait_for(replies.get(), timeout)
+            except TimeoutError:
+                return answers
+            if first.headers and first.headers.get(h.STATUS) == "503":
                 raise nats.errors.NoRespondersError
-            if not subject.startswith(self.subjects.prefix + "conn."):
-                await asyncio.sleep(wait)  # receipts from other nodes keep arriving during the window
-        except TimeoutError:
-            pass
+            answers.append(orjson.loads(first.data))
+            deadline = asyncio.get_running_loop().time() + window
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    answers.append(orjson.loads((await asyncio.wait_for(replies.get(), left)).data))
+                except TimeoutError:
+                    break
         finally:
             await sub.unsubscribe()
-        return receipts
+        return answers
 
     async def control(self, subject: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """A control request to one connection's node; raises NoRespondersError if it is gone."""
         msg = await self.nc.request(subject, orjson.dumps(body), timeout=timeout)
         answer: dict[str, Any] = orjson.loads(msg.data)
         return answer
+
+    async def control_user(
+        self, user_id: str, action: str, body: dict[str, Any], timeout: float = 2.0, window: float = 0.25
+    ) -> list[dict[str, Any]]:
+        """A control request to every node holding ``user_id``: one reply per such node, ``[]`` if none."""
+        subject = self.subjects.control_user(user_id, action)
+        return await self._gather(subject, orjson.dumps(body), None, timeout, window)
 
     async def close_conn(self, conn_id: str, code: int = 4500, reason: str = "closed by backend") -> Any:
         return await self.control(
             self.subjects.control_conn(conn_id, "close"), {"code": code, "reason": reason}
         )
 
-    async def close_user(self, user_id: str, code: int = 4500, reason: str = "closed by backend") -> Any:
-        return await self.control(
-            self.subjects.control_user(user_id, "close"), {"code": code, "reason": reason}
-        )
+    async def close_user(
+        self, user_id: str, code: int = 4500, reason: str = "closed by backend"
+    ) -> list[dict[str, Any]]:
+        return await self.control_user(user_id, "close", {"code": code, "reason": reason})
 
     async def join(self, conn_id: str, room: str) -> Any:
         return await self.control(self.subjects.control_conn(conn_id, "join"), {"room": room})

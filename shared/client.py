@@ -50,7 +50,8 @@ class PrismClient:
         """Open the WebSocket and wait for the welcome frame."""
         if user is not None:
             url += ("&" if "?" in url else "?") + urlencode({"user": user})
-        ws = await connect(url, open_timeout=open_timeout, compression=None, **kwargs)
+        kwargs.setdefault("compression", None)
+        ws = await connect(url, open_timeout=open_timeout, **kwargs)
         try:
             first = await asyncio.wait_for(ws.recv(), open_timeout)
             welcome = orjson.loads(first)

@@ -1,7 +1,8 @@
 """Every WebSocket close code Prism sends, with what a client should do about it.
 
 Disconnects are values: the gateway closes with a member of :class:`CloseCode`, the SDKs decide whether
-to reconnect from :attr:`CloseCode.reconnect`, and ``docs/protocol.md`` is generated from the same table.
+to reconnect from :attr:`CloseCode.reconnect`, and ``docs/protocol.md`` documents the same table (a unit
+test keeps the two in step).
 Prism's own codes live in 4000-4999: 4000-4499 mean "reconnect", 4500-4999 mean "do not reconnect".
 """
 

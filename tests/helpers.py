@@ -8,6 +8,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -50,3 +53,15 @@ def free_port_pair() -> int:
                 continue
         return first
     raise RuntimeError("no two consecutive free ports found")
+
+
+async def nobody_listens(nc: NatsClient, subject: str) -> bool:
+    """True once a request on ``subject`` gets "no responders". A timeout means a request raced an
+    unsubscribe (core NATS drops it): the caller should ask again."""
+    try:
+        await nc.request(subject, b"probe", timeout=1)
+    except nats.errors.NoRespondersError:
+        return True
+    except nats.errors.TimeoutError:
+        return False
+    return False

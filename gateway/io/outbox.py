@@ -74,7 +74,7 @@ class Flusher:
 
     def send(self, conn: LocalConn, message: Outgoing) -> bool:
         """Queue ``message`` for ``conn``; False if the connection is closing and it was dropped."""
-        if conn.closing:
+        if conn.closing or conn.ws.protocol.state is not State.OPEN:
             return False
         if conn.raw_frames:
             frame = message.frame

@@ -38,6 +38,10 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def process_names(pids: set[int]) -> set[str]:
+    return {Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids if alive(pid)}
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -166,3 +170,40 @@ async def test_bad_configuration_is_a_clear_error() -> None:
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"--port='not-a-number'" in out
+
+
+async def test_prism_dev_uses_an_external_nats_when_prism_nats_url_is_set(nats_server: Any) -> None:
+    port = free_port()
+    env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_DRAIN_SECONDS": "0"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "dev",
+        "--nodes",
+        "1",
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    assert proc.stdout is not None
+    try:
+        banner = await read_until(proc.stdout, "Press Ctrl-C")
+        banner += await read_until(proc.stdout, "try")
+        assert nats_server.url in banner
+        children = descendants(proc.pid)
+        assert "nats-server" not in process_names(children)
+        nc = await nats.connect(nats_server.url)
+        client = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws", user="ext")
+        await PrismBackend(nc).to_user("ext", "via your NATS")
+        assert await client.receive(5) == "via your NATS"
+        await nc.close()
+        proc.send_signal(signal.SIGTERM)
+        await client.wait_closed()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

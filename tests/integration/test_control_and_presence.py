@@ -35,14 +35,12 @@ async def test_close_all_of_a_users_connections_on_every_node(make_node: NodeFac
     one, two = await make_node(), await make_node()
     clients = [await PrismClient.connect(ws_url(n), user="mallory") for n in (one, two, two)]
     bystander = await PrismClient.connect(ws_url(one), user="bob")
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish("control.user.mallory.close", b'{"code":4503,"reason":"banned"}', reply=inbox)
-    replies = [orjson.loads((await sub.next_msg(5)).data) for _ in range(2)]
+    replies = await PrismBackend(nc).close_user("mallory", 4503, "banned")
     assert sorted((r["node"], r["conns"]) for r in replies) == [("node1", 1), ("node2", 2)]
     for client in clients:
         assert await client.wait_closed() == 4503
     assert bystander.close_code is None
+    assert await PrismBackend(nc).close_user("mallory") == []  # nobody holds mallory now
     await bystander.close()
 
 

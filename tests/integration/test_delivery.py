@@ -11,7 +11,7 @@ from nats.aio.client import Client as NatsClient
 from shared.backend import PrismBackend
 from shared.client import PrismClient
 from tests.conftest import NodeFactory, ws_url
-from tests.helpers import eventually
+from tests.helpers import eventually, nobody_listens
 
 
 async def test_welcome_names_conn_node_user_and_route(make_node: NodeFactory) -> None:
@@ -127,11 +127,39 @@ async def test_room_subscription_exists_only_while_a_local_member_does(
     await b.close()
     await a.close()
 
-    async def nobody_listens() -> bool:
-        try:
-            await nc.request("room.r1", b"x", timeout=1)
-        except nats.errors.NoRespondersError:
-            return True
-        return False
+    await eventually(
+        lambda: nobody_listens(nc, "room.r1"), what="room.r1 interest to end after its last member closed"
+    )
 
-    await eventually(nobody_listens, what="room.r1 interest to end after its last member closed")
+
+async def test_user_subscription_ends_with_the_users_last_connection(
+    make_node: NodeFactory, nc: NatsClient
+) -> None:
+    node = await make_node()
+    first = await PrismClient.connect(ws_url(node), user="zoe")
+    second = await PrismClient.connect(ws_url(node), user="zoe")
+    await first.close()
+    assert b'"delivered":1' in (await nc.request("user.zoe", b"x", timeout=5)).data
+    await second.close()
+
+    await eventually(
+        lambda: nobody_listens(nc, "user.zoe"), what="user.zoe interest to end with the last connection"
+    )
+
+
+async def test_compressed_connections_get_the_same_messages(
+    make_node: NodeFactory, backend: PrismBackend
+) -> None:
+    node = await make_node(compression=True)
+    compressed = await PrismClient.connect(ws_url(node), compression="deflate")
+    plain = await PrismClient.connect(ws_url(node))
+    assert compressed.ws.protocol.extensions
+    assert not plain.ws.protocol.extensions
+    for client in (compressed, plain):
+        await client.join("mixed")
+    await backend.to_room("mixed", "x" * 5000)
+    await backend.to_room("mixed", bytes(range(256)), binary=True)
+    for client in (compressed, plain):
+        assert await client.receive(5) == "x" * 5000
+        assert await client.receive(5) == bytes(range(256))
+        await client.close()

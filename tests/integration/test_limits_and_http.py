@@ -95,10 +95,25 @@ async def test_invalid_user_is_refused_before_the_upgrade(make_node: NodeFactory
 
 
 async def test_draining_node_is_unready_and_asks_clients_to_reconnect(make_node: NodeFactory) -> None:
-    node = await make_node(drain_seconds=0.2)
-    client = await PrismClient.connect(ws_url(node))
+    node = await make_node(drain_seconds=2.0)
+    first = await PrismClient.connect(ws_url(node))
+    second = await PrismClient.connect(ws_url(node))
     drain = asyncio.ensure_future(node.drain())
-    assert await client.wait_closed() == CloseCode.SERVICE_RESTART
+    # Closes are spread over the window: one client now, the other a second later.
+    closed, _ = await asyncio.wait(
+        [asyncio.ensure_future(c.wait_closed()) for c in (first, second)], return_when="FIRST_COMPLETED"
+    )
+    assert [t.result() for t in closed] == [CloseCode.SERVICE_RESTART]
+    still_open = second if first.close_code else first
+    assert await asyncio.to_thread(http_get, node, "/readyz") == (503, "not ready: draining\n")
+    assert await asyncio.to_thread(http_get, node, "/healthz") == (200, "ok\n")
+    status, _ = await asyncio.to_thread(http_get, node, "/metrics")
+    assert status == 200
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(ws_url(node))
+    assert refused.value.response.status_code == 503
+    assert still_open.close_code is None
+    assert await still_open.wait_closed() == CloseCode.SERVICE_RESTART
     await drain
     assert not node.is_ready()
     with pytest.raises(ConnectionRefusedError):
