@@ -64,11 +64,3 @@ class InterestSync:
                 await sub.unsubscribe()
             except Exception as exc:  # the connection may be closing; the server forgets it anyway
                 log.debug("unsubscribe %s failed: %s", key, exc)
-
-    async def resubscribe_all(self) -> None:
-        """Forget every subscription handle and subscribe again (after the bus was replaced)."""
-        async with self._lock:
-            keys = list(self._subs)
-            self._subs.clear()
-            for key in keys:
-                await self._reconcile(key)

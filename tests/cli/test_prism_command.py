@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -65,34 +67,45 @@ async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float =
                 return "".join(seen)
 
 
+@contextlib.asynccontextmanager
+async def prism(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run ``prism ARGS`` (as ``python -m gateway``) with output piped; killed on exit if still running,
+    along with anything it started that is still alive."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    started: set[int] = set()
+    try:
+        yield proc
+    finally:
+        started = descendants(proc.pid)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def read_banner(proc: asyncio.subprocess.Process) -> str:
+    """``prism dev``'s output up to and including the line that lists the URLs to try."""
+    assert proc.stdout is not None
+    banner = await read_until(proc.stdout, "Press Ctrl-C")
+    return banner + await read_until(proc.stdout, "try")
+
+
 def http_status(url: str) -> int:
     with urllib.request.urlopen(url, timeout=5) as response:
         return int(response.status)
 
 
-async def test_prism_dev_serves_two_nodes_and_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
+async def test_prism_dev_serves_two_nodes_and_ctrl_c_leaves_no_process_behind() -> None:
     port = free_port_pair()
     env = {**os.environ, "PRISM_DRAIN_SECONDS": "0.5"}
     env.pop("PRISM_NATS_URL", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "dev",
-        "--nodes",
-        "2",
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.stdout is not None
-    children: set[int] = set()
-    try:
-        banner = await read_until(proc.stdout, "Press Ctrl-C")
-        banner += await read_until(proc.stdout, "try")
+    async with prism("dev", "--nodes", "2", "--port", str(port), env=env) as proc:
+        banner = await read_banner(proc)
         assert f"ws://localhost:{port}/ws" in banner
         assert f"ws://localhost:{port + 1}/ws" in banner
         nats_url = next(w for w in banner.split() if w.startswith("nats://"))
@@ -115,45 +128,20 @@ async def test_prism_dev_serves_two_nodes_and_ctrl_c_leaves_no_process_behind(tm
         await b.wait_closed()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         await eventually(lambda: not any(alive(pid) for pid in children), what="every child to exit")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in children:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 async def test_prism_gateway_runs_one_node_and_drains_on_sigterm(nats_server: Any) -> None:
     port = free_port()
     env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_DRAIN_SECONDS": "0"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "gateway",
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--node-id",
-        "solo",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    assert proc.stdout is not None
-    try:
+    args = ("gateway", "--port", str(port), "--host", "127.0.0.1", "--node-id", "solo")
+    async with prism(*args, env=env) as proc:
+        assert proc.stdout is not None
         await read_until(proc.stdout, "listening on")
         client = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws")
         assert client.node == "solo"
         proc.send_signal(signal.SIGTERM)
         assert await client.wait_closed() == 1012
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_bad_configuration_is_a_clear_error() -> None:
@@ -175,26 +163,9 @@ async def test_bad_configuration_is_a_clear_error() -> None:
 async def test_prism_dev_uses_an_external_nats_when_prism_nats_url_is_set(nats_server: Any) -> None:
     port = free_port()
     env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_DRAIN_SECONDS": "0"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "dev",
-        "--nodes",
-        "1",
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    assert proc.stdout is not None
-    try:
-        banner = await read_until(proc.stdout, "Press Ctrl-C")
-        banner += await read_until(proc.stdout, "try")
-        assert nats_server.url in banner
-        children = descendants(proc.pid)
-        assert "nats-server" not in process_names(children)
+    async with prism("dev", "--nodes", "1", "--port", str(port), env=env) as proc:
+        assert nats_server.url in await read_banner(proc)
+        assert "nats-server" not in process_names(descendants(proc.pid))
         nc = await nats.connect(nats_server.url)
         client = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws", user="ext")
         await PrismBackend(nc).to_user("ext", "via your NATS")
@@ -203,7 +174,3 @@ async def test_prism_dev_uses_an_external_nats_when_prism_nats_url_is_set(nats_s
         proc.send_signal(signal.SIGTERM)
         await client.wait_closed()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
