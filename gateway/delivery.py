@@ -16,7 +16,7 @@ import orjson
 from gateway.core.framing import is_valid_utf8
 from gateway.core.hub import Hub, JoinOutcome, Scope
 from gateway.io.bus import Bus, Handler, Headers
-from gateway.io.outbox import Flusher, LocalConn, Outgoing
+from gateway.io.outbox import Flusher, LocalConn, Outgoing, is_open
 from gateway.metrics import GatewayMetrics
 from shared import headers as h
 from shared.close_codes import BACKEND_CLOSE_CODES, CloseCode
@@ -59,8 +59,7 @@ class Delivery:
         self._room_offset = len(prefix) + len("room.")
         self._control_conn_offset = len(prefix) + len("control.conn.")
         self._control_user_offset = len(prefix) + len("control.user.")
-        labels = {"node": node_id}
-        self._delivered = {t: metrics.delivered.labels(target=t, **labels) for t in ("conn", "user", "room")}
+        self._tally = metrics.hot
 
     def handler_for(self, scope: Scope) -> Handler:
         return self.on_room if scope is Scope.ROOM else self.on_user
@@ -68,45 +67,60 @@ class Delivery:
     def subject_for(self, scope: Scope, name: str) -> str:
         return self.subjects.room(name) if scope is Scope.ROOM else self.subjects.user(name)
 
-    # -- deliveries --------------------------------------------------------------------------------------
-    def _outgoing(self, target: str, data: bytes, headers: Headers | None) -> Outgoing:
-        binary = headers is not None and headers.get(h.FRAME) == h.FRAME_BINARY
-        if not binary and not is_valid_utf8(data):
-            # A text frame must be UTF-8 or the client fails the connection; keep the bytes, send binary.
-            self.metrics.deliveries.labels(node=self.node_id, target=target, outcome="not_utf8").inc()
-            binary = True
-        return Outgoing(data, binary)
+    # -- deliveries (hot path: synchronous unless a receipt must be published) ---------------------------
+    def _is_binary(self, target: str, data: bytes, headers: Headers | None) -> bool:
+        if headers is not None and headers.get(h.FRAME) == h.FRAME_BINARY:
+            return True
+        if is_valid_utf8(data):
+            return False
+        # A text frame must be UTF-8 or the client fails the connection: keep the bytes, send binary.
+        self._tally.outcomes[target, "not_utf8"] += 1
+        return True
 
-    async def _fan_out(
+    def _fan_out(
         self, target: str, recipients: Iterable[LocalConn], reply: str, data: bytes, headers: Headers | None
-    ) -> None:
-        message = self._outgoing(target, data, headers)
+    ) -> Awaitable[None] | None:
+        message = Outgoing(data, self._is_binary(target, data, headers))
         send = self.flusher.send
         count = 0
         for conn in recipients:
             if send(conn, message):
                 count += 1
-        self._delivered[target].inc(count)
-        self.metrics.deliveries.labels(
-            node=self.node_id, target=target, outcome="delivered" if count else "no_recipient"
-        ).inc()
-        if reply:
-            await self.bus.publish(reply, orjson.dumps({"node": self.node_id, "delivered": count}))
+        return self._account(target, count, reply, recipients if reply else ())
 
-    async def on_conn(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+    def _account(
+        self, target: str, count: int, reply: str, recipients: Iterable[LocalConn]
+    ) -> Awaitable[None] | None:
+        tally = self._tally
+        tally.delivered[target] += count
+        tally.outcomes[target, "delivered" if count else "no_recipient"] += 1
+        if not reply:
+            return None
+        # A receipt counts only sockets that are still open (a client may be mid-close).
+        written = sum(1 for conn in recipients if is_open(conn))
+        return self.bus.publish(reply, orjson.dumps({"node": self.node_id, "delivered": written}))
+
+    def on_conn(
+        self, subject: str, reply: str, data: bytes, headers: Headers | None
+    ) -> Awaitable[None] | None:
         conn = self.hub.get(subject[self._conn_offset :])
         if conn is None or conn.closing:
-            self.metrics.deliveries.labels(node=self.node_id, target="conn", outcome="gone").inc()
-            if reply:
-                await self.bus.reply_no_responders(reply)
-            return
-        await self._fan_out("conn", (conn,), reply, data, headers)
+            self._tally.outcomes["conn", "gone"] += 1
+            return self.bus.reply_no_responders(reply) if reply else None
+        sent = self.flusher.send_payload(conn, data, self._is_binary("conn", data, headers))
+        return self._account("conn", 1 if sent else 0, reply, (conn,) if reply else ())
 
-    async def on_user(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
-        await self._fan_out("user", self.hub.user_conns(subject[self._user_offset :]), reply, data, headers)
+    def on_user(
+        self, subject: str, reply: str, data: bytes, headers: Headers | None
+    ) -> Awaitable[None] | None:
+        members = self.hub.user_conns(subject[self._user_offset :])
+        return self._fan_out("user", list(members) if reply else members, reply, data, headers)
 
-    async def on_room(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
-        await self._fan_out("room", self.hub.room_members(subject[self._room_offset :]), reply, data, headers)
+    def on_room(
+        self, subject: str, reply: str, data: bytes, headers: Headers | None
+    ) -> Awaitable[None] | None:
+        members = self.hub.room_members(subject[self._room_offset :])
+        return self._fan_out("room", list(members) if reply else members, reply, data, headers)
 
     # -- control -----------------------------------------------------------------------------------------
     async def on_control_conn(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:

@@ -73,6 +73,7 @@ class NatsServer:
         client_port: int = -1,
         timeout: float = 20.0,
         log_file: Path | None = None,
+        cores: set[int] | None = None,
     ) -> NatsServer:
         owns = workdir is None
         workdir = Path(tempfile.mkdtemp(prefix="prism-nats-")) if workdir is None else workdir
@@ -93,6 +94,8 @@ class NatsServer:
             "--ports_file_dir",
             str(ports_dir),
         ]
+        if cores and shutil.which("taskset"):  # pin every thread of the Go runtime, not just the first
+            args = ["taskset", "-c", ",".join(map(str, sorted(cores))), *args]
         if cluster is not None:
             args += ["--cluster_name", cluster, "--cluster", f"nats://127.0.0.1:{cluster_port}"]
             if routes:
@@ -135,7 +138,7 @@ class NatsServer:
 
 def _wait_for_port(process: subprocess.Popen[bytes], ports_dir: Path, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    ports_file = ports_dir / f"nats-server_{process.pid}.ports"
+    ports_file = ports_dir / f"nats-server_{process.pid}.ports"  # taskset execs, so the PID is the server's
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"nats-server exited with code {process.returncode} while starting")

@@ -5,7 +5,12 @@ Dashboards, alert rules and docs import :data:`NAMES` rather than spelling metri
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 NAMES = {
     "connections": "prism_connections",
@@ -65,18 +70,8 @@ class GatewayMetrics:
         self.bytes_out = Counter(
             _strip_total(n["bytes_out"]), "Bytes written to client sockets", ["node"], registry=registry
         )
-        self.deliveries = Counter(
-            _strip_total(n["deliveries"]),
-            "Backend messages received from NATS, by target and outcome",
-            ["node", "target", "outcome"],
-            registry=registry,
-        )
-        self.delivered = Counter(
-            _strip_total(n["delivered_messages"]),
-            "Messages queued to client sockets (one per recipient)",
-            ["node", "target"],
-            registry=registry,
-        )
+        self.hot = DeliveryCounters()
+        registry.register(_DeliveryCollector(node, self.hot))
         self.slow_consumers = Counter(
             _strip_total(n["slow_consumers"]),
             "Connections closed because they read too slowly",
@@ -107,3 +102,38 @@ class GatewayMetrics:
         )
         self.ready = Gauge(n["ready"], "1 while the node is ready for traffic", ["node"], registry=registry)
         self.build = Info(_strip_total(n["build"]), "Prism build information", registry=registry)
+
+
+class DeliveryCounters:
+    """Per-message counts kept as plain ints on the delivery hot path (a prometheus_client Counter takes a
+    lock per increment); :class:`_DeliveryCollector` exports them when Prometheus scrapes."""
+
+    __slots__ = ("delivered", "outcomes")
+
+    def __init__(self) -> None:
+        self.delivered: Tally[str] = Tally()  # target -> messages queued to sockets, one per recipient
+        self.outcomes: Tally[tuple[str, str]] = Tally()  # (target, outcome) -> backend messages
+
+
+class _DeliveryCollector(Collector):
+    def __init__(self, node: str, counters: DeliveryCounters) -> None:
+        self.node = node
+        self.counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        deliveries = CounterMetricFamily(
+            _strip_total(NAMES["deliveries"]),
+            "Backend messages received from NATS, by target and outcome",
+            labels=["node", "target", "outcome"],
+        )
+        for (target, outcome), count in sorted(self.counters.outcomes.items()):
+            deliveries.add_metric([self.node, target, outcome], count)
+        delivered = CounterMetricFamily(
+            _strip_total(NAMES["delivered_messages"]),
+            "Messages queued to client sockets (one per recipient)",
+            labels=["node", "target"],
+        )
+        for target, count in sorted(self.counters.delivered.items()):
+            delivered.add_metric([self.node, target], count)
+        yield deliveries
+        yield delivered

@@ -27,6 +27,8 @@ def encode_frame(payload: bytes, *, binary: bool) -> bytes:
 
 
 def is_valid_utf8(payload: bytes) -> bool:
+    if payload.isascii():  # no allocation, and true of most JSON
+        return True
     try:
         payload.decode()
     except UnicodeDecodeError:

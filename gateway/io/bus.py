@@ -21,8 +21,9 @@ from nats.protocol import command as prot_command
 log = logging.getLogger("prism.bus")
 
 Headers = dict[str, str]
-# subject, reply, payload, headers
-Handler = Callable[[str, str, bytes, Headers | None], Awaitable[None]]
+# subject, reply, payload, headers. A handler returns an awaitable only when it has I/O left to do (a
+# receipt to publish), so the common delivery costs no coroutine.
+Handler = Callable[[str, str, bytes, Headers | None], Awaitable[None] | None]
 
 # The exact bytes nats-server sends as "no responders" (status 503 in the header line). Every NATS client
 # library reads it from the status line, so a node that owns the wildcard ``conn.<node>.*`` can answer a
@@ -141,7 +142,9 @@ class NatsBus:
     async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> SubscriptionHandle:
         async def on_msg(msg: Msg) -> None:
             try:
-                await handler(msg.subject, msg.reply, msg.data, msg.headers)
+                pending = handler(msg.subject, msg.reply, msg.data, msg.headers)
+                if pending is not None:
+                    await pending
             except Exception:
                 log.exception("handler for %s failed", msg.subject)
 

@@ -59,6 +59,10 @@ class LocalConn:
     inflight_requests: int = 0
 
 
+def is_open(conn: LocalConn) -> bool:
+    return not conn.closing and conn.ws.protocol.state is State.OPEN
+
+
 class Flusher:
     def __init__(
         self,
@@ -73,8 +77,11 @@ class Flusher:
         self._scheduled = False
 
     def send(self, conn: LocalConn, message: Outgoing) -> bool:
-        """Queue ``message`` for ``conn``; False if the connection is closing and it was dropped."""
-        if conn.closing or conn.ws.protocol.state is not State.OPEN:
+        """Queue ``message`` for ``conn``; False if the connection is closing and it was dropped.
+
+        A connection whose client has just started closing still accepts (flush drops what it cannot
+        write); :func:`is_open` tells the two apart where it matters, for receipts."""
+        if conn.closing:
             return False
         if conn.raw_frames:
             frame = message.frame
@@ -90,6 +97,19 @@ class Flusher:
                 conn.pending.append(chunk)
                 conn.pending_bytes += len(chunk)
         self._mark(conn)
+        return True
+
+    def send_payload(self, conn: LocalConn, payload: bytes, binary: bool) -> bool:
+        """:meth:`send` for a message with one recipient."""
+        if conn.closing:
+            return False
+        if not conn.raw_frames:
+            return self.send(conn, Outgoing(payload, binary))
+        frame = encode_frame(payload, binary=binary)
+        conn.pending.append(frame)
+        conn.pending_bytes += len(frame)
+        if not conn.dirty:
+            self._mark(conn)
         return True
 
     def start(self, conn: LocalConn, first: Outgoing) -> None:
