@@ -11,6 +11,8 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from loadtest.targets.base import free_port
+
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -34,12 +36,6 @@ async def eventually(
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r:.300})")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def free_port_pair() -> int:

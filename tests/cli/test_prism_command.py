@@ -15,9 +15,10 @@ from typing import Any
 import nats
 import pytest
 
+from loadtest.targets.base import free_port
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from tests.helpers import eventually, free_port, free_port_pair
+from tests.helpers import eventually, free_port_pair
 
 pytestmark = pytest.mark.cli
 

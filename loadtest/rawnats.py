@@ -1,0 +1,87 @@
+"""A minimal NATS publisher for the load generator: batched ``PUB`` lines on one socket.
+
+The publisher stands in for backends, and nats-py spends a few microseconds of Python per publish; on a
+shared core that would make the generator, not the gateway, the bottleneck. This writes the protocol
+directly: ``CONNECT`` once, then ``PUB <subject> [reply] <n>`` lines coalesced into large writes,
+answering the server's ``PING`` so it keeps the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+from urllib.parse import urlparse
+
+_FLUSH_AT = 64 * 1024
+
+
+class _Reader(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.pongs: asyncio.Queue[None] = asyncio.Queue()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\r\n")
+            if line == b"PING" and self.transport is not None:
+                self.transport.write(b"PONG\r\n")
+            elif line == b"PONG":
+                self.pongs.put_nowait(None)
+            elif line.startswith(b"-ERR"):
+                raise ConnectionError(line.decode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class RawPublisher:
+    def __init__(self, reader: _Reader) -> None:
+        self._reader = reader
+        self._out = bytearray()
+
+    @classmethod
+    async def connect(cls, url: str) -> RawPublisher:
+        parsed = urlparse(url)
+        loop = asyncio.get_running_loop()
+        transport, reader = await loop.create_connection(
+            _Reader, parsed.hostname or "127.0.0.1", parsed.port or 4222
+        )
+        reader.transport = transport
+        transport.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\nPING\r\n')
+        await asyncio.wait_for(reader.pongs.get(), 10)
+        return cls(reader)
+
+    def publish(self, subject: str, data: bytes) -> None:
+        """Buffer one publish; the buffer is written at the end of this loop pass (or when large)."""
+        out = self._out
+        if not out:
+            asyncio.get_running_loop().call_soon(self.write)
+        out += b"PUB %s %d\r\n" % (subject.encode(), len(data))
+        out += data
+        out += b"\r\n"
+        if len(out) >= _FLUSH_AT:
+            self.write()
+
+    def write(self) -> None:
+        if self._out and self._reader.transport is not None:
+            self._reader.transport.write(bytes(self._out))
+            self._out.clear()
+
+    async def flush(self) -> None:
+        """Write what is buffered and wait until the server has processed it (PING/PONG)."""
+        self.write()
+        assert self._reader.transport is not None
+        self._reader.transport.write(b"PING\r\n")
+        await asyncio.wait_for(self._reader.pongs.get(), 30)
+
+    async def close(self) -> None:
+        self.write()
+        if self._reader.transport is not None:
+            self._reader.transport.close()

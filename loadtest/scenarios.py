@@ -1,0 +1,449 @@
+"""Benchmark scenarios. Each connects a fleet to a target, then measures two phases:
+
+- ``peak``: publish as fast as delivery keeps up (at most ``window`` messages ahead of what clients
+  have received), for deliveries/s and server CPU seconds;
+- ``paced``: publish at half the peak rate, for latency percentiles (the p99-at-half-peak figure).
+
+Every loop is bounded in count and time; a delivery that does not arrive in time counts as a drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from loadtest import payload
+from loadtest.fleet import Client, Fleet
+from loadtest.procstat import cpu_seconds, rss_bytes
+from loadtest.stats import Latency, summarize
+from loadtest.targets.base import Publisher, Target
+
+Publish = Callable[[int], Awaitable[None]]
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class Phase:
+    name: str
+    messages: int
+    expected: int
+    delivered: int
+    seconds: float
+    rate: float
+    cpu_seconds: float
+    latency: Latency | None
+    timeline: list[float] = field(default_factory=list)
+    generator_cpu_seconds: float = 0.0  # the load generator's own CPU: near 1 per second means it limited
+
+    @property
+    def drops(self) -> int:
+        return max(0, self.expected - self.delivered)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["latency"] = self.latency.as_dict() if self.latency else None
+        data["drops"] = self.drops
+        return data
+
+
+@dataclass
+class Result:
+    scenario: str
+    target: str
+    params: dict[str, Any]
+    phases: list[Phase] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+
+    def phase(self, name: str) -> Phase | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "target": self.target,
+            "params": self.params,
+            "figures": self.figures,
+            "errors": self.errors,
+            "phases": [p.as_dict() for p in self.phases],
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    connections: int = 1000
+    messages: int = 20_000
+    room_messages: int = 300
+    window: int = 2000
+    paced_seconds: float = 4.0
+    size: int = 100
+    users: int = 250
+    idle_connections: int = 5000
+    connect_connections: int = 2000
+    timeout: float = 60.0
+
+
+def _noop(stage: str, fraction: float) -> None:
+    return None
+
+
+async def _peak(
+    fleet: Fleet,
+    target: Target,
+    publish: Publish,
+    fanout: int,
+    count: int,
+    window: int,
+    timeout: float,
+    received: Callable[[], int],
+    progress: Progress,
+) -> Phase:
+    fleet.reset()
+    cpu0, gen0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid())
+    start = time.perf_counter()
+    for seq in range(count):
+        await publish(seq)
+        if seq % 32 == 31:
+            behind = (seq + 1 - window) * fanout
+            if behind > received():
+                await fleet.wait_until(received, behind, timeout)
+            progress("peak", (seq + 1) / count)
+    await fleet.wait_until(received, count * fanout, timeout)
+    seconds = time.perf_counter() - start
+    cpu = cpu_seconds(target.server_pid) - cpu0
+    got = received()
+    return Phase(
+        "peak",
+        count,
+        count * fanout,
+        got,
+        seconds,
+        got / seconds,
+        cpu,
+        summarize(fleet.latencies),
+        fleet.timeline.rates(),
+        cpu_seconds(os.getpid()) - gen0,
+    )
+
+
+async def _paced(
+    fleet: Fleet,
+    target: Target,
+    publish: Publish,
+    fanout: int,
+    rate: float,
+    seconds: float,
+    timeout: float,
+    received: Callable[[], int],
+    progress: Progress,
+) -> Phase:
+    """Publish ``rate`` deliveries/s (``rate / fanout`` messages/s) for ``seconds``, open loop."""
+    fleet.reset()
+    cpu0, gen0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid())
+    per_second = rate / fanout
+    tick = 0.002
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    next_tick = start
+    owed = 0.0
+    seq = 0
+    while (now := loop.time()) - start < seconds:
+        owed += per_second * (now - next_tick + tick)
+        burst = int(owed)
+        owed -= burst
+        for _ in range(burst):
+            await publish(seq)
+            seq += 1
+        next_tick = now + tick
+        progress("paced", (now - start) / seconds)
+        await asyncio.sleep(max(0.0, next_tick - loop.time()))
+    await fleet.wait_until(received, seq * fanout, timeout)
+    elapsed = loop.time() - start
+    cpu = cpu_seconds(target.server_pid) - cpu0
+    got = received()
+    return Phase(
+        "paced",
+        seq,
+        seq * fanout,
+        got,
+        elapsed,
+        got / elapsed,
+        cpu,
+        summarize(fleet.latencies),
+        fleet.timeline.rates(),
+        cpu_seconds(os.getpid()) - gen0,
+    )
+
+
+async def _two_phases(
+    result: Result,
+    fleet: Fleet,
+    target: Target,
+    publish: Publish,
+    fanout: int,
+    count: int,
+    window: int,
+    s: Settings,
+    progress: Progress,
+    received: Callable[[], int] | None = None,
+) -> None:
+    counter = received or (lambda: fleet.received)
+    peak = await _peak(fleet, target, publish, fanout, count, window, s.timeout, counter, progress)
+    result.phases.append(peak)
+    paced = await _paced(
+        fleet, target, publish, fanout, peak.rate / 2, s.paced_seconds, s.timeout, counter, progress
+    )
+    result.phases.append(paced)
+    result.figures.update(
+        {
+            "deliveries_per_s": round(peak.rate),
+            "server_cpu_s": round(peak.cpu_seconds, 3),
+            "deliveries_per_cpu_s": round(peak.delivered / peak.cpu_seconds) if peak.cpu_seconds else 0,
+            "p99_ms_at_half_peak": round(paced.latency.p99, 3) if paced.latency else -1,
+            "drops": peak.drops + paced.drops,
+        }
+    )
+    result.errors += fleet.errors
+
+
+async def _connect(
+    fleet: Fleet, target: Target, count: int, users: Callable[[int], str | None]
+) -> list[Client]:
+    return await fleet.connect_many([target.url(users(i)) for i in range(count)])
+
+
+# -- scenarios ----------------------------------------------------------------------------------------
+async def conn(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
+    """1:1 delivery: messages round-robin over ``connections`` connections, each to ``conn.<id>``."""
+    result = Result(
+        "conn", target.name, {"connections": s.connections, "messages": s.messages, "size": s.size}
+    )
+    fleet = Fleet(target.dialect)
+    clients = await _connect(fleet, target, s.connections, lambda i: None)
+    ids = [c.conn_id or "" for c in clients]
+
+    async def publish(seq: int) -> None:
+        await pub.conn(ids[seq % len(ids)], payload.make(seq, s.size))
+
+    await _two_phases(result, fleet, target, publish, 1, s.messages, s.window, s, progress)
+    await fleet.close_all()
+    return result
+
+
+async def room(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
+    """Room fan-out: one publish reaches every one of ``connections`` members of one room."""
+    result = Result(
+        "room", target.name, {"members": s.connections, "messages": s.room_messages, "size": s.size}
+    )
+    fleet = Fleet(target.dialect)
+    clients = await _connect(fleet, target, s.connections, lambda i: None)
+    await fleet.join(clients, "bench")
+
+    async def publish(seq: int) -> None:
+        await pub.room("bench", payload.make(seq, s.size))
+
+    window = max(2, s.window // s.connections * 10)
+    await _two_phases(result, fleet, target, publish, s.connections, s.room_messages, window, s, progress)
+    await fleet.close_all()
+    return result
+
+
+async def user(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
+    """User fan-out: ``users`` users with connections/users devices each; publishes go to ``user.<id>``."""
+    per_user = max(1, s.connections // s.users)
+    result = Result(
+        "user",
+        target.name,
+        {"users": s.users, "devices": per_user, "messages": s.messages // per_user, "size": s.size},
+    )
+    fleet = Fleet(target.dialect)
+    await _connect(fleet, target, s.users * per_user, lambda i: f"u{i % s.users}")
+
+    async def publish(seq: int) -> None:
+        await pub.user(f"u{seq % s.users}", payload.make(seq, s.size))
+
+    await _two_phases(
+        result, fleet, target, publish, per_user, s.messages // per_user, s.window // per_user, s, progress
+    )
+    await fleet.close_all()
+    return result
+
+
+async def request(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
+    """Client -> backend request/reply: each request carries its send time and comes back as a reply."""
+    count = s.connections // 10 or 1
+    result = Result("request", target.name, {"connections": count, "requests": s.messages // 2})
+    await target.start_echo()
+    fleet = Fleet(target.dialect)
+    clients = await _connect(fleet, target, count, lambda i: None)
+
+    async def publish(seq: int) -> None:
+        client = clients[seq % len(clients)]
+        client.send(fleet.dialect.request("bench.echo", b'{"t":%d}' % time.time_ns(), fleet.next_ref()))
+
+    await _two_phases(
+        result,
+        fleet,
+        target,
+        publish,
+        1,
+        s.messages // 2,
+        min(s.window, 500),
+        s,
+        progress,
+        received=lambda: fleet.replies,
+    )
+    await fleet.close_all()
+    return result
+
+
+async def idle(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
+    """Server memory per idle connection (each with a user, so hub, presence and subscriptions count)."""
+    result = Result("idle", target.name, {"connections": s.idle_connections})
+    fleet = Fleet(target.dialect)
+    await _connect(fleet, target, 200, lambda i: f"warm{i}")  # warm the server's allocator first
+    await fleet.close_all()
+    before = rss_bytes(target.server_pid)
+    fleet = Fleet(target.dialect)
+    batch = 500
+    for start in range(0, s.idle_connections, batch):
+        await _connect_range(fleet, target, start, min(batch, s.idle_connections - start))
+        progress("connect", (start + batch) / s.idle_connections)
+    after = rss_bytes(target.server_pid)
+    result.figures.update(
+        {
+            "rss_before_mb": round(before / 2**20, 1),
+            "rss_after_mb": round(after / 2**20, 1),
+            "rss_per_conn_kb": round((after - before) / s.idle_connections / 1024, 2),
+        }
+    )
+    await fleet.close_all()
+    return result
+
+
+async def _connect_range(fleet: Fleet, target: Target, start: int, count: int) -> None:
+    await fleet.connect_many([target.url(f"idle{start + i}") for i in range(count)])
+
+
+async def connect(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
+    """New connections per second until each has its welcome (Prism sends it after presence is written)."""
+    result = Result("connect", target.name, {"connections": s.connect_connections, "concurrency": 200})
+    fleet = Fleet(target.dialect)
+    cpu0 = cpu_seconds(target.server_pid)
+    start = time.perf_counter()
+    await _connect(fleet, target, s.connect_connections, lambda i: f"c{i}")
+    seconds = time.perf_counter() - start
+    cpu = cpu_seconds(target.server_pid) - cpu0
+    result.figures.update(
+        {
+            "connects_per_s": round(s.connect_connections / seconds),
+            "server_cpu_s": round(cpu, 3),
+            "seconds": round(seconds, 3),
+        }
+    )
+    await fleet.close_all()
+    return result
+
+
+async def mixed(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
+    """A bit of everything at once, paced: 10 rooms of 100, 1:1 messages and requests on the same node."""
+    result = Result("mixed", target.name, {"rooms": 10, "members": 100, "seconds": s.paced_seconds})
+    await target.start_echo()
+    fleet = Fleet(target.dialect)
+    clients = await _connect(fleet, target, 1000, lambda i: f"m{i % 250}")
+    for r in range(10):
+        await fleet.join(clients[r * 100 : (r + 1) * 100], f"mix{r}")
+    ids = [c.conn_id or "" for c in clients]
+    fleet.reset()
+    cpu0, gen0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid())
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    published = requests = 0
+    while loop.time() - start < s.paced_seconds:  # every 10 ms: 1 room message, 50 conn messages, 10 requests
+        await pub.room(f"mix{published % 10}", payload.make(published, s.size))
+        for i in range(50):
+            await pub.conn(ids[(published * 50 + i) % len(ids)], payload.make(published, s.size))
+        for i in range(10):
+            clients[(requests + i) % len(clients)].send(
+                fleet.dialect.request("bench.echo", b'{"t":%d}' % time.time_ns(), fleet.next_ref())
+            )
+        published += 1
+        requests += 10
+        progress("mixed", (loop.time() - start) / s.paced_seconds)
+        await asyncio.sleep(0.01)
+    expected = published * 150
+    await fleet.wait_until(lambda: fleet.received, expected, s.timeout)
+    await fleet.wait_until(lambda: fleet.replies, requests, s.timeout)
+    elapsed = loop.time() - start
+    got = fleet.received + fleet.replies
+    cpu = cpu_seconds(target.server_pid) - cpu0
+    phase = Phase(
+        "paced",
+        published,
+        expected + requests,
+        got,
+        elapsed,
+        got / elapsed,
+        cpu,
+        summarize(fleet.latencies),
+        fleet.timeline.rates(),
+        cpu_seconds(os.getpid()) - gen0,
+    )
+    result.phases.append(phase)
+    result.figures.update(
+        {
+            "deliveries_per_s": round(phase.rate),
+            "server_cpu_s": round(cpu, 3),
+            "p99_ms": round(phase.latency.p99, 3) if phase.latency else -1,
+            "drops": phase.drops,
+        }
+    )
+    result.errors = fleet.errors
+    await fleet.close_all()
+    return result
+
+
+SCENARIOS: dict[str, Callable[[Target, Publisher, Settings, Progress], Awaitable[Result]]] = {
+    "idle": idle,
+    "connect": connect,
+    "conn": conn,
+    "room": room,
+    "user": user,
+    "request": request,
+    "mixed": mixed,
+}
+
+
+async def nats_alone_conn(target: Any, s: Settings, progress: Progress = _noop) -> Result:
+    """The conn scenario's publishes, received by nats-py alone (a callback that only counts)."""
+    from loadtest.rawnats import RawPublisher
+
+    result = Result(
+        "conn", target.name, {"connections": s.connections, "messages": s.messages, "size": s.size}
+    )
+    raw = await RawPublisher.connect(target.nats.url)
+    await target.reset()
+    cpu0 = cpu_seconds(target.server_pid)
+    start = time.perf_counter()
+    window = s.window * 4
+    for seq in range(s.messages):
+        raw.publish(f"conn.bench.c{seq % s.connections}", payload.make(seq, s.size))
+        if seq % 32 == 31:
+            await asyncio.sleep(0)
+            if seq + 1 - window > target.received:
+                await target.wait_until(seq + 1 - window, s.timeout)
+            progress("peak", (seq + 1) / s.messages)
+    raw.write()
+    expected = s.messages // 1000 * 1000  # the receiver reports every 1,000 messages
+    await target.wait_until(expected, s.timeout)
+    seconds = time.perf_counter() - start
+    cpu = cpu_seconds(target.server_pid) - cpu0
+    await raw.close()
+    peak = Phase("peak", s.messages, expected, target.received, seconds, target.received / seconds, cpu, None)
+    result.phases.append(peak)
+    result.figures.update({"deliveries_per_s": round(peak.rate), "server_cpu_s": round(cpu, 3)})
+    return result

@@ -1,0 +1,120 @@
+"""The target interface, and starting a server process pinned to one core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Protocol
+
+from gateway.embedded_nats import die_with_parent
+from loadtest.fleet import Dialect
+from loadtest.procstat import machine_cores
+
+
+class Publisher(Protocol):
+    async def room(self, room: str, data: bytes) -> None: ...
+    async def conn(self, conn_id: str, data: bytes) -> None: ...
+    async def user(self, user: str, data: bytes) -> None: ...
+    async def flush(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Target(ABC):
+    """A server under test. ``server_pid`` is the process whose CPU and memory are reported."""
+
+    name: str
+    dialect: Dialect = Dialect()
+    server_pid: int = 0
+
+    @abstractmethod
+    async def start(self, workdir: Path) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    def url(self, user: str | None = None) -> str: ...
+
+    @abstractmethod
+    async def publisher(self) -> Publisher: ...
+
+    async def start_echo(self) -> None:  # noqa: B027 (optional hook; most targets echo by themselves)
+        """Make client requests on event ``bench.echo`` answered (targets that echo by themselves: no-op)."""
+
+
+class ServerProcess:
+    """A child process pinned to ``core`` with ``taskset``, stopped (and killed if need be) by PID."""
+
+    def __init__(self, args: list[str], core: int | None, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.core = core
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, log: Path) -> None:
+        args = self.args
+        if self.core is not None and shutil.which("taskset") and self.core in machine_cores():
+            args = ["taskset", "-c", str(self.core), *args]
+        with open(log, "ab") as out:  # noqa: ASYNC230 (opening a local log file once, at start)
+            self.proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdout=out,
+                stderr=out,
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})},
+                preexec_fn=die_with_parent,
+                start_new_session=True,
+            )
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+async def wait_for_port(port: int, proc: ServerProcess, timeout: float = 30.0) -> None:
+    """Wait until something accepts TCP on ``port`` (the server has bound it)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        assert proc.proc is not None
+        if proc.proc.returncode is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.proc.returncode} before listening")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"nothing listening on {port} after {timeout}s") from None
+            await asyncio.sleep(0.05)  # another process is starting: nothing to await but its port
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
+def python() -> str:
+    return sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,125 @@
+"""Prism as a target: one gateway process pinned to the server core, NATS beside the load generator."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from gateway.embedded_nats import NatsServer
+from loadtest.procstat import machine_cores
+from loadtest.rawnats import RawPublisher
+from loadtest.targets.base import Publisher, ServerProcess, Target, free_port, python, wait_for_port
+from shared.presence import snapshot
+
+
+class NatsPublisher:
+    """Publishes as a backend would: plain NATS publishes on the delivery subjects."""
+
+    def __init__(self, raw: RawPublisher) -> None:
+        self.raw = raw
+        self._pending = 0
+
+    async def _publish(self, subject: str, data: bytes) -> None:
+        self.raw.publish(subject, data)
+        self._pending += 1
+        if self._pending >= 32:  # let the loop write the batch and serve the clients
+            self._pending = 0
+            await asyncio.sleep(0)
+
+    async def room(self, room: str, data: bytes) -> None:
+        await self._publish(f"room.{room}", data)
+
+    async def conn(self, conn_id: str, data: bytes) -> None:
+        await self._publish(f"conn.{conn_id}", data)
+
+    async def user(self, user: str, data: bytes) -> None:
+        await self._publish(f"user.{user}", data)
+
+    async def flush(self) -> None:
+        await self.raw.flush()
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+
+class PrismTarget(Target):
+    name = "prism"
+
+    def __init__(self, core: int | None = 0, nats_core: int | None = 1, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.server_core = core
+        self.nats_core = nats_core
+        self.extra_env = env or {}
+        self.nats: NatsServer | None = None
+        self.gateway: ServerProcess | None = None
+        self._clients: list[NatsClient] = []
+
+    async def start(self, workdir: Path) -> None:
+        # NATS shares the load generator's core, so the gateway has its core to itself.
+        cores = {self.nats_core} if self.nats_core in machine_cores() else None
+        self.nats = NatsServer.start(
+            workdir / "nats", log_file=workdir / "nats.log", name="bench", cores=cores
+        )
+        env = {
+            "PRISM_NATS_URL": self.nats.url,
+            "PRISM_LOG_LEVEL": "warning",
+            "PRISM_PRESENCE_STORAGE": "memory",
+            "PRISM_DRAIN_SECONDS": "0",
+            **self.extra_env,
+        }
+        args = [
+            python(),
+            "-m",
+            "gateway",
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--node-id",
+            "bench",
+        ]
+        self.gateway = ServerProcess(args, self.server_core, env)
+        await self.gateway.start(workdir / "gateway.log")
+        await wait_for_port(self.port, self.gateway)
+        self.server_pid = self.gateway.pid
+
+    async def stop(self) -> None:
+        for nc in self._clients:
+            if not nc.is_closed:
+                await nc.close()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+    def url(self, user: str | None = None) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws" + (f"?user={user}" if user else "")
+
+    async def nats_client(self) -> NatsClient:
+        assert self.nats is not None
+        nc = await nats.connect(self.nats.url, pending_size=64 * 1024 * 1024)
+        self._clients.append(nc)
+        return nc
+
+    async def publisher(self) -> Publisher:
+        assert self.nats is not None
+        return NatsPublisher(await RawPublisher.connect(self.nats.url))
+
+    async def start_echo(self) -> None:
+        nc = await self.nats_client()
+
+        async def echo(msg: Msg) -> None:
+            await msg.respond(msg.data)
+
+        await nc.subscribe("client.event.bench.echo", queue="bench-echo", cb=echo)
+        await nc.flush()
+
+    async def presence_count(self, key_filter: str = "conn.bench.*") -> int:
+        nc = await self.nats_client()
+        kv = await nc.jetstream().key_value("presence")
+        return len(await snapshot(kv, key_filter))
