@@ -71,7 +71,7 @@ class Node:
         bucket = BucketOptions(
             self.config.presence_bucket, self.config.presence_replicas, self.config.presence_storage
         )
-        presence = KvPresenceStore(await open_bucket(bus.jetstream, bucket))
+        presence = KvPresenceStore(await open_bucket(bus.jetstream, bucket), bus.nc, bucket.name)
         sessions: Sessions
         ops = MembershipOps(
             join=lambda conn, room: sessions.join(conn, room),

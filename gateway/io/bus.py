@@ -18,6 +18,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol import command as prot_command
 
+from gateway.io import direct_subscription
+
 log = logging.getLogger("prism.bus")
 
 Headers = dict[str, str]
@@ -86,6 +88,10 @@ class NatsBus:
 
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
+        self._direct = direct_subscription.supported(nc)
+        if not self._direct:
+            log.warning("this nats-py lacks what direct subscriptions need; using one task per subscription")
+        self._dispatch: dict[Handler, direct_subscription.Dispatch] = {}
 
     @classmethod
     async def connect(
@@ -140,6 +146,12 @@ class NatsBus:
         return Reply(msg.data, msg.headers)
 
     async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> SubscriptionHandle:
+        if not queue and self._direct:
+            dispatch = self._dispatch.get(handler)
+            if dispatch is None:
+                dispatch = self._dispatch[handler] = direct_subscription.Dispatch(handler)
+            return await direct_subscription.subscribe(self.nc, subject, dispatch)
+
         async def on_msg(msg: Msg) -> None:
             try:
                 pending = handler(msg.subject, msg.reply, msg.data, msg.headers)
