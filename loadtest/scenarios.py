@@ -274,7 +274,9 @@ async def user(target: Target, pub: Publisher, s: Settings, progress: Progress =
 
 
 async def request(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
-    """Client -> backend request/reply: each request carries its send time and comes back as a reply."""
+    """Client -> backend request/reply: each request carries its send time and comes back as a reply.
+
+    At most 8 requests are in flight per connection, under the gateway's default limit of 16."""
     count = s.connections // 10 or 1
     result = Result("request", target.name, {"connections": count, "requests": s.messages // 2})
     await target.start_echo()
@@ -292,7 +294,7 @@ async def request(target: Target, pub: Publisher, s: Settings, progress: Progres
         publish,
         1,
         s.messages // 2,
-        min(s.window, 500),
+        min(s.window, len(clients) * 8),
         s,
         progress,
         received=lambda: fleet.replies,
@@ -429,7 +431,7 @@ async def nats_alone_conn(target: Any, s: Settings, progress: Progress = _noop) 
     await target.reset()
     cpu0 = cpu_seconds(target.server_pid)
     start = time.perf_counter()
-    window = s.window * 4
+    window = s.window  # the same messages in flight as Prism gets
     for seq in range(s.messages):
         raw.publish(f"conn.bench.c{seq % s.connections}", payload.make(seq, s.size))
         if seq % 32 == 31:
