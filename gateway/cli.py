@@ -42,10 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     gateway = commands.add_parser("gateway", help="run one gateway node against PRISM_NATS_URL")
     add_arguments(gateway, GatewayConfig)
+
+    loadtest = commands.add_parser(
+        "loadtest",
+        help="benchmark Prism against the websockets ceiling (python -m loadtest --help)",
+        add_help=False,
+    )
+    loadtest.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["loadtest"]:  # its own options: hand them over untouched
+        from loadtest.cli import main as loadtest_main
+
+        return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "gateway":

@@ -27,6 +27,7 @@ class GatewayConfig:
     node_id: str = _setting("", "node id, unique in the cluster (random when empty)")
     routes: tuple[str, ...] = _setting(("/ws",), "WebSocket paths, comma-separated")
     subject_prefix: str = _setting("", "prefix for every NATS subject, e.g. 'acme.'")
+    listen_backlog: int = _setting(2048, "pending TCP connections the listener queues (bursts of reconnects)")
     compression: bool = _setting(False, "offer permessage-deflate (costs CPU and memory per connection)")
     max_message_bytes: int = _setting(65536, "largest client message accepted (bigger: close 1009)")
     max_outbound_bytes: int = _setting(

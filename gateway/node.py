@@ -99,6 +99,7 @@ class Node:
             ping_timeout=self.config.ping_timeout or None,
             close_timeout=self.config.close_timeout,
             server_header="Prism",
+            backlog=self.config.listen_backlog,
         )
         sockets = self._server.sockets
         if sockets:

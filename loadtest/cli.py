@@ -70,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-connections", type=int, default=5000)
     parser.add_argument("--connect-connections", type=int, default=3000)
     parser.add_argument("--paced-seconds", type=float, default=5.0)
-    parser.add_argument("--window", type=int, default=32000,
-                        help="1:1 messages in flight in the peak phase (the same for nats-py alone)")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=32000,
+        help="1:1 messages in flight in the peak phase (the same for nats-py alone)",
+    )
     parser.add_argument("--size", type=int, default=100, help="message size in bytes")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)

@@ -37,7 +37,8 @@ class Phase:
     cpu_seconds: float
     latency: Latency | None
     timeline: list[float] = field(default_factory=list)
-    generator_cpu_seconds: float = 0.0  # the load generator's own CPU: near 1 per second means it limited
+    generator_cpu_seconds: float = 0.0  # the load generator's own CPU
+    helper_cpu_seconds: float = 0.0  # NATS/Redis beside the generator: with the generator's, the client core
 
     @property
     def drops(self) -> int:
@@ -87,6 +88,10 @@ class Settings:
     timeout: float = 60.0
 
 
+def _helpers_cpu(target: Target) -> float:
+    return sum(cpu_seconds(pid) for pid in target.helper_pids)
+
+
 def _noop(stage: str, fraction: float) -> None:
     return None
 
@@ -103,7 +108,7 @@ async def _peak(
     progress: Progress,
 ) -> Phase:
     fleet.reset()
-    cpu0, gen0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid())
+    cpu0, gen0, help0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid()), _helpers_cpu(target)
     start = time.perf_counter()
     for seq in range(count):
         await publish(seq)
@@ -127,6 +132,7 @@ async def _peak(
         summarize(fleet.latencies),
         fleet.timeline.rates(),
         cpu_seconds(os.getpid()) - gen0,
+        _helpers_cpu(target) - help0,
     )
 
 
@@ -143,7 +149,7 @@ async def _paced(
 ) -> Phase:
     """Publish ``rate`` deliveries/s (``rate / fanout`` messages/s) for ``seconds``, open loop."""
     fleet.reset()
-    cpu0, gen0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid())
+    cpu0, gen0, help0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid()), _helpers_cpu(target)
     per_second = rate / fanout
     tick = 0.002
     loop = asyncio.get_running_loop()
@@ -176,6 +182,7 @@ async def _paced(
         summarize(fleet.latencies),
         fleet.timeline.rates(),
         cpu_seconds(os.getpid()) - gen0,
+        _helpers_cpu(target) - help0,
     )
 
 
@@ -361,7 +368,7 @@ async def mixed(target: Target, pub: Publisher, s: Settings, progress: Progress 
         await fleet.join(clients[r * 100 : (r + 1) * 100], f"mix{r}")
     ids = [c.conn_id or "" for c in clients]
     fleet.reset()
-    cpu0, gen0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid())
+    cpu0, gen0, help0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid()), _helpers_cpu(target)
     loop = asyncio.get_running_loop()
     start = loop.time()
     published = requests = 0
@@ -394,6 +401,7 @@ async def mixed(target: Target, pub: Publisher, s: Settings, progress: Progress 
         summarize(fleet.latencies),
         fleet.timeline.rates(),
         cpu_seconds(os.getpid()) - gen0,
+        _helpers_cpu(target) - help0,
     )
     result.phases.append(phase)
     result.figures.update(

@@ -33,6 +33,12 @@ class Target(ABC):
     dialect: Dialect = Dialect()
     server_pid: int = 0
 
+    @property
+    def helper_pids(self) -> list[int]:
+        """Processes beside the load generator that the target needs (NATS, Redis): their CPU is reported
+        so a run shows when the generator's core, not the server's, was the limit."""
+        return []
+
     @abstractmethod
     async def start(self, workdir: Path) -> None: ...
 

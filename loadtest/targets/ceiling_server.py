@@ -71,7 +71,7 @@ async def handler(ws: ServerConnection) -> None:
 
 
 async def main(port: int) -> None:
-    async with serve(handler, "127.0.0.1", port, compression=None, max_size=2**20) as server:
+    async with serve(handler, "127.0.0.1", port, compression=None, max_size=2**20, backlog=2048) as server:
         print(f"ceiling listening on {port}", flush=True)
         await server.serve_forever()
 

@@ -100,6 +100,10 @@ class PrismTarget(Target):
     def url(self, user: str | None = None) -> str:
         return f"ws://127.0.0.1:{self.port}/ws" + (f"?user={user}" if user else "")
 
+    @property
+    def helper_pids(self) -> list[int]:
+        return [self.nats.pid] if self.nats is not None else []
+
     async def nats_client(self) -> NatsClient:
         assert self.nats is not None
         nc = await nats.connect(self.nats.url, pending_size=64 * 1024 * 1024)

@@ -1,0 +1,53 @@
+"""The project's load generator, run as a user runs it: a small bounded benchmark, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from loadtest import payload
+from loadtest.stats import Timeline, summarize
+
+
+def test_payload_carries_its_publish_time_at_a_fixed_offset() -> None:
+    message = payload.make(42, size=100, now_ns=1_700_000_000_123_456_789)
+    assert len(message) == 100
+    assert json.loads(message)["t"] == 1_700_000_000_123_456_789
+    assert payload.sent_at(message) == 1_700_000_000_123_456_789
+    assert payload.sequence(message) == 42
+    assert payload.sent_at(b"not a benchmark message") is None
+
+
+def test_latency_summary_and_timeline() -> None:
+    latency = summarize([i * 1_000_000 for i in range(1, 101)])
+    assert latency is not None
+    assert (latency.samples, latency.max) == (100, 100.0)
+    assert 50 <= latency.p50 <= 51
+    assert summarize([]) is None
+    timeline = Timeline(start_ns=0, width_s=0.1)
+    timeline.add(50_000_000, 3)
+    timeline.add(250_000_000, 1)
+    assert timeline.rates() == [30.0, 0.0, 10.0]
+
+
+async def test_quick_benchmark_of_prism_and_the_ceiling_writes_every_report(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "loadtest", "--quick", "--scenarios", "conn,room,request,connect",
+        "--targets", "prism,ceiling", "--out", str(out), "--max-seconds", "100",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, output.decode()[-3000:]
+    assert {p.name for p in out.iterdir()} >= {"results.json", "summary.md", "latency.png", "throughput.png"}
+    data = json.loads((out / "results.json").read_text())
+    figures = {(r["scenario"], r["target"]): r["figures"] for r in data["results"]}
+    for scenario in ("conn", "room", "request"):
+        for target in ("prism", "websockets-ceiling"):
+            assert figures[scenario, target]["deliveries_per_s"] > 0
+            assert figures[scenario, target]["drops"] == 0, (scenario, target)
+    assert figures["conn", "nats-py-alone"]["deliveries_per_s"] > 0
+    assert figures["connect", "prism"]["connects_per_s"] > 0
+    assert "| conn | prism |" in (out / "summary.md").read_text()
