@@ -7,7 +7,8 @@ figures compare as ratios on a noisy machine. See ``docs/benchmarks.md``.
     payload.py   timestamped messages (latency is measured from publish to client receipt)
     stats.py     latency percentiles and throughput timelines
     fleet.py     many cheap WebSocket clients speaking a target's dialect
-    targets/     what is measured: prism, the websockets ceiling, nats-py alone, peers
+    targets/     what is measured: prism, the websockets ceiling, nats-py alone
+    peers/       opt-in peers installed on demand: Socket.IO and Django Channels, both on Redis
     scenarios.py idle, connect, conn, room, user, request, mixed
     report.py    JSON, Markdown and PNG plots
 """

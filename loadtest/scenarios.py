@@ -22,6 +22,7 @@ from loadtest.procstat import cpu_seconds, rss_bytes
 from loadtest.stats import Latency, summarize
 from loadtest.targets.base import Publisher, Target
 
+PEAK_SECONDS = 15.0
 Publish = Callable[[int], Awaitable[None]]
 Progress = Callable[[str, float], None]
 
@@ -110,6 +111,7 @@ async def _peak(
     fleet.reset()
     cpu0, gen0, help0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid()), _helpers_cpu(target)
     start = time.perf_counter()
+    stop_publishing = start + PEAK_SECONDS  # bounded in time too: a slow target sends fewer messages
     for seq in range(count):
         await publish(seq)
         if seq % 32 == 31:
@@ -117,6 +119,9 @@ async def _peak(
             if behind > received():
                 await fleet.wait_until(received, behind, timeout)
             progress("peak", (seq + 1) / count)
+            if time.perf_counter() > stop_publishing:
+                count = seq + 1
+                break
     await fleet.wait_until(received, count * fanout, timeout)
     seconds = time.perf_counter() - start
     cpu = cpu_seconds(target.server_pid) - cpu0
