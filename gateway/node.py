@@ -29,6 +29,7 @@ from gateway.io.http import HttpRoutes
 from gateway.io.interests import InterestSync
 from gateway.io.outbox import Flusher, LocalConn
 from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket
+from gateway.io.requests import RequestMux
 from gateway.metrics import GatewayMetrics
 from gateway.session import Sessions
 from shared.close_codes import CloseCode
@@ -80,8 +81,18 @@ class Node:
         )
         delivery = Delivery(self.node_id, self.subjects, self.hub, self.flusher, bus, self.metrics, ops)
         interests = InterestSync(bus, self.hub.wants, delivery.subject_for, delivery.handler_for)
+        requests = RequestMux(bus, self.config.request_timeout, lambda *answer: sessions.on_answer(*answer))
+        await requests.start()
         sessions = self._sessions = Sessions(
-            self.config, self.node_id, self.hub, self.flusher, bus, presence, interests, self.metrics
+            self.config,
+            self.node_id,
+            self.hub,
+            self.flusher,
+            bus,
+            presence,
+            interests,
+            requests,
+            self.metrics,
         )
         await bus.subscribe(self.subjects.node_conns(self.node_id), delivery.on_conn)
         await bus.subscribe(self.subjects.node_control_conns(self.node_id), delivery.on_control_conn)

@@ -20,11 +20,12 @@ from websockets.exceptions import ConnectionClosed
 from gateway.config import GatewayConfig
 from gateway.core.hub import Hub, JoinOutcome
 from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame
-from gateway.io.bus import Bus, BusUnavailable, Headers, NoResponders, RequestTimeout
+from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
 from gateway.io.http import split_path, user_from_query
 from gateway.io.interests import InterestSync
 from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.presence_store import ConnRecord, PresenceStore, utc_now
+from gateway.io.requests import RequestMux
 from gateway.metrics import GatewayMetrics
 from shared import frames
 from shared import headers as h
@@ -33,6 +34,10 @@ from shared.errors import FrameError
 from shared.frames import ErrorCode, Ref
 
 log = logging.getLogger("prism.session")
+
+_EVENT_KEY = h.EVENT.encode()
+_FRAME_BINARY_LINE = f"{h.FRAME}: {h.FRAME_BINARY}\r\n".encode()
+_FRAME_TEXT_LINE = f"{h.FRAME}: {h.FRAME_TEXT}\r\n".encode()
 
 
 def record_of(conn: LocalConn, node_id: str) -> ConnRecord:
@@ -49,6 +54,7 @@ class Sessions:
         bus: Bus,
         presence: PresenceStore,
         interests: InterestSync,
+        requests: RequestMux,
         metrics: GatewayMetrics,
     ) -> None:
         self.config = config
@@ -59,6 +65,7 @@ class Sessions:
         self.bus = bus
         self.presence = presence
         self.interests = interests
+        self.requests = requests
         self.metrics = metrics
         self.tasks: set[asyncio.Task[Any]] = set()
         self.idle = asyncio.Event()  # set while no connection is registered (drain waits on it)
@@ -101,6 +108,7 @@ class Sessions:
             await self._closed(conn)
 
     async def _open(self, conn: LocalConn) -> bool:
+        conn.header_lines = encode_header_lines(self._headers(conn))  # once, for all it will publish
         changes = self.hub.add(conn.conn_id, conn.user, conn)
         self.idle.clear()
         try:
@@ -201,9 +209,9 @@ class Sessions:
             await self._on_event(conn, command)
         elif isinstance(command, Raw):
             self._frames_in["message"].inc()
-            headers = self._headers(conn)
-            headers[h.FRAME] = h.FRAME_BINARY if command.binary else h.FRAME_TEXT
-            await self._publish(conn, self.subjects.client_message, command.payload, headers, None)
+            kind = _FRAME_BINARY_LINE if command.binary else _FRAME_TEXT_LINE
+            block = header_block(conn.header_lines + kind)
+            await self._publish(conn, self.subjects.client_message, block, command.payload, None)
 
     async def join(self, conn: LocalConn, room: str) -> JoinOutcome:
         outcome, changes = self.hub.join(conn.conn_id, room)
@@ -233,11 +241,10 @@ class Sessions:
 
     async def _on_event(self, conn: LocalConn, event: Event) -> None:
         subject = self.subjects.client_event(event.name)
-        headers = self._headers(conn)
-        headers[h.EVENT] = event.name
+        block = header_block(conn.header_lines + b"%s: %s\r\n" % (_EVENT_KEY, event.name.encode()))
         if event.ref is None:
             self._frames_in["event"].inc()
-            await self._publish(conn, subject, event.data, headers, None)
+            await self._publish(conn, subject, block, event.data, None)
             return
         self._frames_in["request"].inc()
         if conn.inflight_requests >= self.config.max_inflight_requests:
@@ -245,28 +252,29 @@ class Sessions:
             self.send_error(conn, event.ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
             return
         conn.inflight_requests += 1
-        self.spawn(self._request(conn, subject, event, headers))
-
-    async def _request(self, conn: LocalConn, subject: str, event: Event, headers: Headers) -> None:
         try:
-            reply = await self.bus.request(subject, event.data, headers, self.config.request_timeout)
-        except RequestTimeout:
-            seconds = self.config.request_timeout
-            self.send_error(conn, event.ref, ErrorCode.TIMEOUT, f"no reply to {event.name!r} in {seconds}s")
-        except NoResponders:
-            self.send_error(conn, event.ref, ErrorCode.NO_RESPONDERS, f"no backend handles {event.name!r}")
+            await self.requests.send(conn, subject, block, event.data, event.ref, event.name)
         except Exception as exc:
-            self.send_error(conn, event.ref, ErrorCode.BACKEND_UNAVAILABLE, f"cannot reach backends: {exc}")
-        else:
-            self._send(conn, frames.reply(event.ref, reply.data))
-        finally:
             conn.inflight_requests -= 1
+            self.send_error(conn, event.ref, ErrorCode.BACKEND_UNAVAILABLE, f"cannot reach backends: {exc}")
 
-    async def _publish(
-        self, conn: LocalConn, subject: str, payload: bytes, headers: Headers, ref: Ref
+    def on_answer(
+        self, conn: object, ref: Ref, event: str, data: bytes | None, error: ErrorCode | None
     ) -> None:
+        """A backend's reply to a client request, or why there is none (from :class:`RequestMux`)."""
+        assert isinstance(conn, LocalConn)
+        conn.inflight_requests -= 1
+        if error is ErrorCode.TIMEOUT:
+            seconds = self.config.request_timeout
+            self.send_error(conn, ref, error, f"no reply to {event!r} in {seconds}s")
+        elif error is ErrorCode.NO_RESPONDERS:
+            self.send_error(conn, ref, error, f"no backend handles {event!r}")
+        else:
+            self._send(conn, frames.reply(ref, data or b""))
+
+    async def _publish(self, conn: LocalConn, subject: str, block: bytes, payload: bytes, ref: Ref) -> None:
         try:
-            await self.bus.publish(subject, payload, headers)
+            await self.bus.publish_encoded(subject, "", block, payload)
         except BusUnavailable as exc:
             self.send_error(conn, ref, ErrorCode.BACKEND_UNAVAILABLE, f"message not sent: {exc}")
 

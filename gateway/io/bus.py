@@ -1,4 +1,4 @@
-"""The gateway's small, typed view of NATS: publish, request, subscribe, reply, and the KV it needs.
+"""The gateway's small, typed view of NATS: publish, subscribe, reply, and the KV it needs.
 
 nats-py's client has a 35-argument ``connect()`` and a wide surface; the rest of the gateway sees only
 :class:`Bus`. :class:`NatsBus` is the one implementation.
@@ -34,22 +34,8 @@ _NO_RESPONDERS_HEADER = b"NATS/1.0 503\r\n\r\n"
 DEFAULT_SUB_PENDING_MSGS = 65536
 
 
-class RequestTimeout(Exception):
-    """Nobody answered the request in time."""
-
-
-class NoResponders(Exception):
-    """Nobody listens on the request's subject."""
-
-
 class BusUnavailable(Exception):
     """NATS is not connected (or is draining); the message was not sent."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    data: bytes
-    headers: Headers | None
 
 
 class SubscriptionHandle(Protocol):
@@ -62,11 +48,11 @@ class Bus(Protocol):
 
     async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None: ...
 
-    async def request(
-        self, subject: str, payload: bytes, headers: Headers | None, timeout: float
-    ) -> Reply: ...
-
     async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> SubscriptionHandle: ...
+
+    async def publish_encoded(
+        self, subject: str, reply: str, header_block: bytes, payload: bytes
+    ) -> None: ...
 
     async def reply_no_responders(self, reply: str) -> None: ...
 
@@ -134,17 +120,6 @@ class NatsBus:
             raise BusUnavailable("NATS connection is closed")
         await self.nc.publish(subject, payload, headers=headers)
 
-    async def request(self, subject: str, payload: bytes, headers: Headers | None, timeout: float) -> Reply:
-        if self.nc.is_closed or self.nc.is_draining:
-            raise BusUnavailable("NATS connection is closed")
-        try:
-            msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(subject) from None
-        except nats.errors.TimeoutError:
-            raise RequestTimeout(subject) from None
-        return Reply(msg.data, msg.headers)
-
     async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> SubscriptionHandle:
         if not queue and self._direct:
             dispatch = self._dispatch.get(handler)
@@ -165,10 +140,27 @@ class NatsBus:
         )
         return sub
 
+    async def publish_encoded(self, subject: str, reply: str, header_block: bytes, payload: bytes) -> None:
+        """Publish with headers already in NATS wire form (see :func:`header_block`): a connection's
+        identity headers are encoded once when it opens, not built and validated again per message."""
+        if self.nc.is_closed or self.nc.is_draining:
+            raise BusUnavailable("NATS connection is closed")
+        await self.nc._send_command(prot_command.hpub_cmd(subject, reply, header_block, payload))
+        await self._kick_flusher()
+
+    def new_inbox(self) -> str:
+        return str(self.nc.new_inbox())
+
     async def reply_no_responders(self, reply: str) -> None:
         # nats-py has no public way to publish a status line, so this writes the HPUB itself.
         await self.nc._send_command(prot_command.hpub_cmd(reply, "", _NO_RESPONDERS_HEADER, b""))
-        await self.nc._flush_pending()
+        await self._kick_flusher()
+
+    async def _kick_flusher(self) -> None:
+        # As nats-py's own publish(): wake its flusher only if no wake-up is queued already; each one
+        # costs a Future and a task switch, and one pass writes everything pending.
+        if self.nc._flush_queue is not None and self.nc._flush_queue.empty():
+            await self.nc._flush_pending()
 
     async def flush(self, timeout: float = 5.0) -> None:
         await self.nc.flush(timeout=int(max(1, timeout)))
@@ -187,3 +179,14 @@ class NatsBus:
     async def close(self) -> None:
         if not self.nc.is_closed:
             await self.nc.close()
+
+
+def encode_header_lines(headers: dict[str, str]) -> bytes:
+    """``Key: value`` lines in NATS wire form. Callers pass validated tokens (ids, paths, addresses):
+    nothing here may contain CR or LF."""
+    return b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
+
+
+def header_block(lines: bytes) -> bytes:
+    """A complete NATS header block from :func:`encode_header_lines` output."""
+    return b"NATS/1.0\r\n" + lines + b"\r\n"

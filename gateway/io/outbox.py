@@ -57,6 +57,7 @@ class LocalConn:
     closing: bool = False
     close_code: int | None = None
     inflight_requests: int = 0
+    header_lines: bytes = b""  # its identity headers in NATS wire form, encoded once at open
 
 
 def is_open(conn: LocalConn) -> bool:
