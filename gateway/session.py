@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import orjson
+from prometheus_client import Counter, Gauge
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -75,6 +76,10 @@ class Sessions:
             for k in ("command", "event", "request", "message", "invalid")
         }
         self._bytes_in = metrics.bytes_in.labels(node=node_id)
+        self._per_route: dict[str, tuple[Counter, Gauge]] = {}
+        # Read when Prometheus scrapes, so connects and joins do not pay for them.
+        metrics.rooms_active.labels(node=node_id).set_function(lambda: len(hub.rooms))
+        metrics.users_active.labels(node=node_id).set_function(lambda: len(hub.users))
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -125,9 +130,9 @@ class Sessions:
         await self._lifecycle(self.subjects.client_connect, conn, {})
         welcome = frames.welcome(conn.conn_id, self.node_id, conn.user, conn.route)
         self.flusher.start(conn, Outgoing(welcome, binary=False))
-        self.metrics.connects.labels(node=self.node_id, route=conn.route).inc()
-        self.metrics.connections.labels(node=self.node_id, route=conn.route).inc()
-        self._gauge_hub()
+        connects, connections = self._route_metrics(conn.route)
+        connects.inc()
+        connections.inc()
         return True
 
     async def _closed(self, conn: LocalConn) -> None:
@@ -146,9 +151,8 @@ class Sessions:
         extra: dict[str, object] = {"code": code, "reason": reason, "rooms": sorted(rooms)}
         extra["disconnected_at"] = utc_now()
         await self._lifecycle(self.subjects.client_disconnect, conn, extra)
-        self.metrics.connections.labels(node=self.node_id, route=conn.route).dec()
+        self._route_metrics(conn.route)[1].dec()
         self.metrics.disconnects.labels(node=self.node_id, code=str(code)).inc()
-        self._gauge_hub()
         self._set_idle()
 
     def _set_idle(self) -> None:
@@ -180,9 +184,16 @@ class Sessions:
         except TimeoutError:
             conn.ws.transport.abort()
 
-    def _gauge_hub(self) -> None:
-        self.metrics.rooms_active.labels(node=self.node_id).set(len(self.hub.rooms))
-        self.metrics.users_active.labels(node=self.node_id).set(len(self.hub.users))
+    def _route_metrics(self, route: str) -> tuple[Counter, Gauge]:
+        """The connects counter and connections gauge of ``route`` (looked up once per route)."""
+        found = self._per_route.get(route)
+        if found is None:
+            labels = {"node": self.node_id, "route": route}
+            found = self._per_route[route] = (
+                self.metrics.connects.labels(**labels),
+                self.metrics.connections.labels(**labels),
+            )
+        return found
 
     # -- client frames ---------------------------------------------------------------------------------
     async def _on_frame(self, conn: LocalConn, message: str | bytes) -> None:
@@ -224,7 +235,6 @@ class Sessions:
             except Exception as exc:
                 log.warning("presence join %s %s failed: %s", conn.conn_id, room, exc)
                 self.metrics.presence_errors.labels(node=self.node_id, op="join").inc()
-            self._gauge_hub()
         return outcome
 
     async def leave(self, conn: LocalConn, room: str) -> bool:
@@ -236,7 +246,6 @@ class Sessions:
             except Exception as exc:
                 log.warning("presence leave %s %s failed: %s", conn.conn_id, room, exc)
                 self.metrics.presence_errors.labels(node=self.node_id, op="leave").inc()
-            self._gauge_hub()
         return was_member
 
     async def _on_event(self, conn: LocalConn, event: Event) -> None:
@@ -295,7 +304,7 @@ class Sessions:
             **extra,
         }
         try:
-            await self.bus.publish(subject, orjson.dumps(body), self._headers(conn))
+            await self.bus.publish_encoded(subject, "", header_block(conn.header_lines), orjson.dumps(body))
         except Exception as exc:
             log.warning("could not publish %s for %s: %s", subject, conn.conn_id, exc)
 
