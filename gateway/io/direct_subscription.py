@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -83,14 +82,25 @@ class Dispatch:
 class DirectSubscription(Subscription):
     def __init__(self, nc: NatsClient, sid: int, subject: str, dispatch: Dispatch) -> None:
         # Deliberately not Subscription.__init__: it allocates the queue this class exists to avoid.
-        fields: dict[str, Any] = {
-            "_conn": nc, "_id": sid, "_subject": subject, "_queue": "", "_max_msgs": 0, "_received": 0,
-            "_cb": None, "_future": None, "_closed": False, "_pending_msgs_limit": 0,
-            "_pending_bytes_limit": 0,  # 0 disables nats-py's pending-bytes check: nothing ever pends
-            "_pending_queue": dispatch, "_pending_next_msgs_calls": None, "_pending_size": 0,
-            "_wait_for_msgs_task": None, "_message_iterator": None, "_jsi": None,
-        }  # fmt: skip
-        self.__dict__.update(fields)
+        # Assigned one by one, in the same order every time, so instances share one key table (323 bytes
+        # each, where filling __dict__ with update() made 618).
+        self._conn = nc
+        self._id = sid
+        self._subject = subject
+        self._queue = ""
+        self._max_msgs = 0
+        self._received = 0
+        self._cb = None
+        self._future = None
+        self._closed = False
+        self._pending_msgs_limit = 0
+        self._pending_bytes_limit = 0  # 0 disables nats-py's pending-bytes check: nothing ever pends
+        self._pending_queue = dispatch  # type: ignore[assignment]
+        self._pending_next_msgs_calls = None  # type: ignore[assignment]
+        self._pending_size = 0
+        self._wait_for_msgs_task = None
+        self._message_iterator = None
+        self._jsi = None
 
 
 async def subscribe(nc: NatsClient, subject: str, dispatch: Dispatch) -> DirectSubscription:
