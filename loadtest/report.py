@@ -126,6 +126,10 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _short(target: str) -> str:
+    return {"websockets-ceiling": "ceiling", "nats-py-alone": "nats-py"}.get(target, target)
+
+
 def plots(results: list[Result], out: Path) -> list[Path]:
     import matplotlib
 
@@ -135,13 +139,15 @@ def plots(results: list[Result], out: Path) -> list[Path]:
     written: list[Path] = []
     measured = [r for r in results if r.phase("paced") and r.phase("paced").latency]  # type: ignore[union-attr]
     if measured:
-        fig, ax = plt.subplots(figsize=(10, 4.5))
-        labels = [f"{r.scenario}\n{r.target}" for r in measured]
+        fig, ax = plt.subplots(figsize=(max(10, len(measured) * 0.6), 5))
+        labels = [f"{r.scenario} / {_short(r.target)}" for r in measured]
         width = 0.2
         for i, (name, attr) in enumerate((("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"))):
             values = [getattr(r.phase("paced").latency, attr) for r in measured]  # type: ignore[union-attr]
             ax.bar([x + i * width for x in range(len(measured))], values, width, label=name)
-        ax.set_xticks([x + 1.5 * width for x in range(len(measured))], labels, fontsize=7)
+        ax.set_xticks(
+            [x + 1.5 * width for x in range(len(measured))], labels, fontsize=8, rotation=40, ha="right"
+        )
         ax.set_ylabel("ms, publish to client receipt")
         ax.set_yscale("log")
         ax.set_title("Latency at half of peak rate")
@@ -152,18 +158,24 @@ def plots(results: list[Result], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     timed = [r for r in results if r.phase("peak") and r.phase("peak").timeline]  # type: ignore[union-attr]
-    if timed:
-        fig, ax = plt.subplots(figsize=(10, 4.5))
-        for r in timed:
-            rates = r.phase("peak").timeline  # type: ignore[union-attr]
-            ax.plot([i * 0.1 for i in range(len(rates))], rates, label=f"{r.scenario} / {r.target}")
-        ax.set_xlabel("seconds into the peak phase")
-        ax.set_ylabel("deliveries/s")
-        ax.set_title("Throughput over time (peak phase)")
-        ax.legend(fontsize=7)
+    scenarios = list(dict.fromkeys(r.scenario for r in timed))
+    if scenarios:
+        columns = min(2, len(scenarios))
+        rows = (len(scenarios) + columns - 1) // columns
+        fig, axes = plt.subplots(rows, columns, figsize=(11, 3.2 * rows), squeeze=False)
+        for ax, scenario in zip(axes.flat, scenarios, strict=False):
+            for r in (r for r in timed if r.scenario == scenario):
+                rates = r.phase("peak").timeline  # type: ignore[union-attr]
+                ax.plot([i * 0.1 for i in range(len(rates))], rates, label=_short(r.target))
+            ax.set_title(f"{scenario}: deliveries/s in the peak phase", fontsize=9)
+            ax.set_yscale("log")
+            ax.set_xlabel("seconds", fontsize=8)
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(scenarios) :]:
+            ax.set_visible(False)
         fig.tight_layout()
         path = out / "throughput.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
     return written
@@ -189,3 +201,28 @@ def machine() -> str:
     import os
 
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def load(path: Path) -> list[Result]:
+    """The results of a run from its ``results.json`` (to redraw plots without running it again)."""
+    from loadtest.scenarios import Phase
+    from loadtest.stats import Latency
+
+    results: list[Result] = []
+    for item in json.loads(path.read_text())["results"]:
+        result = Result(
+            item["scenario"], item["target"], item["params"], figures=item["figures"], errors=item["errors"]
+        )
+        for p in item["phases"]:
+            latency = Latency(**p["latency"]) if p["latency"] else None
+            fields = {k: v for k, v in p.items() if k not in ("latency", "drops")}
+            result.phases.append(Phase(**{**fields, "latency": latency}))
+        results.append(result)
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    source = Path(sys.argv[1])
+    print(", ".join(str(p) for p in plots(load(source), source.parent)))
