@@ -93,6 +93,31 @@ def _helpers_cpu(target: Target) -> float:
     return sum(cpu_seconds(pid) for pid in target.helper_pids)
 
 
+class _Meter:
+    """CPU of the server, the generator and the target's helpers from now until :meth:`phase`."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.server = cpu_seconds(target.server_pid)
+        self.generator = cpu_seconds(os.getpid())
+        self.helpers = _helpers_cpu(target)
+
+    def phase(self, name: str, messages: int, expected: int, got: int, seconds: float, fleet: Fleet) -> Phase:
+        return Phase(
+            name,
+            messages,
+            expected,
+            got,
+            seconds,
+            got / seconds,
+            cpu_seconds(self.target.server_pid) - self.server,
+            summarize(fleet.latencies),
+            fleet.timeline.rates(),
+            cpu_seconds(os.getpid()) - self.generator,
+            _helpers_cpu(self.target) - self.helpers,
+        )
+
+
 def _noop(stage: str, fraction: float) -> None:
     return None
 
@@ -109,7 +134,7 @@ async def _peak(
     progress: Progress,
 ) -> Phase:
     fleet.reset()
-    cpu0, gen0, help0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid()), _helpers_cpu(target)
+    meter = _Meter(target)
     start = time.perf_counter()
     stop_publishing = start + PEAK_SECONDS  # bounded in time too: a slow target sends fewer messages
     for seq in range(count):
@@ -123,22 +148,7 @@ async def _peak(
                 count = seq + 1
                 break
     await fleet.wait_until(received, count * fanout, timeout)
-    seconds = time.perf_counter() - start
-    cpu = cpu_seconds(target.server_pid) - cpu0
-    got = received()
-    return Phase(
-        "peak",
-        count,
-        count * fanout,
-        got,
-        seconds,
-        got / seconds,
-        cpu,
-        summarize(fleet.latencies),
-        fleet.timeline.rates(),
-        cpu_seconds(os.getpid()) - gen0,
-        _helpers_cpu(target) - help0,
-    )
+    return meter.phase("peak", count, count * fanout, received(), time.perf_counter() - start, fleet)
 
 
 async def _paced(
@@ -154,7 +164,7 @@ async def _paced(
 ) -> Phase:
     """Publish ``rate`` deliveries/s (``rate / fanout`` messages/s) for ``seconds``, open loop."""
     fleet.reset()
-    cpu0, gen0, help0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid()), _helpers_cpu(target)
+    meter = _Meter(target)
     per_second = rate / fanout
     tick = 0.002
     loop = asyncio.get_running_loop()
@@ -173,22 +183,7 @@ async def _paced(
         progress("paced", (now - start) / seconds)
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
     await fleet.wait_until(received, seq * fanout, timeout)
-    elapsed = loop.time() - start
-    cpu = cpu_seconds(target.server_pid) - cpu0
-    got = received()
-    return Phase(
-        "paced",
-        seq,
-        seq * fanout,
-        got,
-        elapsed,
-        got / elapsed,
-        cpu,
-        summarize(fleet.latencies),
-        fleet.timeline.rates(),
-        cpu_seconds(os.getpid()) - gen0,
-        _helpers_cpu(target) - help0,
-    )
+    return meter.phase("paced", seq, seq * fanout, received(), loop.time() - start, fleet)
 
 
 async def _two_phases(
@@ -373,7 +368,7 @@ async def mixed(target: Target, pub: Publisher, s: Settings, progress: Progress 
         await fleet.join(clients[r * 100 : (r + 1) * 100], f"mix{r}")
     ids = [c.conn_id or "" for c in clients]
     fleet.reset()
-    cpu0, gen0, help0 = cpu_seconds(target.server_pid), cpu_seconds(os.getpid()), _helpers_cpu(target)
+    meter = _Meter(target)
     loop = asyncio.get_running_loop()
     start = loop.time()
     published = requests = 0
@@ -392,27 +387,13 @@ async def mixed(target: Target, pub: Publisher, s: Settings, progress: Progress 
     expected = published * 150
     await fleet.wait_until(lambda: fleet.received, expected, s.timeout)
     await fleet.wait_until(lambda: fleet.replies, requests, s.timeout)
-    elapsed = loop.time() - start
     got = fleet.received + fleet.replies
-    cpu = cpu_seconds(target.server_pid) - cpu0
-    phase = Phase(
-        "paced",
-        published,
-        expected + requests,
-        got,
-        elapsed,
-        got / elapsed,
-        cpu,
-        summarize(fleet.latencies),
-        fleet.timeline.rates(),
-        cpu_seconds(os.getpid()) - gen0,
-        _helpers_cpu(target) - help0,
-    )
+    phase = meter.phase("paced", published, expected + requests, got, loop.time() - start, fleet)
     result.phases.append(phase)
     result.figures.update(
         {
             "deliveries_per_s": round(phase.rate),
-            "server_cpu_s": round(cpu, 3),
+            "server_cpu_s": round(phase.cpu_seconds, 3),
             "p99_ms": round(phase.latency.p99, 3) if phase.latency else -1,
             "drops": phase.drops,
         }

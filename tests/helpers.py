@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -61,3 +64,44 @@ async def nobody_listens(nc: NatsClient, subject: str) -> bool:
     except nats.errors.TimeoutError:
         return False
     return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc), so a test can stop or check each one by PID."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+async def kill_process_tree(proc: asyncio.subprocess.Process, known: Iterable[int] = ()) -> None:
+    """Kill ``proc`` if it still runs, and by PID every descendant it has now or ``known`` ones."""
+    pids = set(known) | descendants(proc.pid)
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -18,42 +18,13 @@ import pytest
 from loadtest.targets.base import free_port
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from tests.helpers import eventually, free_port_pair
+from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree
 
 pytestmark = pytest.mark.cli
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc), so the test can check each one is gone later."""
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                children = (task / "children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-    return found
-
-
 def process_names(pids: set[int]) -> set[str]:
     return {Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids if alive(pid)}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 30) -> str:
@@ -76,17 +47,10 @@ async def prism(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subpro
         sys.executable, "-m", "gateway", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
-    started: set[int] = set()
     try:
         yield proc
     finally:
-        started = descendants(proc.pid)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in started:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        await kill_process_tree(proc)
 
 
 async def read_banner(proc: asyncio.subprocess.Process) -> str:

@@ -25,7 +25,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from tests.helpers import eventually, free_port_pair
+from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree
 
 REPO = Path(__file__).resolve().parents[2]
 K6_SCRIPT = REPO / "loadtest" / "k6" / "prism.js"
@@ -76,35 +76,6 @@ def test_k6_script_reads_its_settings_from_the_environment() -> None:
 # -- locust against prism dev -----------------------------------------------------------------------------
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc), so each can be stopped by PID later."""
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                children = (task / "children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 @dataclass
 class PrismDev:
     proc: asyncio.subprocess.Process
@@ -152,13 +123,7 @@ async def prism_dev(port: int) -> AsyncIterator[PrismDev]:
         assert await asyncio.wait_for(proc.wait(), 30) == 0, "".join(output)
         await eventually(lambda: not any(alive(pid) for pid in started), what="prism dev's children to exit")
     finally:
-        started |= descendants(proc.pid)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in started:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        await kill_process_tree(proc, started)
         if drainer is not None:
             await asyncio.wait_for(drainer, 10)
 
