@@ -207,9 +207,18 @@ async def run(config: GatewayConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await node.start()
-        print(f"prism gateway {node.node_id} listening on ws://{config.host}:{node.port}", flush=True)
-        await stop.wait()
+        # A signal while starting (NATS may not be up yet) must stop the start, not wait for it.
+        starting = asyncio.ensure_future(node.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a start that failed raises here
+            print(f"prism gateway {node.node_id} listening on ws://{config.host}:{node.port}", flush=True)
+            await stopping
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
     finally:
         with contextlib.suppress(Exception):
             await node.stop()

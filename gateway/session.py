@@ -97,7 +97,7 @@ class Sessions:
             conn_id=self.new_conn_id(),
             user=user_from_query(query),  # already validated before the upgrade
             route=route,
-            remote=f"{host}:{port}",
+            remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",  # IPv6 in brackets
             ws=ws,
             connected_at=utc_now(),
             raw_frames=not ws.protocol.extensions,
@@ -125,7 +125,7 @@ class Sessions:
             _, changes = self.hub.remove(conn.conn_id)
             self._set_idle()
             await self.interests.apply(changes)
-            await conn.ws.close(CloseCode.TRY_AGAIN_LATER, "presence registry unavailable")
+            await self._bounded_close(conn, CloseCode.TRY_AGAIN_LATER, "presence registry unavailable")
             return False
         await self._lifecycle(self.subjects.client_connect, conn, {})
         welcome = frames.welcome(conn.conn_id, self.node_id, conn.user, conn.route)

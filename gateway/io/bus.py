@@ -6,6 +6,7 @@ nats-py's client has a 35-argument ``connect()`` and a wide surface; the rest of
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -98,17 +99,34 @@ class NatsBus:
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %s", exc)
 
-        nc = await nats.connect(
-            servers=options.servers,
-            name=options.name,
-            connect_timeout=int(options.connect_timeout),
-            max_reconnect_attempts=options.max_reconnect_attempts,
-            reconnect_time_wait=int(options.reconnect_time_wait),
-            drain_timeout=int(options.drain_timeout),
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-        )
+        # nats-py's own first connect retries silently forever when reconnects are unlimited. Try each
+        # server a couple of times, say so when NATS is not there, back off and try again (a node may
+        # start before NATS does), then allow unlimited reconnects for the life of the connection.
+        delay = 0.5
+        while True:
+            try:
+                nc = await nats.connect(
+                    servers=options.servers,
+                    name=options.name,
+                    connect_timeout=int(options.connect_timeout),
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=int(options.reconnect_time_wait),
+                    drain_timeout=int(options.drain_timeout),
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    error_cb=error,
+                )
+                break
+            except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "cannot reach NATS at %s (%s); retrying in %.1fs",
+                    ", ".join(options.servers),
+                    exc or type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
         return cls(nc)
 
     @property

@@ -139,3 +139,14 @@ async def test_prism_dev_uses_an_external_nats_when_prism_nats_url_is_set(nats_s
         proc.send_signal(signal.SIGTERM)
         await client.wait_closed()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_gateway_waiting_for_nats_says_so_and_stops_on_sigterm() -> None:
+    unreachable = f"nats://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PRISM_NATS_URL": unreachable}
+    async with prism("gateway", "--port", str(free_port()), "--host", "127.0.0.1", env=env) as proc:
+        assert proc.stdout is not None
+        line = await read_until(proc.stdout, "cannot reach NATS")
+        assert unreachable in line
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
