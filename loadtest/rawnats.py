@@ -12,7 +12,7 @@ import asyncio
 from typing import cast
 from urllib.parse import urlparse
 
-_FLUSH_AT = 64 * 1024
+from loadtest.wire import BatchedWriter
 
 
 class _Reader(asyncio.Protocol):
@@ -42,9 +42,9 @@ class _Reader(asyncio.Protocol):
 
 
 class RawPublisher:
-    def __init__(self, reader: _Reader) -> None:
+    def __init__(self, reader: _Reader, transport: asyncio.Transport) -> None:
         self._reader = reader
-        self._out = bytearray()
+        self._writer = BatchedWriter(transport)
 
     @classmethod
     async def connect(cls, url: str) -> RawPublisher:
@@ -56,32 +56,20 @@ class RawPublisher:
         reader.transport = transport
         transport.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\nPING\r\n')
         await asyncio.wait_for(reader.pongs.get(), 10)
-        return cls(reader)
+        return cls(reader, transport)
 
-    def publish(self, subject: str, data: bytes) -> None:
+    async def publish(self, subject: str, data: bytes) -> None:
         """Buffer one publish; the buffer is written at the end of this loop pass (or when large)."""
-        out = self._out
-        if not out:
-            asyncio.get_running_loop().call_soon(self.write)
-        out += b"PUB %s %d\r\n" % (subject.encode(), len(data))
-        out += data
-        out += b"\r\n"
-        if len(out) >= _FLUSH_AT:
-            self.write()
+        await self._writer.append(b"PUB %s %d\r\n" % (subject.encode(), len(data)), data, b"\r\n")
 
     def write(self) -> None:
-        if self._out and self._reader.transport is not None:
-            self._reader.transport.write(bytes(self._out))
-            self._out.clear()
+        self._writer.write()
 
     async def flush(self) -> None:
         """Write what is buffered and wait until the server has processed it (PING/PONG)."""
-        self.write()
-        assert self._reader.transport is not None
-        self._reader.transport.write(b"PING\r\n")
+        await self._writer.append(b"PING\r\n")
+        self._writer.write()
         await asyncio.wait_for(self._reader.pongs.get(), 30)
 
     async def close(self) -> None:
-        self.write()
-        if self._reader.transport is not None:
-            self._reader.transport.close()
+        self._writer.close()

@@ -427,9 +427,8 @@ async def nats_alone_conn(target: Any, s: Settings, progress: Progress = _noop) 
     start = time.perf_counter()
     window = s.window  # the same messages in flight as Prism gets
     for seq in range(s.messages):
-        raw.publish(f"conn.bench.c{seq % s.connections}", payload.make(seq, s.size))
+        await raw.publish(f"conn.bench.c{seq % s.connections}", payload.make(seq, s.size))
         if seq % 32 == 31:
-            await asyncio.sleep(0)
             if seq + 1 - window > target.received:
                 await target.wait_until(seq + 1 - window, s.timeout)
             progress("peak", (seq + 1) / s.messages)

@@ -10,8 +10,8 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from loadtest.peers.wire import BatchedWriter
 from loadtest.targets.base import ServerProcess, free_port, wait_for_port
+from loadtest.wire import BatchedWriter
 
 
 class RedisServer:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import nats
@@ -21,14 +20,9 @@ class NatsPublisher:
 
     def __init__(self, raw: RawPublisher) -> None:
         self.raw = raw
-        self._pending = 0
 
     async def _publish(self, subject: str, data: bytes) -> None:
-        self.raw.publish(subject, data)
-        self._pending += 1
-        if self._pending >= 32:  # let the loop write the batch and serve the clients
-            self._pending = 0
-            await asyncio.sleep(0)
+        await self.raw.publish(subject, data)
 
     async def room(self, room: str, data: bytes) -> None:
         await self._publish(f"room.{room}", data)

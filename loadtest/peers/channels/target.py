@@ -14,8 +14,8 @@ from pathlib import Path
 
 from loadtest.peers import provision
 from loadtest.peers.redis_server import RedisServer
-from loadtest.peers.wire import BatchedWriter
 from loadtest.targets.base import Publisher, ServerProcess, Target, free_port, wait_for_port
+from loadtest.wire import BatchedWriter
 
 PROJECT = Path(__file__).parent  # on the peer's PYTHONPATH, so ``benchsite`` imports
 APP = "benchsite.asgi:application"

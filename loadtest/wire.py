@@ -1,4 +1,4 @@
-"""Coalesced writes for the peers' publishers, as :mod:`loadtest.rawnats` does for NATS.
+"""Coalesced writes for the load generator's publishers (NATS, Redis, the Channels backend).
 
 A publish appends to a buffer that is written once per loop pass (or when large), and every 32
 publishes the publisher yields, so the generator's clients get served between bursts.
