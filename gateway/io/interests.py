@@ -35,12 +35,6 @@ class InterestSync:
         self._dirty: set[Key] = set()
         self._lock = asyncio.Lock()
 
-    def __len__(self) -> int:
-        return len(self._subs)
-
-    def count(self, scope: Scope) -> int:
-        return sum(1 for s, _ in self._subs if s is scope)
-
     async def apply(self, changes: Iterable[Interest]) -> None:
         """Return once every given change (and any made meanwhile) is reflected in NATS subscriptions."""
         for change in changes:

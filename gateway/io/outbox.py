@@ -156,7 +156,3 @@ class Flusher:
                 self._on_slow_consumer(conn)
         if frames:
             self._on_written(frames, written)
-
-    def queued_bytes(self, conn: LocalConn) -> int:
-        """Bytes waiting for ``conn``: in our queue plus in the socket's write buffer."""
-        return conn.pending_bytes + conn.ws.transport.get_write_buffer_size()

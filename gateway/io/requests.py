@@ -39,9 +39,6 @@ class RequestMux:
         self._tokens = itertools.count(1)
         self._prefix = ""
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     async def start(self) -> None:
         self._prefix = self._bus.new_inbox() + "."
         await self._bus.subscribe(self._prefix + "*", self._on_reply)
