@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.room_presence import pattern_error as room_pattern_error
 from shared.errors import ConfigError, InvalidName
 from shared.subjects import Subjects, validate_node_id, validate_prefix
 
@@ -41,11 +42,24 @@ class GatewayConfig:
     presence_bucket: str = _setting("presence", "JetStream KV bucket of the presence registry")
     presence_replicas: int = _setting(1, "replicas of the presence bucket when this node creates it")
     presence_storage: str = _setting("file", "storage of the presence bucket: file or memory")
+    room_presence: tuple[str, ...] = _setting(
+        (), "rooms whose members get join/leave events: names or patterns like 'chat-*', comma-separated"
+    )
+    presence_debounce: float = _setting(
+        5.0, "seconds a user must stay out of a room before its leave is announced (reconnects inside: none)"
+    )
+    presence_batch: float = _setting(0.2, "seconds over which a room's join/leave events are coalesced")
     close_timeout: float = _setting(
         3.0,
         "seconds to wait for a client's close frame before dropping TCP (bounds a slow consumer's memory)",
     )
     drain_seconds: float = _setting(10.0, "on SIGTERM, seconds over which clients are asked to reconnect")
+    node_ttl: float = _setting(
+        6.0, "seconds a node's heartbeat key lives; survivors sweep the entries of a node silent this long"
+    )
+    sweep_interval: float = _setting(
+        30.0, "seconds between checks for dead nodes' leftovers that no watcher saw (0 disables)"
+    )
     log_level: str = _setting("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
@@ -65,7 +79,16 @@ class GatewayConfig:
                 raise ConfigError(f"{name} must be positive")
         if not 0 < self.request_timeout < math.inf:  # written this way round to refuse nan too
             raise ConfigError(f"request_timeout must be positive seconds, got {self.request_timeout}")
-        for name in ("ping_interval", "ping_timeout", "close_timeout", "drain_seconds"):
+        if not 2 <= self.node_ttl < math.inf:  # NATS message TTLs count whole seconds
+            raise ConfigError(f"node_ttl must be at least 2 seconds, got {self.node_ttl}")
+        for name in ("ping_interval", "ping_timeout", "close_timeout", "drain_seconds", "sweep_interval"):
+            seconds = getattr(self, name)
+            if not 0 <= seconds < math.inf:
+                raise ConfigError(f"{name} must be zero or a positive number of seconds, got {seconds}")
+        for pattern in self.room_presence:
+            if (problem := room_pattern_error(pattern)) is not None:
+                raise ConfigError(problem)
+        for name in ("presence_debounce", "presence_batch"):
             seconds = getattr(self, name)
             if not 0 <= seconds < math.inf:
                 raise ConfigError(f"{name} must be zero or a positive number of seconds, got {seconds}")

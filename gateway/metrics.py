@@ -29,6 +29,9 @@ NAMES = {
     "nats_connected": "prism_nats_connected",
     "nats_reconnects": "prism_nats_reconnects_total",
     "presence_errors": "prism_presence_errors_total",
+    "presence_sweeps": "prism_presence_sweeps_total",
+    "presence_swept_connections": "prism_presence_swept_connections_total",
+    "presence_repairs": "prism_presence_repaired_keys_total",
     "ready": "prism_ready",
     "build": "prism_build",
 }
@@ -98,6 +101,24 @@ class GatewayMetrics:
             _strip_total(n["presence_errors"]),
             "Failed presence KV operations",
             ["node", "op"],
+            registry=registry,
+        )
+        self.presence_sweeps = Counter(
+            _strip_total(n["presence_sweeps"]),
+            "Sweeps of a dead node's presence entries carried out by this node",
+            ["node"],
+            registry=registry,
+        )
+        self.presence_swept_connections = Counter(
+            _strip_total(n["presence_swept_connections"]),
+            "Dead nodes' connections removed from presence and announced on client.disconnect by this node",
+            ["node"],
+            registry=registry,
+        )
+        self.presence_repairs = Counter(
+            _strip_total(n["presence_repairs"]),
+            "Presence keys of this node rewritten or purged to match its connections (after NATS outages)",
+            ["node", "action"],
             registry=registry,
         )
         self.ready = Gauge(n["ready"], "1 while the node is ready for traffic", ["node"], registry=registry)

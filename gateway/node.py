@@ -1,8 +1,8 @@
 """One gateway node: wires hub, outbox, NATS, presence and the WebSocket server, and owns the lifecycle.
 
-    start()  connect NATS, bind the presence bucket, subscribe, listen      -> ready (/readyz 200)
+    start()  connect NATS, bind the presence bucket, subscribe, sweep leftovers, beat, listen -> ready
     drain()  unready, stop accepting, ask clients to reconnect (1012) over drain_seconds, wait for them
-    stop()   drain NATS and close it
+    stop()   remove this node from presence, drain NATS and close it
 
 :func:`run` adds signal handling for the ``prism gateway`` process: the first SIGTERM/SIGINT drains,
 a second one exits at once.
@@ -27,9 +27,12 @@ from gateway.delivery import Delivery, MembershipOps
 from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.http import HttpRoutes
 from gateway.io.interests import InterestSync
+from gateway.io.liveness import Liveness
 from gateway.io.outbox import Flusher, LocalConn
-from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket
+from gateway.io.presence_api import PresenceApi
+from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket, open_bucket_when_ready
 from gateway.io.requests import RequestMux
+from gateway.io.room_presence import RoomPresence
 from gateway.metrics import GatewayMetrics
 from gateway.session import Sessions
 from shared.close_codes import CloseCode
@@ -61,6 +64,11 @@ class Node:
         self._bus: NatsBus | None = None
         self._sessions: Sessions | None = None
         self._server: Server | None = None
+        self._room_presence: RoomPresence | None = None
+        self._presence_api: PresenceApi | None = None
+        self.liveness: Liveness | None = None
+        self._repairing: asyncio.Task[None] | None = None
+        self._bucket = BucketOptions()
         self.port = config.port
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -72,7 +80,9 @@ class Node:
         bucket = BucketOptions(
             self.config.presence_bucket, self.config.presence_replicas, self.config.presence_storage
         )
-        presence = KvPresenceStore(await open_bucket(bus.jetstream, bucket), bus.nc, bucket.name)
+        self._bucket = bucket
+        kv = await open_bucket_when_ready(bus.jetstream, bucket)
+        presence = KvPresenceStore(kv, bus.nc, bucket.name)
         sessions: Sessions
         ops = MembershipOps(
             join=lambda conn, room: sessions.join(conn, room),
@@ -94,10 +104,37 @@ class Node:
             requests,
             self.metrics,
         )
+        if self.config.room_presence:
+            self._room_presence = sessions.room_presence = RoomPresence(
+                kv,
+                self.flusher,
+                self.hub,
+                self.config.room_presence,
+                self.config.presence_debounce,
+                self.config.presence_batch,
+            )
         await bus.subscribe(self.subjects.node_conns(self.node_id), delivery.on_conn)
         await bus.subscribe(self.subjects.node_control_conns(self.node_id), delivery.on_control_conn)
         await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
+        self._presence_api = PresenceApi(bus, kv, self.subjects)
+        await self._presence_api.start()
         await bus.flush()
+        # Before accepting anyone: sweep what an earlier process with this id left, start beating, and
+        # sweep nodes that died while no one was watching.
+        self.liveness = Liveness(
+            node_id=self.node_id,
+            kv=kv,
+            js=bus.jetstream,
+            store=presence,
+            bus=bus,
+            subjects=self.subjects,
+            ttl=self.config.node_ttl,
+            sweep_interval=self.config.sweep_interval,
+            stats=self._stats,
+            on_swept=sessions.restore_presence,
+            on_sweep=self._on_sweep,
+        )
+        await self.liveness.start()
         routes = HttpRoutes(self.config.routes, self.registry, self.is_ready, self.not_ready_reason)
         self._server = await serve(
             sessions.handle,
@@ -160,6 +197,14 @@ class Node:
             return
         await self.drain()
         self.state = State.STOPPED
+        if self._room_presence is not None:
+            await self._room_presence.stop()
+        if self._presence_api is not None:
+            await self._presence_api.stop()
+        if self._repairing is not None:
+            self._repairing.cancel()
+        if self.liveness is not None:
+            await self.liveness.stop()
         if self._bus is not None:
             await self._bus.drain()
         self.metrics.nats_connected.labels(node=self.node_id).set(0)
@@ -170,6 +215,41 @@ class Node:
         self.metrics.nats_connected.labels(node=self.node_id).set(1 if connected else 0)
         if connected:
             self.metrics.nats_reconnects.labels(node=self.node_id).inc()
+            if self.state is State.READY and (self._repairing is None or self._repairing.done()):
+                self._repairing = asyncio.ensure_future(self._after_reconnect())
+
+    async def _after_reconnect(self) -> None:
+        """NATS is back (nats-py has resubscribed): beat at once, and make the bucket match this node's
+        connections again; closes during the outage could not remove their keys, and a survivor may
+        have swept this node if the outage outlasted its heartbeat."""
+        if self.liveness is None or self._sessions is None or self._bus is None:
+            return
+        for attempt in range(10):
+            try:
+                # A NATS that lost its memory (in-memory storage, a new server) no longer has the bucket.
+                await open_bucket(self._bus.jetstream, self._bucket)
+                await self.liveness.beat()
+                await self.liveness.rewatch()
+                await self.liveness.check_not_swept()
+                rewritten, purged = await self.liveness.repair(self._sessions.local_state())
+                self.metrics.presence_repairs.labels(node=self.node_id, action="rewrite").inc(rewritten)
+                self.metrics.presence_repairs.labels(node=self.node_id, action="purge").inc(purged)
+                return
+            except Exception as exc:  # JetStream may need a moment after a cluster election
+                log.warning("presence repair after reconnect failed (attempt %d): %s", attempt + 1, exc)
+                await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+
+    def _stats(self) -> dict[str, int]:
+        return {
+            "connections": len(self.hub.conns),
+            "users": len(self.hub.users),
+            "rooms": len(self.hub.rooms),
+        }
+
+    def _on_sweep(self, node: str, conns: int) -> None:
+        if node != self.node_id:
+            self.metrics.presence_sweeps.labels(node=self.node_id).inc()
+            self.metrics.presence_swept_connections.labels(node=self.node_id).inc(conns)
 
     def _on_slow_consumer(self, conn: LocalConn) -> None:
         if self._sessions is not None:

@@ -27,6 +27,7 @@ from gateway.io.interests import InterestSync
 from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.presence_store import ConnRecord, PresenceStore, utc_now
 from gateway.io.requests import RequestMux
+from gateway.io.room_presence import RoomPresence
 from gateway.metrics import GatewayMetrics
 from shared import frames
 from shared import headers as h
@@ -68,6 +69,7 @@ class Sessions:
         self.interests = interests
         self.requests = requests
         self.metrics = metrics
+        self.room_presence: RoomPresence | None = None  # set by the node when room presence is on
         self.tasks: set[asyncio.Task[Any]] = set()
         self.idle = asyncio.Event()  # set while no connection is registered (drain waits on it)
         self.idle.set()
@@ -139,6 +141,9 @@ class Sessions:
         conn.closing = True
         member, changes = self.hub.remove(conn.conn_id)
         rooms = member.rooms if member else set()
+        if self.room_presence is not None:
+            for room in rooms:
+                self.room_presence.left(conn, room)
         ws = conn.ws
         code = conn.close_code if conn.close_code is not None else ws.close_code
         reason = ws.close_reason or ""
@@ -154,6 +159,25 @@ class Sessions:
         self._route_metrics(conn.route)[1].dec()
         self.metrics.disconnects.labels(node=self.node_id, code=str(code)).inc()
         self._set_idle()
+
+    def local_state(self) -> dict[str, tuple[ConnRecord, frozenset[str]]]:
+        """conn id -> (presence record, rooms) for every open connection: what the bucket should hold."""
+        return {
+            conn_id: (record_of(member.handle, self.node_id), frozenset(member.rooms))
+            for conn_id, member in self.hub.conns.items()
+            if not member.handle.closing
+        }
+
+    async def restore_presence(self, rewrite: bool = True) -> None:
+        """After this node was swept while alive: write every connection's keys again and announce each
+        on ``client.connect`` (``"restored": true``), since backends were told it had disconnected."""
+        for record, rooms in self.local_state().values():
+            conn = self.hub.conns[record.conn].handle
+            if rewrite:
+                await self.presence.rewrite(record, set(rooms))
+            await self._lifecycle(
+                self.subjects.client_connect, conn, {"restored": True, "rooms": sorted(rooms)}
+            )
 
     def _set_idle(self) -> None:
         if not self.hub.conns:
@@ -235,10 +259,14 @@ class Sessions:
             except Exception as exc:
                 log.warning("presence join %s %s failed: %s", conn.conn_id, room, exc)
                 self.metrics.presence_errors.labels(node=self.node_id, op="join").inc()
+            if self.room_presence is not None:
+                self.room_presence.joined(conn, room)
         return outcome
 
     async def leave(self, conn: LocalConn, room: str) -> bool:
         was_member, changes = self.hub.leave(conn.conn_id, room)
+        if was_member and self.room_presence is not None:
+            self.room_presence.left(conn, room)
         if was_member:
             await self.interests.apply(changes)
             try:

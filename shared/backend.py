@@ -111,3 +111,37 @@ class PrismBackend:
 
     async def leave(self, conn_id: str, room: str) -> Any:
         return await self.control(self.subjects.control_conn(conn_id, "leave"), {"room": room})
+
+    # -- presence queries (answered by any one node, from the presence bucket) -----------------------
+    async def user_presence(self, user_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """``{"user","online","connections":[{"conn","node","connected_at"}]}``."""
+        return await self._query(self.subjects.presence_user(user_id), b"", timeout)
+
+    async def room_presence(self, room: str, timeout: float = 5.0) -> dict[str, Any]:
+        """``{"room","count","users","members":[{"conn","node","user","joined_at"}]}``."""
+        return await self._query(self.subjects.presence_room(room), b"", timeout)
+
+    async def online(self, user_ids: list[str], timeout: float = 5.0) -> dict[str, bool]:
+        """Which of (at most 100) users have at least one open connection."""
+        answer = await self._query(self.subjects.presence_online, orjson.dumps({"users": user_ids}), timeout)
+        online: dict[str, bool] = answer["online"]
+        return online
+
+    async def cluster_presence(self, timeout: float = 5.0) -> dict[str, Any]:
+        """``{"nodes":[{"node","started_at","connections","users","rooms"}],"totals":{"nodes","connections"}}``."""
+        return await self._query(self.subjects.presence_cluster, b"", timeout)
+
+    async def _query(self, subject: str, body: bytes, timeout: float) -> dict[str, Any]:
+        msg = await self.nc.request(subject, body, timeout=timeout)
+        answer: dict[str, Any] = orjson.loads(msg.data)
+        if "error" in answer:
+            raise PresenceQueryError(str(answer["error"]), str(answer.get("message", "")))
+        return answer
+
+
+class PresenceQueryError(Exception):
+    """A presence query the gateway refused (bad name, bad body) or could not answer."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code

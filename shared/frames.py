@@ -7,6 +7,7 @@ from backend payloads by the prefix ``{"prism":``. Backends must not send payloa
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -22,6 +23,7 @@ class Kind(StrEnum):
     OK = "ok"
     ERROR = "error"
     REPLY = "reply"
+    PRESENCE = "presence"
     # client -> gateway
     JOIN = "join"
     LEAVE = "leave"
@@ -71,6 +73,41 @@ def reply(ref: Ref, payload: bytes) -> bytes:
         frame["data"] = base64.b64encode(payload).decode()
         frame["encoding"] = "base64"
     return orjson.dumps(frame)
+
+
+# At most this many user ids go in one presence frame; a bigger snapshot or batch is split over several.
+PRESENCE_NAMES_PER_FRAME = 1000
+
+
+def presence_snapshot(
+    room: str, members: Sequence[str], limit: int = PRESENCE_NAMES_PER_FRAME
+) -> list[bytes]:
+    """A room's members for a connection that just joined: ``{"prism":"presence","room":..,"members":[..]}``.
+
+    Past ``limit`` names, the first frame holds the first ``limit`` members and the rest follow as
+    ``"joined"`` frames, so a client that replaces its list on ``members`` and adds on ``joined`` ends
+    up with all of them."""
+    head = list(members[:limit])
+    frames = [orjson.dumps({"prism": "presence", "room": room, "members": head})]
+    for start in range(limit, len(members), limit):
+        chunk = list(members[start : start + limit])
+        frames.append(orjson.dumps({"prism": "presence", "room": room, "joined": chunk}))
+    return frames
+
+
+def presence_diff(
+    room: str, joined: Sequence[str], left: Sequence[str], limit: int = PRESENCE_NAMES_PER_FRAME
+) -> list[bytes]:
+    """Users who joined and left a room: ``{"prism":"presence","room":..,"joined":[..],"left":[..]}``,
+    each key only when non-empty, split so that no frame holds more than ``limit`` names."""
+    names = [("joined", user) for user in joined] + [("left", user) for user in left]
+    frames: list[bytes] = []
+    for start in range(0, len(names), limit):
+        frame: dict[str, Any] = {"prism": "presence", "room": room}
+        for kind, user in names[start : start + limit]:
+            frame.setdefault(kind, []).append(user)
+        frames.append(orjson.dumps(frame))
+    return frames
 
 
 # Client-side builders (used by the SDKs and tests).

@@ -145,9 +145,30 @@ class Subjects:
     def control_users(self) -> str:
         return f"{self.prefix}control.user.*.*"
 
+    # Presence queries (anyone -> any node, queue group ``prism-presence``).
+    def presence_user(self, user_id: str) -> str:
+        return f"{self.prefix}presence.user.{validate_user_id(user_id)}"
+
+    def presence_room(self, room: str) -> str:
+        return f"{self.prefix}presence.room.{validate_room(room)}"
+
+    @property
+    def presence_online(self) -> str:
+        return f"{self.prefix}presence.online"
+
+    @property
+    def presence_cluster(self) -> str:
+        return f"{self.prefix}presence.cluster"
+
+    @property
+    def presence_queries(self) -> str:
+        return f"{self.prefix}presence.>"
+
     def strip(self, subject: str) -> str:
         """The subject without the deployment prefix."""
         return subject[len(self.prefix) :] if subject.startswith(self.prefix) else subject
 
 
 CONTROL_ACTIONS = ("close", "join", "leave")
+PRESENCE_QUEUE = "prism-presence"
+MAX_ONLINE_QUERY_USERS = 100

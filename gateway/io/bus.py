@@ -161,9 +161,13 @@ class NatsBus:
     async def publish_encoded(self, subject: str, reply: str, header_block: bytes, payload: bytes) -> None:
         """Publish with headers already in NATS wire form (see :func:`header_block`): a connection's
         identity headers are encoded once when it opens, not built and validated again per message."""
-        if self.nc.is_closed or self.nc.is_draining:
+        nc = self.nc
+        if nc.is_closed or nc.is_draining:
             raise BusUnavailable("NATS connection is closed")
-        await self.nc._send_command(prot_command.hpub_cmd(subject, reply, header_block, payload))
+        if not nc.is_connected and nc._pending_data_size + len(payload) > nc._max_pending_size:
+            # As nats-py's publish(): while reconnecting, buffer only up to its limit (2 MB by default).
+            raise BusUnavailable("NATS is reconnecting and the reconnect buffer is full")
+        await nc._send_command(prot_command.hpub_cmd(subject, reply, header_block, payload))
         await self._kick_flusher()
 
     def new_inbox(self) -> str:

@@ -7,11 +7,13 @@ every connection that ever existed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
@@ -24,6 +26,8 @@ from shared import presence_keys as keys
 log = logging.getLogger("prism.presence")
 
 PURGE_MARKER_TTL = 60.0
+# How long the server keeps the marker it leaves when a key's TTL runs out (a node's heartbeat).
+MARKER_TTL = 60.0
 
 
 def utc_now() -> str:
@@ -45,6 +49,10 @@ class PresenceStore(Protocol):
 
     async def unregister(self, record: ConnRecord, rooms: set[str]) -> None: ...
 
+    async def rewrite(self, record: ConnRecord, rooms: set[str]) -> None: ...
+
+    async def purge_keys(self, names: list[str]) -> None: ...
+
     async def joined(self, record: ConnRecord, room: str) -> None: ...
 
     async def left(self, record: ConnRecord, room: str) -> None: ...
@@ -58,14 +66,42 @@ class BucketOptions:
 
 
 async def open_bucket(js: JetStreamContext, options: BucketOptions) -> KeyValue:
-    """Bind to the presence bucket, creating it if no node has yet (safe when many nodes race)."""
+    """Bind to the presence bucket, creating it if no node has yet (safe when many nodes race).
+
+    A bucket made before heartbeats existed gets expiry markers switched on (a stream update)."""
     try:
-        return await js.key_value(options.name)
+        kv = await js.key_value(options.name)
     except nats.js.errors.BucketNotFoundError:
-        pass
+        return await _create_bucket(js, options)
+    stream = f"KV_{options.name}"
+    info = await js.stream_info(stream)
+    if not info.config.subject_delete_marker_ttl or not info.config.allow_msg_ttl:
+        log.info("switching on TTL expiry markers for the existing presence bucket %s", options.name)
+        await js.update_stream(replace(info.config, subject_delete_marker_ttl=MARKER_TTL, allow_msg_ttl=True))
+    return kv
+
+
+async def open_bucket_when_ready(js: JetStreamContext, options: BucketOptions) -> KeyValue:
+    """:func:`open_bucket`, retried with backoff while JetStream cannot serve it yet (a NATS cluster
+    that is still electing its leaders, or too few servers up for the replicas asked for)."""
+    delay = 0.5
+    while True:
+        try:
+            return await open_bucket(js, options)
+        except (nats.js.errors.Error, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            log.warning(
+                "presence bucket %s not available yet (%s); retrying in %.1fs", options.name, exc, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _create_bucket(js: JetStreamContext, options: BucketOptions) -> KeyValue:
     config = KeyValueConfig(
         bucket=options.name,
         history=1,
+        # The server leaves a marker when a heartbeat's TTL runs out, so watchers see a node die.
+        limit_marker_ttl=MARKER_TTL,
         replicas=options.replicas,
         storage=StorageType.MEMORY if options.storage == "memory" else StorageType.FILE,
         description="Prism presence registry: conn., user., room. keys (see docs/protocol.md)",
@@ -89,6 +125,7 @@ class KvPresenceStore:
     def __init__(self, kv: KeyValue, nc: NatsClient, bucket: str) -> None:
         self.kv = kv
         self.nc = nc
+        self.stream = f"KV_{bucket}"
         self.prefix = f"$KV.{bucket}."
 
     async def register(self, record: ConnRecord) -> None:
@@ -111,13 +148,30 @@ class KvPresenceStore:
         names = [keys.room_key(room, record.conn) for room in rooms]
         if record.user is not None:
             names.append(keys.user_key(record.user, record.conn))
-        for name in names:
+        await self.purge_keys([*names, keys.conn_key(record.conn)])
+
+    async def rewrite(self, record: ConnRecord, rooms: set[str]) -> None:
+        """Write every key of one open connection again (repair after an outage or a mistaken sweep)."""
+        for room in rooms:
+            await self.nc.publish(self.prefix + keys.room_key(room, record.conn), self._room_value(record))
+        await self.register(record)
+
+    async def purge_keys(self, names: list[str]) -> None:
+        """Purge ``names`` with one acknowledgement (the last one), as :meth:`unregister` does."""
+        if not names:
+            return
+        *rest, last = names
+        for name in rest:
             await self.nc.publish(self.prefix + name, b"", headers=_PURGE_HEADERS)
-        await self.kv.purge(keys.conn_key(record.conn), msg_ttl=PURGE_MARKER_TTL)
+        await self.kv.purge(last, msg_ttl=PURGE_MARKER_TTL)
+
+    def _room_value(self, record: ConnRecord) -> bytes:
+        return orjson.dumps(
+            {"conn": record.conn, "node": record.node, "user": record.user, "joined_at": utc_now()}
+        )
 
     async def joined(self, record: ConnRecord, room: str) -> None:
-        value = {"conn": record.conn, "node": record.node, "user": record.user, "joined_at": utc_now()}
-        await self.kv.put(keys.room_key(room, record.conn), orjson.dumps(value))
+        await self.kv.put(keys.room_key(room, record.conn), self._room_value(record))
 
     async def left(self, record: ConnRecord, room: str) -> None:
         await self.kv.purge(keys.room_key(room, record.conn), msg_ttl=PURGE_MARKER_TTL)

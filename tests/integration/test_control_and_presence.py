@@ -84,7 +84,9 @@ async def test_control_for_a_gone_connection_gets_no_responders(
 
 
 async def presence_keys(nc: NatsClient, key_filter: str = ">") -> dict[str, Any]:
-    return await snapshot(await nc.jetstream().key_value("presence"), key_filter)
+    """Connection keys (the nodes' own ``node.`` keys left out)."""
+    found = await snapshot(await nc.jetstream().key_value("presence"), key_filter)
+    return {k: v for k, v in found.items() if not k.startswith("node.")}
 
 
 async def test_presence_keys_appear_and_disappear_with_the_connection(

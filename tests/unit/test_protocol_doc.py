@@ -63,6 +63,10 @@ def _subject_kinds() -> dict[str, str]:
         "client.disconnect": s.client_disconnect,
         "control.conn.": s.control_conn("node1.Xk3v9Qm2TbLw", "close"),
         "control.user.": s.control_user("alice", "close"),
+        "presence.user.": s.presence_user("alice"),
+        "presence.room.": s.presence_room("lobby"),
+        "presence.online": s.presence_online,
+        "presence.cluster": s.presence_cluster,
     }
 
 

@@ -250,6 +250,11 @@ def test_prefix_applies_to_every_subject() -> None:
         lambda s: s.control_user("alice", "leave"),
         lambda s: s.node_control_conns("n1"),
         lambda s: s.control_users,
+        lambda s: s.presence_user("alice"),
+        lambda s: s.presence_room("lobby"),
+        lambda s: s.presence_online,
+        lambda s: s.presence_cluster,
+        lambda s: s.presence_queries,
     ]
     for build in builders:
         assert build(prefixed) == "acme." + build(plain)
@@ -270,6 +275,11 @@ def test_every_public_subject_builder_is_covered_by_the_prefix_test() -> None:
         "control_user",
         "node_control_conns",
         "control_users",
+        "presence_user",
+        "presence_room",
+        "presence_online",
+        "presence_cluster",
+        "presence_queries",
     }
 
 
@@ -376,3 +386,18 @@ def test_accepted_prefix_is_empty_or_well_formed_tokens_ending_with_a_dot(value:
     room_subject = Subjects(prefix).room("lobby")
     assert_well_formed_subject(room_subject)
     assert room_subject == prefix + "room.lobby"
+
+
+def test_presence_query_subjects() -> None:
+    s = Subjects()
+    assert s.presence_user("alice") == "presence.user.alice"
+    assert s.presence_room("lobby") == "presence.room.lobby"
+    assert (s.presence_online, s.presence_cluster, s.presence_queries) == (
+        "presence.online",
+        "presence.cluster",
+        "presence.>",
+    )
+    with pytest.raises(InvalidName):
+        s.presence_user("a.b")
+    with pytest.raises(InvalidName):
+        s.presence_room("*")
