@@ -24,6 +24,7 @@ NAMES = {
     "delivered_messages": "prism_delivered_messages_total",
     "slow_consumers": "prism_slow_consumer_closes_total",
     "client_errors": "prism_client_errors_total",
+    "rejections": "prism_rejections_total",
     "rooms_active": "prism_rooms_active",
     "users_active": "prism_users_active",
     "nats_connected": "prism_nats_connected",
@@ -85,6 +86,12 @@ class GatewayMetrics:
             _strip_total(n["client_errors"]),
             "Error frames sent, by code",
             ["node", "code"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            _strip_total(n["rejections"]),
+            "Handshakes, frames and connections refused by a limit or by auth, by reason",
+            ["node", "reason"],
             registry=registry,
         )
         self.rooms_active = Gauge(n["rooms_active"], "Rooms with a local member", ["node"], registry=registry)
