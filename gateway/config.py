@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.core.room_presence import pattern_error as room_pattern_error
 from shared.errors import ConfigError, InvalidName
+from shared.nats_auth import NatsAuth
 from shared.subjects import Subjects, validate_node_id, validate_prefix
 
 
@@ -23,6 +24,16 @@ def random_node_id() -> str:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     nats_url: str = _setting("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+    nats_user: str = _setting("", "NATS user name (with nats_password)")
+    nats_password: str = field(  # not in repr(), so a logged config does not show it
+        default="", repr=False, metadata={"help": "NATS password (set it in the environment, not as a flag)"}
+    )
+    nats_token: str = field(default="", repr=False, metadata={"help": "NATS authentication token"})
+    nats_nkey_seed_file: str = _setting("", "file holding this process's NATS NKey seed")
+    nats_creds_file: str = _setting("", "NATS credentials file (user JWT and seed, decentralised auth)")
+    nats_tls_ca_file: str = _setting("", "CA bundle of the NATS servers' certificates (turns TLS on)")
+    nats_tls_cert_file: str = _setting("", "client certificate for NATS mutual TLS (with nats_tls_key_file)")
+    nats_tls_key_file: str = _setting("", "private key of nats_tls_cert_file")
     host: str = _setting("0.0.0.0", "address to listen on")
     port: int = _setting(8080, "port for WebSocket routes, /healthz, /readyz and /metrics")
     node_id: str = _setting("", "node id, unique in the cluster (random when empty)")
@@ -63,6 +74,7 @@ class GatewayConfig:
     log_level: str = _setting("info", "log level: debug, info, warning, error")
 
     def validate(self) -> None:
+        self.nats_auth.validate()
         try:
             validate_prefix(self.subject_prefix)
             if self.node_id:
@@ -92,6 +104,19 @@ class GatewayConfig:
             seconds = getattr(self, name)
             if not 0 <= seconds < math.inf:
                 raise ConfigError(f"{name} must be zero or a positive number of seconds, got {seconds}")
+
+    @property
+    def nats_auth(self) -> NatsAuth:
+        return NatsAuth(
+            self.nats_user,
+            self.nats_password,
+            self.nats_token,
+            self.nats_nkey_seed_file,
+            self.nats_creds_file,
+            self.nats_tls_ca_file,
+            self.nats_tls_cert_file,
+            self.nats_tls_key_file,
+        )
 
     @property
     def nats_servers(self) -> list[str]:

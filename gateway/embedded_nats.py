@@ -74,6 +74,7 @@ class NatsServer:
         timeout: float = 20.0,
         log_file: Path | None = None,
         cores: set[int] | None = None,
+        config_file: Path | None = None,
     ) -> NatsServer:
         owns = workdir is None
         workdir = Path(tempfile.mkdtemp(prefix="prism-nats-")) if workdir is None else workdir
@@ -94,6 +95,8 @@ class NatsServer:
             "--ports_file_dir",
             str(ports_dir),
         ]
+        if config_file is not None:  # accounts, permissions, TLS: the flags above still win
+            args += ["--config", str(config_file)]
         if cores and shutil.which("taskset"):  # pin every thread of the Go runtime, not just the first
             args = ["taskset", "-c", ",".join(map(str, sorted(cores))), *args]
         if cluster is not None:

@@ -74,7 +74,11 @@ class Node:
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.state = State.STARTING
-        options = NatsOptions(servers=self.config.nats_servers, name=f"prism-gateway-{self.node_id}")
+        options = NatsOptions(
+            servers=self.config.nats_servers,
+            name=f"prism-gateway-{self.node_id}",
+            auth=self.config.nats_auth,
+        )
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
         self.metrics.nats_connected.labels(node=self.node_id).set(1)
         bucket = BucketOptions(

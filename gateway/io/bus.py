@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import nats
@@ -20,6 +21,8 @@ from nats.aio.subscription import Subscription
 from nats.protocol import command as prot_command
 
 from gateway.io import direct_subscription
+from shared.errors import ConfigError
+from shared.nats_auth import NatsAuth
 
 log = logging.getLogger("prism.bus")
 
@@ -68,6 +71,7 @@ class NatsOptions:
     max_reconnect_attempts: int = -1
     reconnect_time_wait: float = 1.0
     drain_timeout: float = 10.0
+    auth: NatsAuth = field(default_factory=NatsAuth)
 
 
 class NatsBus:
@@ -96,7 +100,11 @@ class NatsBus:
             if on_state:
                 await on_state(True)
 
+        refused: list[Exception] = []  # authorization errors seen during the first connect
+
         async def error(exc: Exception) -> None:
+            if "authorization violation" in str(exc).lower():
+                refused.append(exc)
             log.warning("NATS error: %s", exc)
 
         # nats-py's own first connect retries silently forever when reconnects are unlimited. Try each
@@ -115,9 +123,14 @@ class NatsBus:
                     disconnected_cb=disconnected,
                     reconnected_cb=reconnected,
                     error_cb=error,
+                    **options.auth.connect_kwargs(),
                 )
                 break
+            except ssl.SSLCertVerificationError as exc:
+                raise ConfigError(f"TLS to NATS at {', '.join(options.servers)} failed: {exc}") from None
             except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+                if refused:  # the servers answered, and said no: retrying cannot help
+                    raise _credentials_refused(options) from None
                 log.warning(
                     "cannot reach NATS at %s (%s); retrying in %.1fs",
                     ", ".join(options.servers),
@@ -126,6 +139,10 @@ class NatsBus:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except nats.errors.Error as exc:
+                if "authorization violation" not in str(exc).lower():
+                    raise
+                raise _credentials_refused(options) from None
         nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
         return cls(nc)
 
@@ -201,6 +218,14 @@ class NatsBus:
     async def close(self) -> None:
         if not self.nc.is_closed:
             await self.nc.close()
+
+
+def _credentials_refused(options: NatsOptions) -> ConfigError:
+    return ConfigError(
+        f"NATS at {', '.join(options.servers)} refused this node's credentials: check "
+        "PRISM_NATS_USER / PRISM_NATS_PASSWORD, PRISM_NATS_TOKEN, PRISM_NATS_NKEY_SEED_FILE or "
+        "PRISM_NATS_CREDS_FILE"
+    )
 
 
 def encode_header_lines(headers: dict[str, str]) -> bytes:

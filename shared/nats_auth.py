@@ -1,0 +1,81 @@
+"""How a Prism process (gateway node, notification service) proves who it is to NATS, and over what.
+
+One small value, built from the process's own config object (``PRISM_NATS_*`` settings), turned into
+the keyword arguments ``nats.connect`` takes. Every mechanism nats-server offers to a client is here:
+user and password, token, NKey seed, a JWT credentials file (decentralised auth), and TLS with a private
+CA and an optional client certificate (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class NatsAuth:
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    nkey_seed_file: str = ""
+    creds_file: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    def validate(self) -> None:
+        chosen = [
+            name
+            for name, on in (
+                ("user/password", bool(self.user or self.password)),
+                ("token", bool(self.token)),
+                ("nkey seed", bool(self.nkey_seed_file)),
+                ("credentials file", bool(self.creds_file)),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ConfigError(f"NATS authentication: choose one of {', '.join(chosen)}")
+        if bool(self.user) != bool(self.password):
+            raise ConfigError("NATS authentication: set both nats_user and nats_password")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                "NATS TLS: a client certificate needs both nats_tls_cert_file and nats_tls_key_file"
+            )
+        for name in ("nkey_seed_file", "creds_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"nats_{name}: no such file: {path}")
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls_ca_file or self.tls_cert_file)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A client TLS context trusting ``tls_ca_file`` (else the system CAs), with the client certificate
+        if one is set. None when no TLS setting is given: a ``tls://`` URL then uses nats-py's default."""
+        if not self.uses_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca_file or None)
+        if self.tls_cert_file:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` (secrets are read here, never logged)."""
+        kwargs: dict[str, Any] = {}
+        if self.user:
+            kwargs.update(user=self.user, password=self.password)
+        if self.token:
+            kwargs["token"] = self.token
+        if self.nkey_seed_file:
+            kwargs["nkeys_seed"] = self.nkey_seed_file
+        if self.creds_file:
+            kwargs["user_credentials"] = self.creds_file
+        if (context := self.tls_context()) is not None:
+            kwargs["tls"] = context
+        return kwargs

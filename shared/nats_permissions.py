@@ -1,0 +1,109 @@
+"""Least-privilege NATS permissions for each part of a Prism deployment, as data and as server config.
+
+``docs/security.md`` shows :func:`render_users` for the default prefix and bucket, a unit test keeps the
+two identical, and an integration test runs a gateway node and a backend under exactly these
+permissions. ``python -m shared.nats_permissions [PREFIX] [BUCKET]`` prints the block for a deployment.
+
+Roles:
+
+- ``gateway``: a gateway node. Subscribes to deliveries, control and presence queries; publishes client
+  traffic and lifecycle events; writes the presence bucket and manages its own watches on it; answers
+  requests (receipts, control replies, presence answers) through ``allow_responses``.
+- ``backend``: a service that reaches clients. Publishes deliveries, control and presence queries;
+  subscribes to client traffic and lifecycle events; may read the presence bucket (filtered watches,
+  direct gets) but never write it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+INBOX = "_INBOX.>"
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = True
+
+    def as_config(self) -> dict[str, object]:
+        return {
+            "publish": {"allow": list(self.publish)},
+            "subscribe": {"allow": list(self.subscribe)},
+            "allow_responses": self.allow_responses,
+        }
+
+
+def _kv_read(bucket: str) -> tuple[str, ...]:
+    """JetStream API subjects a client publishes to read a KV bucket: bind, watch (ordered consumers),
+    get."""
+    stream = f"KV_{bucket}"
+    return (
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+    )
+
+
+def gateway(prefix: str = "", bucket: str = "presence") -> Permissions:
+    stream = f"KV_{bucket}"
+    return Permissions(
+        publish=(
+            f"{prefix}client.>",
+            f"$KV.{bucket}.>",
+            f"$JS.API.STREAM.CREATE.{stream}",
+            f"$JS.API.STREAM.UPDATE.{stream}",
+            *_kv_read(bucket),
+        ),
+        subscribe=(
+            f"{prefix}conn.*.*",
+            f"{prefix}user.*",
+            f"{prefix}room.*",
+            f"{prefix}control.conn.*.*.*",
+            f"{prefix}control.user.*.*",
+            f"{prefix}presence.>",
+            INBOX,
+        ),
+    )
+
+
+def backend(prefix: str = "", bucket: str = "presence") -> Permissions:
+    return Permissions(
+        publish=(
+            f"{prefix}conn.*.*",
+            f"{prefix}user.*",
+            f"{prefix}room.*",
+            f"{prefix}control.>",
+            f"{prefix}presence.>",
+            *_kv_read(bucket),
+        ),
+        subscribe=(f"{prefix}client.>", INBOX),
+    )
+
+
+ROLES = {"gateway": gateway, "backend": backend}
+
+
+def render_users(passwords: dict[str, str], prefix: str = "", bucket: str = "presence") -> str:
+    """A nats-server ``authorization`` block with one user per role (user name = role name)."""
+    lines = ["authorization {", "  users = ["]
+    for role, make in ROLES.items():
+        permissions = json.dumps(make(prefix, bucket).as_config(), indent=2)
+        body = permissions.replace("\n", "\n    ")
+        lines.append(f'    {{user: "{role}", password: "{passwords[role]}", permissions: {body}}}')
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    placeholder = {role: f"<{role} password>" for role in ROLES}
+    print(render_users(placeholder, *args[:2]), end="")

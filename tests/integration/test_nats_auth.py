@@ -1,0 +1,276 @@
+"""The gateway on a NATS that requires credentials: least-privilege users (exactly the permissions in
+docs/security.md), a token, an NKey, and TLS with a private CA and a client certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import nkeys
+import orjson
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from nacl.signing import SigningKey
+from nats.aio.msg import Msg
+
+from gateway.config import GatewayConfig
+from gateway.embedded_nats import NatsServer
+from gateway.node import Node
+from shared import presence
+from shared.backend import PrismBackend
+from shared.client import PrismClient
+from shared.nats_permissions import render_users
+from tests.helpers import eventually
+
+PASSWORDS = {"gateway": "gw-" + secrets.token_hex(8), "backend": "be-" + secrets.token_hex(8)}
+
+
+def start_nats(tmp_path: Path, config: str) -> NatsServer:
+    config_file = tmp_path / "nats.conf"
+    config_file.write_text(config)
+    return NatsServer.start(tmp_path / "nats", log_file=tmp_path / "nats.log", config_file=config_file)
+
+
+def violations(tmp_path: Path) -> list[str]:
+    return [line for line in (tmp_path / "nats.log").read_text().splitlines() if " Violation" in line]
+
+
+@pytest.fixture
+def least_privilege_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    server = start_nats(tmp_path, render_users(PASSWORDS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nodes(least_privilege_nats: NatsServer) -> AsyncIterator[list[Node]]:
+    started: list[Node] = []
+    for i in (1, 2):
+        config = GatewayConfig(
+            nats_url=least_privilege_nats.url,
+            nats_user="gateway",
+            nats_password=PASSWORDS["gateway"],
+            host="127.0.0.1",
+            port=0,
+            node_id=f"node{i}",
+            drain_seconds=0,
+            presence_storage="memory",
+        )
+        node = Node(config)
+        await node.start()
+        started.append(node)
+    yield started
+    for node in started:
+        await node.stop()
+
+
+async def test_gateway_and_backend_work_under_least_privilege(
+    tmp_path: Path, least_privilege_nats: NatsServer, nodes: list[Node]
+) -> None:
+    nc = await nats.connect(least_privilege_nats.url, user="backend", password=PASSWORDS["backend"])
+    backend = PrismBackend(nc)
+    lifecycle: list[str] = []
+
+    async def on_lifecycle(msg: Msg) -> None:
+        lifecycle.append(msg.subject)
+
+    async def on_request(msg: Msg) -> None:
+        await msg.respond(orjson.dumps({"echo": orjson.loads(msg.data)}))
+
+    await nc.subscribe("client.connect", cb=on_lifecycle)
+    await nc.subscribe("client.disconnect", cb=on_lifecycle)
+    await nc.subscribe("client.event.>", queue="backends", cb=on_request)
+    await nc.flush()
+
+    first, second = (f"ws://127.0.0.1:{n.port}/ws" for n in nodes)
+    ada = await PrismClient.connect(first, user="ada")
+    bob = await PrismClient.connect(second, user="bob")
+    await ada.join("lab")
+    await bob.join("lab")
+    # Every direction: conn, user, room deliveries with receipts; requests; control; presence.
+    assert await backend.deliver(f"conn.{ada.conn_id}", "one") == [{"node": "node1", "delivered": 1}]
+    assert await ada.receive(5) == "one"
+    assert await backend.deliver("user.bob", "two") == [{"node": "node2", "delivered": 1}]
+    assert await bob.receive(5) == "two"
+    receipts = await backend.deliver("room.lab", "three")
+    assert sorted(r["node"] for r in receipts) == ["node1", "node2"]
+    assert await ada.request("echo", {"n": 1}) == {"echo": {"n": 1}}
+    assert (await backend.join(bob.conn_id, "extra"))["ok"] is True
+    assert (await backend.user_presence("ada"))["online"] is True
+    assert (await backend.room_presence("lab"))["count"] == 2
+    assert (await backend.cluster_presence())["totals"]["nodes"] == 2
+    kv = await nc.jetstream().key_value("presence")
+    assert set(await presence.user_connections(kv, "bob")) == {bob.conn_id}  # backends may read it
+    # A sweep and a self-restore, as after a death that was not one (a gateway's own credentials).
+    gw = await nats.connect(least_privilege_nats.url, user="gateway", password=PASSWORDS["gateway"])
+    await (await gw.jetstream().key_value("presence")).purge("node.node1.alive")
+    await gw.close()
+    assert nodes[0].liveness is not None
+    assert nodes[1].liveness is not None
+    assert await nodes[1].liveness.sweep("node1") == 1
+    await nodes[0].liveness.check_not_swept()
+    assert set(await presence.user_connections(kv, "ada")) == {ada.conn_id}
+    await backend.close_conn(bob.conn_id)
+    await eventually(lambda: bob.close_code is not None, what="the control close")
+    await eventually(lambda: lifecycle.count("client.disconnect") == 1, what="bob's disconnect event")
+    assert lifecycle.count("client.connect") == 3  # ada, bob, and ada restored after the sweep
+    await ada.close()
+    await nc.close()
+    assert violations(tmp_path) == []
+
+
+async def test_a_backend_cannot_write_presence_or_pose_as_a_gateway(
+    tmp_path: Path, least_privilege_nats: NatsServer, nodes: list[Node]
+) -> None:
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    nc = await nats.connect(
+        least_privilege_nats.url, user="backend", password=PASSWORDS["backend"], error_cb=on_error
+    )
+    await nc.publish("$KV.presence.conn.node1.forged", b"{}")
+    await nc.publish("client.connect", b"{}")
+    await nc.subscribe("conn.node1.*")  # refused asynchronously: the server reports it
+    await eventually(lambda: len(violations(tmp_path)) >= 3, what="the server to refuse all three")
+    kv = await nc.jetstream().key_value("presence")
+    assert "conn.node1.forged" not in await presence.snapshot(kv, "conn.>")
+    await nc.close()
+
+
+async def start_node_on(server_url: str, **settings: Any) -> Node:
+    node = Node(
+        GatewayConfig(
+            nats_url=server_url,
+            host="127.0.0.1",
+            port=0,
+            drain_seconds=0,
+            presence_storage="memory",
+            **settings,
+        )
+    )
+    await node.start()
+    return node
+
+
+async def registers_a_client(node: Node) -> None:
+    client = await PrismClient.connect(f"ws://127.0.0.1:{node.port}/ws", user="ada")
+    assert node.hub.user_conns("ada")
+    await client.close()
+    await node.stop()
+
+
+async def test_token_authentication(tmp_path: Path) -> None:
+    token = secrets.token_urlsafe(24)
+    server = start_nats(tmp_path, f'authorization {{ token: "{token}" }}\n')
+    try:
+        await registers_a_client(await start_node_on(server.url, nats_token=token))
+        # A wrong token is a configuration error, said plainly, not a retry loop (run as a process:
+        # nats-py leaves the refused socket for the garbage collector).
+        env = {**os.environ, "PRISM_NATS_URL": server.url, "PRISM_NATS_TOKEN": "wrong"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "gateway", "--port", "0",
+            stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2
+        assert "refused this node's credentials" in err.decode()
+        assert "Traceback" not in err.decode()
+    finally:
+        server.stop()
+
+
+async def test_nkey_authentication(tmp_path: Path) -> None:
+    seed = nkeys.encode_seed(bytes(SigningKey.generate()), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    seed_file = tmp_path / "gateway.nk"
+    seed_file.write_bytes(seed)
+    server = start_nats(tmp_path, f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    try:
+        await registers_a_client(await start_node_on(server.url, nats_nkey_seed_file=str(seed_file)))
+    finally:
+        server.stop()
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, ca_key: Any, ca: bool
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(_loopback())]),
+            critical=False,
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _loopback() -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address("127.0.0.1")
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[str, str]:
+    cert_path, key_path = path.with_suffix(".crt"), path.with_suffix(".key")
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+async def test_mutual_tls_with_a_private_ca(tmp_path: Path) -> None:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("prism-test-ca", ca_key, None, ca_key, ca=True)
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    server_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    server_cert, server_key_file = _write(
+        tmp_path / "server", _certificate("localhost", server_key, ca, ca_key, ca=False), server_key
+    )
+    client_cert, client_key_file = _write(
+        tmp_path / "client", _certificate("gateway", client_key, ca, ca_key, ca=False), client_key
+    )
+    config = (
+        f'tls {{ cert_file: "{server_cert}", key_file: "{server_key_file}", '
+        f'ca_file: "{ca_file}", verify: true, timeout: 5 }}\n'
+    )
+    server = start_nats(tmp_path, config)
+    url = f"tls://127.0.0.1:{server.client_port}"
+    try:
+        node = await start_node_on(
+            url,
+            nats_tls_ca_file=str(ca_file),
+            nats_tls_cert_file=client_cert,
+            nats_tls_key_file=client_key_file,
+        )
+        await registers_a_client(node)
+        # Without the client certificate the server refuses the connection.
+        with pytest.raises((ConnectionError, OSError, nats.errors.Error)):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=3)
+    finally:
+        server.stop()
