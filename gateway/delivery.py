@@ -122,6 +122,17 @@ class Delivery:
         members = self.hub.room_members(subject[self._room_offset :])
         return self._fan_out("room", list(members) if reply else members, reply, data, headers)
 
+    def on_broadcast(
+        self, subject: str, reply: str, data: bytes, headers: Headers | None
+    ) -> Awaitable[None] | None:
+        """``broadcast``: every open connection on this node. A node with none stays silent (no receipt),
+        so the receipts name exactly the nodes that wrote something."""
+        members = [m.handle for m in self.hub.conns.values()]
+        if not members:
+            self._tally.outcomes["broadcast", "no_recipient"] += 1
+            return None
+        return self._fan_out("broadcast", members, reply, data, headers)
+
     # -- control -----------------------------------------------------------------------------------------
     async def on_control_conn(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
         conn_id, _, action = subject[self._control_conn_offset :].rpartition(".")

@@ -118,6 +118,7 @@ class Node:
                 self.config.presence_batch,
             )
         await bus.subscribe(self.subjects.node_conns(self.node_id), delivery.on_conn)
+        await bus.subscribe(self.subjects.broadcast, delivery.on_broadcast)
         await bus.subscribe(self.subjects.node_control_conns(self.node_id), delivery.on_control_conn)
         await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
         self._presence_api = PresenceApi(bus, kv, self.subjects)

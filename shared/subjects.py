@@ -111,6 +111,11 @@ class Subjects:
     def room(self, room: str) -> str:
         return f"{self.prefix}room.{validate_room(room)}"
 
+    @property
+    def broadcast(self) -> str:
+        """Every open connection on every node."""
+        return f"{self.prefix}broadcast"
+
     def node_conns(self, node_id: str) -> str:
         """The one wildcard a node subscribes for every ``conn.`` delivery it owns."""
         return f"{self.prefix}conn.{validate_node_id(node_id)}.*"

@@ -163,3 +163,16 @@ async def test_compressed_connections_get_the_same_messages(
         assert await client.receive(5) == "x" * 5000
         assert await client.receive(5) == bytes(range(256))
         await client.close()
+
+
+async def test_broadcast_reaches_every_connection_once_with_a_receipt_per_busy_node(
+    make_node: NodeFactory, backend: PrismBackend
+) -> None:
+    one, two, idle = await make_node(), await make_node(), await make_node()
+    clients = [await PrismClient.connect(ws_url(node)) for node in (one, two, two)]
+    receipts = await backend.deliver("broadcast", "to everyone", window=0.5)
+    assert sorted((r["node"], r["delivered"]) for r in receipts) == [(one.node_id, 1), (two.node_id, 2)]
+    assert idle.node_id not in {r["node"] for r in receipts}  # no connections: no receipt
+    for client in clients:
+        assert await client.receive(5) == "to everyone"
+        await client.close()

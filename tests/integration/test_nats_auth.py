@@ -67,6 +67,7 @@ async def nodes(least_privilege_nats: NatsServer) -> AsyncIterator[list[Node]]:
             node_id=f"node{i}",
             drain_seconds=0,
             presence_storage="memory",
+            node_ttl=120,  # no beat of its own during the test: the sweep below must not race one
         )
         node = Node(config)
         await node.start()

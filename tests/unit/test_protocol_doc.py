@@ -57,6 +57,7 @@ def _subject_kinds() -> dict[str, str]:
         "conn.": s.conn("node1.Xk3v9Qm2TbLw"),
         "user.": s.user("alice"),
         "room.": s.room("lobby"),
+        "broadcast": s.broadcast,
         "client.event.": s.client_event("chat.send"),
         "client.message": s.client_message,
         "client.connect": s.client_connect,

@@ -255,6 +255,7 @@ def test_prefix_applies_to_every_subject() -> None:
         lambda s: s.presence_online,
         lambda s: s.presence_cluster,
         lambda s: s.presence_queries,
+        lambda s: s.broadcast,
     ]
     for build in builders:
         assert build(prefixed) == "acme." + build(plain)
@@ -280,6 +281,7 @@ def test_every_public_subject_builder_is_covered_by_the_prefix_test() -> None:
         "presence_online",
         "presence_cluster",
         "presence_queries",
+        "broadcast",
     }
 
 
