@@ -50,7 +50,7 @@ async def snapshot(kv: KeyValue, key_filter: str = ">", timeout: float = 5.0) ->
         while True:
             msg = await asyncio.wait_for(arrived.get(), timeout)
             key = msg.subject[len(prefix) :]
-            if _is_removal(msg.headers) or not msg.data:
+            if is_removal(msg.headers) or not msg.data:
                 found.pop(key, None)
             else:
                 found[key] = orjson.loads(msg.data)
@@ -60,7 +60,7 @@ async def snapshot(kv: KeyValue, key_filter: str = ">", timeout: float = 5.0) ->
         await sub.unsubscribe()
 
 
-def _is_removal(headers: dict[str, str] | None) -> bool:
+def is_removal(headers: dict[str, str] | None) -> bool:
     """A delete or purge, by the client (``KV-Operation``) or by the server when a TTL ran out."""
     if not headers:
         return False

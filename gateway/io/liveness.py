@@ -27,15 +27,18 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import orjson
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from gateway.core.liveness import LocalState, dead_nodes, expected_keys, lost_connections, repair
 from gateway.io.bus import Bus, BusUnavailable
 from gateway.io.presence_store import PURGE_MARKER_TTL, ConnRecord, KvPresenceStore, utc_now
+from gateway.io.tasks import cancel_and_wait
 from shared import headers as h
 from shared import presence_keys as keys
-from shared.presence import snapshot
+from shared.presence import is_removal, snapshot
 from shared.subjects import Subjects
 
 log = logging.getLogger("prism.liveness")
@@ -75,7 +78,7 @@ class Liveness:
         self.started_at = utc_now()
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Any = None
-        self._watch_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._sweeping: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -91,25 +94,32 @@ class Liveness:
         ]
 
     async def rewatch(self) -> None:
-        """(Re)start the watch on heartbeats: after a NATS restart its consumer may be gone."""
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-        if self._watcher is not None:
+        """(Re)start the watch on heartbeats: after a NATS restart its consumer may be gone.
+
+        A callback on an ordered consumer rather than nats-py's ``KeyWatcher`` loop: its ``updates()``
+        waits with ``asyncio.wait_for``, which on Python 3.11 can swallow the cancellation that stops
+        the node, and it takes the server's TTL markers for values."""
+        await self._unwatch()
+        self._watcher = await self.js.subscribe(
+            self.store.prefix + keys.NODES_ALIVE_FILTER,
+            stream=self.store.stream,
+            cb=self._on_heartbeat_change,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+
+    async def _unwatch(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
             with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        self._watcher = await self.kv.watch(keys.NODES_ALIVE_FILTER)
-        self._watch_task = asyncio.ensure_future(self._watch())
+                await watcher.unsubscribe()
 
     async def stop(self) -> None:
         """Stop beating and watching, and remove this node's own keys (its connections are gone)."""
-        tasks = [*self._tasks, *([self._watch_task] if self._watch_task else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks = []
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+        self._stopping = True
+        await self._unwatch()
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(tasks)
         try:
             # Whatever a failed close left behind goes now (the sweep also removes the info key); the
             # heartbeat goes last, so a survivor that sees it vanish finds nothing left to sweep.
@@ -137,6 +147,7 @@ class Liveness:
                 await self.beat()
                 await self.check_not_swept()
             except _KV_ERRORS as exc:
+                _reraise_if_cancelled()
                 log.warning("heartbeat failed: %s", exc)
 
     async def check_not_swept(self) -> None:
@@ -172,28 +183,23 @@ class Liveness:
         return len(stale), len(fix.extra)
 
     # -- detecting deaths --------------------------------------------------------------------------------
-    async def _watch(self) -> None:
-        assert self._watcher is not None
-        while True:
-            try:
-                entry = await self._watcher.updates(timeout=3600)
-            except nats.errors.TimeoutError:
-                continue
-            if entry is None or entry.operation is None:
-                continue  # caught up, or a beat
-            node = keys.node_of_node_key(entry.key)
-            if node != self.node_id:
-                log.info("node %s stopped beating", node)
-                self._spawn_sweep(node)
+    async def _on_heartbeat_change(self, msg: Msg) -> None:
+        if not is_removal(msg.headers):
+            return  # a beat
+        node = keys.node_of_node_key(msg.subject[len(self.store.prefix) :])
+        if node != self.node_id and not self._stopping:
+            log.info("node %s stopped beating", node)
+            self._spawn_sweep(node)
 
     async def _check_forever(self) -> None:
         if not self.sweep_interval:
             await self.check()
             return
-        while True:
+        while not self._stopping:
             try:
                 await self.check()
             except _KV_ERRORS as exc:
+                _reraise_if_cancelled()
                 log.warning("dead-node check failed: %s", exc)
             await asyncio.sleep(self.sweep_interval)
 
@@ -219,6 +225,7 @@ class Liveness:
             try:
                 await self.sweep(node)
             except _KV_ERRORS as exc:
+                _reraise_if_cancelled()
                 log.warning("sweep of node %s failed (the next check retries): %s", node, exc)
             finally:
                 self._sweeping.discard(node)
@@ -291,9 +298,14 @@ class Liveness:
             msg = await self.js.get_msg(self.store.stream, subject=self.store.prefix + key)
         except nats.js.errors.NotFoundError:
             return 0, False
-        headers = msg.headers or {}
-        deleted = headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
-        return int(msg.seq or 0), not deleted
+        return int(msg.seq or 0), not is_removal(msg.headers)
 
     async def _exists(self, key: str) -> bool:
         return (await self._latest(key))[1]
+
+
+def _reraise_if_cancelled() -> None:
+    """nats-py turns a cancelled wait into its own TimeoutError; a task being stopped must still stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

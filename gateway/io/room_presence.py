@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 from gateway.core.hub import Hub
 from gateway.core.room_presence import Diff, Output, PresenceTracker, RoomMatcher, parse_entry
 from gateway.io.outbox import Flusher, LocalConn, Outgoing
+from gateway.io.tasks import cancel_and_wait
 from shared import frames
 from shared import presence_keys as keys
 
@@ -74,9 +75,7 @@ class RoomPresence:
         tasks = list(self._watches.values())
         self._watches.clear()
         self.tracker.rooms.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)  # a kv.watch() being set up can swallow one cancel
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
