@@ -1,12 +1,35 @@
 """An asyncio Python client for Prism: connect, read the welcome, join rooms, send events and requests,
-and iterate the messages backends deliver.
+iterate the messages backends deliver, and (opt-in) reconnect.
 
     async with await PrismClient.connect("ws://localhost:8080/ws", user="alice") as client:
         await client.join("lobby")
         reply = await client.request("echo", {"hi": 1})
         message = await client.receive()          # next delivery: bytes or str, unchanged
 
-Run ``python -m shared.client URL`` for a tiny interactive console that prints what arrives.
+Reconnecting, across several nodes (no load balancer needed):
+
+    client = await PrismClient.connect(
+        ["ws://node1:8080/ws", "ws://node2:8080/ws"], user="alice", reconnect=True,  # or a Backoff(...)
+        on_state=lambda change: print(change.state, change.code),
+    )
+
+With ``reconnect`` on, a close that allows reconnecting (:func:`shared.close_codes.should_reconnect`:
+1001, 1006, 1011, 1012, 1013, 4000-4499) or a failed attempt (refused TCP, timeout, HTTP 408/429/5xx)
+makes the client try again after an exponential, fully jittered delay (:class:`shared.backoff.Backoff`),
+moving to the next URL each time. Terminal closes (1000 from the server, 1008, 4500-4999, ...) and refused
+handshakes (HTTP 400, 401, 403, 404, ...) stop it for good. While it reconnects:
+
+- requests and commands in flight fail with :class:`ConnectionLost` (never resent: the node may have
+  acted on them); deliveries already received stay readable with :meth:`PrismClient.receive`;
+- new sends, commands and requests wait for the next connection, bounded by their ``timeout``;
+- after the new welcome, ``conn_id``, ``node``, ``welcome`` and ``url`` describe the new connection, and
+  every room the client had joined is joined again before the client reports ``connected``. A room the
+  node refuses is dropped and its error frame (with an added ``"room"`` key) goes to ``client.errors``.
+
+Rooms a backend joined on the client's behalf (``control.conn.<id>.join``) are not tracked by the client:
+the backend sees the new connection on ``client.connect`` and can join it again.
+
+Run ``python -m shared.client URL [URL ...]`` for a tiny interactive console that prints what arrives.
 """
 
 from __future__ import annotations
@@ -14,53 +37,211 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import random
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
+from websockets.protocol import State
 
 from shared import frames
-from shared.errors import ClientError, ConnectionLost, RequestFailed
+from shared.backoff import Backoff, BackoffSchedule
+from shared.close_codes import CloseCode, should_reconnect
+from shared.errors import ClientError, ConnectFailed, ConnectionLost, RequestFailed
+
+log = logging.getLogger("prism.client")
 
 Delivery = str | bytes
 
+# HTTP answers to the upgrade that may go away on their own (a draining or overloaded node answers 503).
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Refused handshakes reported with the close code of the same meaning.
+_STATUS_CLOSE_CODES = {401: CloseCode.UNAUTHORIZED, 403: CloseCode.FORBIDDEN}
+# How long close() lets the reader move frames that arrived before the close into the delivery queue.
+_READER_GRACE = 1.0
 
-class PrismClient:
-    def __init__(self, ws: ClientConnection, welcome: dict[str, Any], max_queue: int = 10_000) -> None:
+
+class ConnState(StrEnum):
+    """Where a :class:`PrismClient` is in its life."""
+
+    CONNECTING = "connecting"  # the first connection is being opened
+    CONNECTED = "connected"  # welcome received and rooms rejoined: commands go out at once
+    RECONNECTING = "reconnecting"  # the connection was lost and a new one is being opened
+    CLOSED = "closed"  # for good: closed by the caller, a terminal close, or the backoff gave up
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """What ``on_state`` receives. One ``connecting`` / ``reconnecting`` change is reported per attempt.
+
+    ``url``: the URL being tried (or connected to). ``attempt``: 1 for the first attempt of an outage.
+    ``delay``: seconds the client waits before this attempt. ``code`` / ``reason``: the close that
+    started the outage (or, for ``closed``, the final one). ``error``: why the previous attempt failed.
+    """
+
+    state: ConnState
+    url: str | None = None
+    attempt: int = 0
+    delay: float | None = None
+    code: int | None = None
+    reason: str = ""
+    error: BaseException | None = None
+
+
+StateCallback = Callable[[StateChange], None]
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether a failed connection attempt may succeed when tried again.
+
+    Retry: refused or failed TCP connects and timeouts (``OSError``), handshakes cut off
+    (``InvalidMessage``), HTTP 408/429/500/502/503/504, and a connection closed before its welcome
+    with a code that allows reconnecting. Everything else is terminal: other HTTP statuses (400 bad
+    user, 401/403 auth, 404 unknown route), a bad URI, a peer that is not a Prism node.
+    """
+    if isinstance(error, InvalidStatus):
+        return error.response.status_code in RETRY_STATUSES
+    if isinstance(error, ConnectionLost):
+        return should_reconnect(error.code)
+    return isinstance(error, (OSError, InvalidMessage))  # TimeoutError is an OSError
+
+
+def terminal_failure(error: BaseException, attempts: int) -> ConnectFailed:
+    """The :class:`ConnectFailed` reported when ``error`` stops a reconnecting client."""
+    if isinstance(error, InvalidStatus):
+        status = error.response.status_code
+        body = error.response.body.decode(errors="replace").strip() if error.response.body else ""
+        reason = f"handshake refused with HTTP {status}" + (f": {body:.200}" if body else "")
+        return ConnectFailed(_STATUS_CLOSE_CODES.get(status), reason, status=status, attempts=attempts)
+    if isinstance(error, ConnectionLost):
+        return ConnectFailed(error.code, error.reason, attempts=attempts)
+    return ConnectFailed(None, f"{type(error).__name__}: {error}", attempts=attempts)
+
+
+def with_user(url: str, user: str) -> str:
+    """``url`` with ``?user=<user>`` (or ``&user=``) appended."""
+    return url + ("&" if "?" in url else "?") + urlencode({"user": user})
+
+
+class _Pending:
+    __slots__ = ("future", "kind", "room")
+
+    def __init__(self, future: asyncio.Future[dict[str, Any]], kind: str, room: str | None) -> None:
+        self.future = future
+        self.kind = kind  # "join", "leave", "rejoin" or "request"
+        self.room = room
+
+
+class _Link:
+    """One WebSocket connection and what belongs to it."""
+
+    __slots__ = ("closed", "index", "pending", "reader", "url", "welcome", "ws")
+
+    def __init__(self, ws: ClientConnection, welcome: dict[str, Any], url: str, index: int) -> None:
         self.ws = ws
         self.welcome = welcome
-        self.conn_id: str = welcome["conn"]
-        self.node: str = welcome["node"]
-        self.user: str | None = welcome.get("user")
+        self.url = url
+        self.index = index
+        self.pending: dict[int | str, _Pending] = {}
+        self.closed = asyncio.Event()  # set once the reader has finished and failed ``pending``
+        self.reader: asyncio.Task[None] | None = None
+
+
+class PrismClient:
+    """A Prism client. Create it with :meth:`connect`; see the module docstring for reconnecting."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        backoff: Backoff | None = None,
+        randomize: bool = True,
+        open_timeout: float = 10.0,
+        on_state: StateCallback | None = None,
+        max_deliveries: int = 10_000,
+        ws_options: dict[str, Any] | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("PrismClient needs at least one URL")
+        self.urls = tuple(urls)
+        self.backoff = backoff
+        self._schedule: BackoffSchedule | None = backoff.schedule() if backoff is not None else None
+        self._next_url = random.randrange(len(self.urls)) if randomize and len(self.urls) > 1 else 0
+        self._open_timeout = open_timeout
+        self._on_state = on_state
+        self._ws_options = dict(ws_options or {})
         self._refs = itertools.count(1)
-        self._pending: dict[int | str, asyncio.Future[dict[str, Any]]] = {}
-        self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(max_queue)
+        self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(max_deliveries)
         self.errors: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._reader = asyncio.ensure_future(self._read())
+        self._rooms: dict[str, None] = {}  # joined rooms, in join order (restored after a reconnect)
+        self._link: _Link | None = None
+        self._connected = asyncio.Event()  # set while connected and that connection is still open
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._final: ConnectionLost | None = None
+        self._closing: ConnectionLost | None = None  # set by close(): what to report as the final close
+        self._task: asyncio.Task[None] | None = None
+        self.state = ConnState.CONNECTING
+        self.reconnects = 0  # successful reconnections (the first connection does not count)
+        self.welcome: dict[str, Any] = {}
+        self.conn_id = ""
+        self.node = ""
+        self.user: str | None = None
+        self.url = ""
 
     @classmethod
     async def connect(
-        cls, url: str, *, user: str | None = None, open_timeout: float = 10.0, **kwargs: Any
+        cls,
+        url: str | Sequence[str],
+        *,
+        user: str | None = None,
+        reconnect: bool | Backoff = False,
+        randomize: bool = True,
+        on_state: StateCallback | None = None,
+        open_timeout: float = 10.0,
+        max_deliveries: int = 10_000,
+        **kwargs: Any,
     ) -> PrismClient:
-        """Open the WebSocket and wait for the welcome frame."""
+        """Open a WebSocket to ``url`` (or one of several URLs) and return once the welcome arrived.
+
+        ``user``: appended to every URL as ``?user=`` (auth off). ``reconnect``: ``False`` (the default)
+        for one connection whose close ends the client; ``True`` to reconnect with the default
+        :class:`Backoff` (0.1 s base, 10 s cap, unlimited attempts); or a :class:`Backoff`.
+        ``randomize``: with several URLs, start at a random one (spreads clients over nodes) instead of
+        the first; after every failure or drop the client moves to the next URL. ``on_state``: called
+        with a :class:`StateChange` on every state change and connection attempt (exceptions it raises
+        are logged and ignored). ``open_timeout``: seconds for the handshake plus the welcome, and for
+        the rejoin after a reconnect. ``max_deliveries``: deliveries buffered before the client stops
+        reading its socket. Other keyword arguments go to :func:`websockets.asyncio.client.connect`.
+
+        Without ``reconnect`` each URL is tried once, in turn, and the last error is raised as is
+        (``OSError``, ``websockets.exceptions.InvalidStatus``, ...). With ``reconnect`` the first
+        connection is retried like any reconnection (bound the wait with ``asyncio.timeout``); a
+        terminal failure or an exhausted ``max_attempts`` raises :class:`ConnectFailed`.
+        """
+        urls = [url] if isinstance(url, str) else list(url)
         if user is not None:
-            url += ("&" if "?" in url else "?") + urlencode({"user": user})
+            urls = [with_user(u, user) for u in urls]
         kwargs.setdefault("compression", None)
-        ws = await connect(url, open_timeout=open_timeout, **kwargs)
-        try:
-            first = await asyncio.wait_for(ws.recv(), open_timeout)
-            welcome = orjson.loads(first)
-            if not isinstance(welcome, dict) or welcome.get("prism") != "welcome":
-                raise ClientError(f"expected a welcome frame first, got {first!r:.200}")
-        except BaseException:
-            await ws.close()
-            raise
-        return cls(ws, welcome)
+        backoff = Backoff() if reconnect is True else (reconnect or None)
+        client = cls(
+            urls,
+            backoff=backoff,
+            randomize=randomize,
+            open_timeout=open_timeout,
+            on_state=on_state,
+            max_deliveries=max_deliveries,
+            ws_options=kwargs,
+        )
+        await client._start()
+        return client
 
     async def __aenter__(self) -> PrismClient:
         return self
@@ -70,60 +251,178 @@ class PrismClient:
     ) -> None:
         await self.close()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self.ws.close(code, reason)
-        await asyncio.gather(self._reader, return_exceptions=True)
+    def __repr__(self) -> str:
+        return f"<PrismClient {self.state} conn={self.conn_id} node={self.node} url={self.url}>"
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def ws(self) -> ClientConnection:
+        """The current WebSocket (while reconnecting: the one that was lost)."""
+        if self._link is None:
+            raise ClientError("not connected yet")
+        return self._link.ws
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        """The rooms this client joined (and will join again after a reconnect), in join order."""
+        return tuple(self._rooms)
 
     @property
     def close_code(self) -> int | None:
-        return self.ws.close_code
+        """The final close code once closed for good; otherwise the current connection's (``None``
+        while it is open, the lost connection's code while reconnecting)."""
+        if self._final is not None:
+            return self._final.code
+        return self._link.ws.close_code if self._link is not None else None
+
+    @property
+    def close_reason(self) -> str | None:
+        if self._final is not None:
+            return self._final.reason
+        return self._link.ws.close_reason if self._link is not None else None
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good: no more connections will be made."""
+        return self._final is not None
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Return once the client is connected (rooms rejoined). Raises :class:`ConnectionLost` if it is
+        closed for good, ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._wait_link()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close for good: no reconnect. Deliveries already received stay readable."""
+        if self._final is not None:
+            return
+        link = self._link
+        final = ConnectionLost(code, reason)
+        self._closing = final
+        closed_here = False
+        if link is not None and link.ws.state is not State.CLOSED:
+            await link.ws.close(code, reason)
+            closed_here = True
+            if link.reader is not None:
+                await asyncio.wait({link.reader}, timeout=_READER_GRACE)
+        if link is not None and link.ws.close_code is not None:
+            lost = ConnectionLost(*_close_of(link.ws))
+            # Report the connection's own close unless it was one the client was reconnecting from.
+            if closed_here or self._schedule is None or not should_reconnect(lost.code):
+                final = self._closing = lost
+        if link is not None and link.reader is not None and not link.reader.done():
+            link.reader.cancel()  # blocked on a full delivery queue
+            await asyncio.wait({link.reader})
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        self._finish(final)
 
     async def wait_closed(self) -> int | None:
-        """Wait until the connection is closed; return its close code."""
-        await asyncio.gather(self._reader, return_exceptions=True)
-        return self.ws.close_code
+        """Wait until the client is closed for good; return the final close code."""
+        await asyncio.shield(self._closed)
+        return self.close_code
 
     # -- commands ----------------------------------------------------------------------------------
     async def join(self, room: str, timeout: float = 10.0) -> None:
-        await self._command(lambda ref: frames.join(room, ref), timeout)
+        """Join ``room`` (restored after reconnects). ``timeout`` bounds the wait for a connection and
+        for the answer; raises :class:`RequestFailed` if refused, :class:`ConnectionLost` if the
+        connection is lost before the answer."""
+        await self._command("join", lambda ref: frames.join(room, ref), timeout, room)
 
     async def leave(self, room: str, timeout: float = 10.0) -> None:
-        await self._command(lambda ref: frames.leave(room, ref), timeout)
+        """Leave ``room``. The room is forgotten (not rejoined) once the node confirms, or if the
+        connection is lost before the answer (the new connection is not in it either)."""
+        await self._command("leave", lambda ref: frames.leave(room, ref), timeout, room)
 
-    async def send_event(self, name: str, data: Any = None) -> None:
-        """Fire-and-forget event to the backends (subject ``client.event.<name>``)."""
-        await self.ws.send(frames.event(name, data), text=True)
+    async def send_event(self, name: str, data: Any = None, *, timeout: float | None = 10.0) -> None:
+        """Fire-and-forget event to the backends (subject ``client.event.<name>``).
+
+        While reconnecting it waits for the next connection, at most ``timeout`` seconds
+        (``TimeoutError``); it raises :class:`ConnectionLost` if the client is closed for good, or if
+        the connection broke while the frame was being written (it may or may not have arrived)."""
+        await self._send(frames.event(name, data), timeout, text=True)
 
     async def request(self, name: str, data: Any = None, timeout: float = 10.0) -> Any:
-        """Send an event as a request and return the backend's reply ``data``."""
-        answer = await self._command(lambda ref: frames.event(name, data, ref), timeout)
+        """Send an event as a request and return the backend's reply ``data``. ``timeout`` bounds the
+        wait for a connection and for the reply. A request in flight when the connection is lost fails
+        with :class:`ConnectionLost` and is not resent."""
+        answer = await self._command("request", lambda ref: frames.event(name, data, ref), timeout, None)
         return answer.get("data")
 
-    async def send(self, message: str | bytes) -> None:
-        """Send a raw frame (published on ``client.message``)."""
-        await self.ws.send(message)
+    async def send(self, message: str | bytes, *, timeout: float | None = 10.0) -> None:
+        """Send a raw frame (published on ``client.message``); waits like :meth:`send_event`."""
+        await self._send(message, timeout)
 
-    async def _command(self, build: Any, timeout: float) -> dict[str, Any]:
-        ref = next(self._refs)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[ref] = future
+    async def _send(self, message: str | bytes, timeout: float | None, text: bool | None = None) -> None:
+        async with asyncio.timeout(timeout):
+            link = await self._open_link()
         try:
-            await self.ws.send(build(ref), text=True)
-            answer = await asyncio.wait_for(future, timeout)
-        finally:
-            self._pending.pop(ref, None)
+            await link.ws.send(message, text=text)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(*_close_of(link.ws, exc)) from None
+
+    async def _command(
+        self, kind: str, build: Callable[[int], bytes], timeout: float | None, room: str | None
+    ) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            link = await self._open_link()
+            ref = next(self._refs)
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            link.pending[ref] = _Pending(future, kind, room)
+            try:
+                with contextlib.suppress(ConnectionClosed):  # the reader then fails ``future``
+                    await link.ws.send(build(ref), text=True)
+                answer = await future
+            finally:
+                link.pending.pop(ref, None)
         if answer.get("prism") == "error":
             raise RequestFailed(str(answer.get("code")), str(answer.get("message")))
         return answer
 
+    async def _open_link(self) -> _Link:
+        """The current connection once it is connected and still open (a frame sent now is written)."""
+        while True:
+            link = await self._wait_link()
+            if link.ws.state is State.OPEN:
+                return link
+            await link.closed.wait()  # closing: the reader will end it and the supervisor move on
+
+    async def _wait_link(self) -> _Link:
+        while True:
+            if self._final is not None:
+                raise self._lost()
+            if self._connected.is_set() and self._link is not None:
+                return self._link
+            waiter = asyncio.ensure_future(self._connected.wait())
+            either: set[asyncio.Future[Any]] = {waiter, self._closed}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
     # -- deliveries --------------------------------------------------------------------------------
     async def receive(self, timeout: float | None = None) -> Delivery:
-        """The next message from a backend, exactly as it was published."""
-        get = self._deliveries.get()
-        if not self._deliveries.empty() or not self._reader.done():
-            return await asyncio.wait_for(get, timeout)
-        get.close()
-        raise ConnectionLost(self.ws.close_code, self.ws.close_reason or "")
+        """The next message from a backend, exactly as it was published. While reconnecting it waits;
+        once closed for good and drained it raises :class:`ConnectionLost` with the final close code."""
+        if not self._deliveries.empty():
+            return self._deliveries.get_nowait()
+        if self._final is not None:
+            raise self._lost()
+        get = asyncio.ensure_future(self._deliveries.get())
+        either: set[asyncio.Future[Any]] = {get, self._closed}
+        try:
+            await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():
+                get.cancel()  # Queue.get leaves the item in the queue when cancelled
+        if get.done() and not get.cancelled():
+            return get.result()
+        if not self._deliveries.empty():
+            return self._deliveries.get_nowait()
+        if self._final is not None:
+            raise self._lost()
+        raise TimeoutError(f"no delivery within {timeout}s")
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._iterate()
@@ -135,32 +434,241 @@ class PrismClient:
             except ConnectionLost:
                 return
 
-    async def _read(self) -> None:
+    # -- connection life ---------------------------------------------------------------------------
+    async def _start(self) -> None:
         try:
-            async for message in self.ws:
+            link = await self._establish(None)
+        except BaseException as exc:
+            lost = exc if isinstance(exc, ConnectionLost) else ConnectionLost(None, f"{exc!r}")
+            self._finish(lost)
+            raise
+        self._set_connected(link)
+        self._task = asyncio.create_task(self._supervise(link))
+
+    async def _supervise(self, link: _Link) -> None:
+        """Wait for the connection to end; reconnect or finish."""
+        final: ConnectionLost
+        try:
+            while True:
+                await link.closed.wait()
+                lost = ConnectionLost(*_close_of(link.ws))
+                if self._closing is not None or self._schedule is None or not should_reconnect(lost.code):
+                    final = self._closing or lost
+                    break
+                log.info("connection to %s lost (%s %s): reconnecting", link.url, lost.code, lost.reason)
+                self._next_url = (link.index + 1) % len(self.urls)
+                link = await self._establish(lost)
+                self.reconnects += 1
+                self._set_connected(link)
+        except ConnectionLost as exc:
+            final = self._closing or exc
+        except asyncio.CancelledError:
+            self._finish(self._closing or ConnectionLost(None, "cancelled"))
+            raise
+        except Exception as exc:  # a bug: report it instead of leaving the client hanging
+            log.exception("Prism client supervisor failed")
+            final = ConnectionLost(None, f"client error: {exc!r}")
+        self._finish(final)
+
+    async def _establish(self, cause: ConnectionLost | None) -> _Link:
+        """Open a connection (dial, welcome, rejoin); retry per the backoff policy if there is one."""
+        schedule = self._schedule
+        state = ConnState.CONNECTING if cause is None else ConnState.RECONNECTING
+        code, reason = (cause.code, cause.reason) if cause is not None else (None, "")
+        if schedule is None:  # one attempt per URL, raw errors
+            for attempt in range(1, len(self.urls) + 1):
+                index = self._next_url
+                self._emit(StateChange(state, url=self.urls[index], attempt=attempt, delay=0.0))
+                try:
+                    return await self._open(index)
+                except Exception as exc:
+                    if attempt == len(self.urls) or not retryable(exc):
+                        raise
+                    self._advance()
+            raise AssertionError("unreachable")
+        error: BaseException | None = None
+        while True:
+            if self._closing is not None:
+                raise self._closing
+            delay = schedule.next_delay()
+            if delay is None:
+                raise ConnectFailed(
+                    code, f"gave up after {schedule.attempt} attempts: {error!r}", attempts=schedule.attempt
+                ) from error
+            if cause is None and schedule.attempt == 1:
+                delay = 0.0  # the very first connection is tried at once
+            index = self._next_url
+            change = StateChange(state, self.urls[index], schedule.attempt, delay, code, reason, error)
+            self._emit(change)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                link = await self._open(index)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise terminal_failure(exc, schedule.attempt) from exc
+                log.debug("attempt %d on %s failed: %r", schedule.attempt, self.urls[index], exc)
+                error = exc
+                self._advance()
+                continue
+            schedule.reset()
+            return link
+
+    def _advance(self) -> None:
+        self._next_url = (self._next_url + 1) % len(self.urls)
+
+    async def _open(self, index: int) -> _Link:
+        url = self.urls[index]
+        ws, welcome = await self._dial(url)
+        link = _Link(ws, welcome, url, index)
+        link.reader = asyncio.create_task(self._read(link))
+        self._link = link
+        self.welcome = welcome
+        self.conn_id = welcome["conn"]
+        self.node = welcome["node"]
+        self.user = welcome.get("user")
+        self.url = url
+        try:
+            await self._rejoin(link)
+        except BaseException:
+            await ws.close()
+            await asyncio.wait({link.reader}, timeout=_READER_GRACE)
+            if not link.reader.done():
+                link.reader.cancel()
+            raise
+        return link
+
+    async def _dial(self, url: str) -> tuple[ClientConnection, dict[str, Any]]:
+        """Open the WebSocket and read the welcome frame."""
+        ws = await connect(url, open_timeout=self._open_timeout, **self._ws_options)
+        try:
+            try:
+                first = await asyncio.wait_for(ws.recv(), self._open_timeout)
+            except ConnectionClosed as exc:
+                raise ConnectionLost(*_close_of(ws, exc)) from None
+            welcome = orjson.loads(first)
+            if not isinstance(welcome, dict) or welcome.get("prism") != "welcome":
+                raise ClientError(f"expected a welcome frame first, got {first!r:.200}")
+        except BaseException:
+            await ws.close()
+            raise
+        return ws, welcome
+
+    async def _rejoin(self, link: _Link) -> None:
+        """Join every tracked room on a new connection; drop (and report) the ones refused."""
+        if not self._rooms:
+            return
+        loop = asyncio.get_running_loop()
+        waits: list[tuple[str, int, asyncio.Future[dict[str, Any]]]] = []
+        for room in self._rooms:
+            ref = next(self._refs)
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            link.pending[ref] = _Pending(future, "rejoin", room)
+            waits.append((room, ref, future))
+        try:
+            with contextlib.suppress(ConnectionClosed):  # the reader then fails the futures
+                for room, ref, _ in waits:
+                    await link.ws.send(frames.join(room, ref), text=True)
+            async with asyncio.timeout(self._open_timeout):
+                answers = await asyncio.gather(*(future for _, _, future in waits))
+        finally:
+            for _, ref, _ in waits:
+                link.pending.pop(ref, None)
+        for (room, _, _), answer in zip(waits, answers, strict=True):
+            if answer.get("prism") == "error":
+                log.warning("rejoining %r refused: %s", room, answer.get("message"))
+                self._rooms.pop(room, None)
+                self.errors.put_nowait({**answer, "room": room})
+
+    async def _read(self, link: _Link) -> None:
+        ws = link.ws
+        try:
+            async for message in ws:
                 if frames.is_prism_frame(message):
-                    self._dispatch(orjson.loads(message))
+                    try:
+                        frame = orjson.loads(message)
+                    except orjson.JSONDecodeError:
+                        log.warning("ignoring a gateway frame that is not JSON: %r", message[:200])
+                        continue
+                    if isinstance(frame, dict):
+                        self._dispatch(link, frame)
                 else:
                     await self._deliveries.put(message)
         except ConnectionClosed:
             pass
         finally:
-            lost = ConnectionLost(self.ws.close_code, self.ws.close_reason or "")
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(lost)
+            lost = ConnectionLost(*_close_of(ws))
+            for pending in link.pending.values():
+                if pending.kind == "leave" and pending.room is not None:
+                    self._rooms.pop(pending.room, None)  # the next connection is not in it either
+                if not pending.future.done():
+                    pending.future.set_exception(lost)
+            link.closed.set()
+            if self._link is link:
+                self._connected.clear()
 
-    def _dispatch(self, frame: dict[str, Any]) -> None:
+    def _dispatch(self, link: _Link, frame: dict[str, Any]) -> None:
         ref = frame.get("ref")
-        future = self._pending.get(ref) if ref is not None else None
-        if future is not None and not future.done():
-            future.set_result(frame)
+        pending = link.pending.get(ref) if isinstance(ref, (int, str)) else None
+        if pending is not None and not pending.future.done():
+            if frame.get("prism") == "ok" and pending.room is not None:
+                if pending.kind == "leave":
+                    self._rooms.pop(pending.room, None)
+                else:
+                    self._rooms[pending.room] = None
+            pending.future.set_result(frame)
         elif frame.get("prism") == "error":
             self.errors.put_nowait(frame)
 
+    def _set_connected(self, link: _Link) -> None:
+        if link.closed.is_set() or self._final is not None:
+            return  # already lost again: the supervisor will notice
+        self._connected.set()
+        self._emit(StateChange(ConnState.CONNECTED, url=link.url))
 
-async def _console(url: str) -> None:
-    async with await PrismClient.connect(url) as client:
+    def _finish(self, final: ConnectionLost) -> None:
+        if self._final is not None:
+            return
+        self._final = final
+        self._connected.clear()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._emit(StateChange(ConnState.CLOSED, url=self.url or None, code=final.code, reason=final.reason))
+
+    def _lost(self) -> ConnectionLost:
+        """A fresh exception describing the final close (raised once per caller)."""
+        final = self._final
+        assert final is not None
+        if isinstance(final, ConnectFailed):
+            return ConnectFailed(final.code, final.reason, final.status, final.attempts)
+        return ConnectionLost(final.code, final.reason)
+
+    def _emit(self, change: StateChange) -> None:
+        self.state = change.state
+        if self._on_state is not None:
+            try:
+                self._on_state(change)
+            except Exception:
+                log.exception("on_state callback failed")
+
+
+def _close_of(ws: ClientConnection, exc: ConnectionClosed | None = None) -> tuple[int | None, str]:
+    """The close code and reason of ``ws`` (or of ``exc`` while ``ws`` is still closing)."""
+    if ws.close_code is not None:
+        return ws.close_code, ws.close_reason or ""
+    if exc is not None and exc.rcvd is not None:
+        return exc.rcvd.code, exc.rcvd.reason
+    return None, ""
+
+
+async def _console(urls: list[str]) -> None:
+    def show(change: StateChange) -> None:
+        detail = f" code={change.code}" if change.code is not None else ""
+        if change.error is not None:
+            detail += f" last error: {change.error!r:.120}"
+        print(f"[{change.state}] {change.url or ''}{detail}", file=sys.stderr, flush=True)
+
+    async with await PrismClient.connect(urls, reconnect=True, on_state=show) as client:
         print(f"connected: conn={client.conn_id} node={client.node} user={client.user}", flush=True)
         async for message in client:
             print(
@@ -169,8 +677,8 @@ async def _console(url: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m shared.client ws://localhost:8080/ws?user=alice", file=sys.stderr)
+    if len(sys.argv) < 2:
+        print("usage: python -m shared.client ws://localhost:8080/ws?user=alice [URL ...]", file=sys.stderr)
         raise SystemExit(2)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_console(sys.argv[1]))
+        asyncio.run(_console(sys.argv[1:]))

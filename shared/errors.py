@@ -7,6 +7,7 @@ PrismError
 └── ClientError        raised by the Python client SDK
     ├── RequestFailed  the gateway answered a command or request with an error frame
     └── ConnectionLost the WebSocket closed (carries the close code)
+        └── ConnectFailed  no connection could be opened (refused handshake, or the backoff gave up)
 """
 
 from __future__ import annotations
@@ -54,3 +55,20 @@ class ConnectionLost(ClientError):
         super().__init__(f"connection closed ({code}): {reason}")
         self.code = code
         self.reason = reason
+
+
+class ConnectFailed(ConnectionLost):
+    """A reconnecting client could not open a connection and stopped trying.
+
+    Either the handshake was refused for good (``status`` holds the HTTP status, e.g. 400, 401, 403, 404;
+    401 and 403 report ``code`` 4501 / 4503, the close codes with the same meaning), a node closed the new
+    connection with a terminal close code, or the backoff policy's ``max_attempts`` ran out (``code`` is
+    then the close code that started the outage). ``attempts`` counts the attempts made in a row; the
+    last underlying error is the exception's ``__cause__``.
+    """
+
+    def __init__(self, code: int | None, reason: str, status: int | None = None, attempts: int = 0) -> None:
+        super().__init__(code, reason)
+        self.args = (f"could not connect (code {code}, after {attempts} attempt(s)): {reason}",)
+        self.status = status
+        self.attempts = attempts
