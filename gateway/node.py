@@ -68,6 +68,7 @@ class Node:
         self._presence_api: PresenceApi | None = None
         self.liveness: Liveness | None = None
         self._repairing: asyncio.Task[None] | None = None
+        self._repair_again = False
         self._bucket = BucketOptions()
         self.port = config.port
 
@@ -140,6 +141,7 @@ class Node:
             on_sweep=self._on_sweep,
         )
         await self.liveness.start()
+        sessions.on_presence_error = self._schedule_repair
         routes = HttpRoutes(self.config.routes, self.registry, self.is_ready, self.not_ready_reason)
         self._server = await serve(
             sessions.handle,
@@ -220,15 +222,26 @@ class Node:
         self.metrics.nats_connected.labels(node=self.node_id).set(1 if connected else 0)
         if connected:
             self.metrics.nats_reconnects.labels(node=self.node_id).inc()
-            if self.state is State.READY and (self._repairing is None or self._repairing.done()):
-                self._repairing = asyncio.ensure_future(self._after_reconnect())
+            self._schedule_repair(0.0)
 
-    async def _after_reconnect(self) -> None:
-        """NATS is back (nats-py has resubscribed): beat at once, and make the bucket match this node's
-        connections again; closes during the outage could not remove their keys, and a survivor may
-        have swept this node if the outage outlasted its heartbeat."""
+    def _schedule_repair(self, delay: float = 1.0) -> None:
+        """Make the bucket match this node's connections soon: after NATS comes back, or after a presence
+        write failed (a KV write that timed out during a NATS failover may or may not have landed).
+        Failures within ``delay`` share one repair."""
+        if self.state is not State.READY:
+            return
+        if self._repairing is None or self._repairing.done():
+            self._repairing = asyncio.ensure_future(self._repair_presence(delay))
+        else:
+            self._repair_again = True  # a failure after the running repair read the bucket
+
+    async def _repair_presence(self, delay: float) -> None:
+        """Beat, make sure this node was not swept (a survivor may have, if an outage outlasted its
+        heartbeat), and purge or rewrite keys until the bucket matches the open connections."""
         if self.liveness is None or self._sessions is None or self._bus is None:
             return
+        await asyncio.sleep(delay)
+        self._repair_again = False
         for attempt in range(10):
             try:
                 # A NATS that lost its memory (in-memory storage, a new server) no longer has the bucket.
@@ -239,9 +252,12 @@ class Node:
                 rewritten, purged = await self.liveness.repair(self._sessions.local_state())
                 self.metrics.presence_repairs.labels(node=self.node_id, action="rewrite").inc(rewritten)
                 self.metrics.presence_repairs.labels(node=self.node_id, action="purge").inc(purged)
-                return
+                if not self._repair_again:
+                    return
+                self._repair_again = False
+                await asyncio.sleep(1.0)
             except Exception as exc:  # JetStream may need a moment after a cluster election
-                log.warning("presence repair after reconnect failed (attempt %d): %s", attempt + 1, exc)
+                log.warning("presence repair failed (attempt %d): %s", attempt + 1, exc)
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
 
     def _stats(self) -> dict[str, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -71,6 +71,8 @@ class Sessions:
         self.metrics = metrics
         self.room_presence: RoomPresence | None = None  # set by the node when room presence is on
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Called when a presence write fails, so the node can bring the bucket back in line later.
+        self.on_presence_error: Callable[[], None] = lambda: None
         self.idle = asyncio.Event()  # set while no connection is registered (drain waits on it)
         self.idle.set()
         self._frames_in = {
@@ -124,6 +126,7 @@ class Sessions:
         except Exception as exc:
             log.warning("could not register %s: %s", conn.conn_id, exc)
             self.metrics.presence_errors.labels(node=self.node_id, op="register").inc()
+            self.on_presence_error()
             _, changes = self.hub.remove(conn.conn_id)
             self._set_idle()
             await self.interests.apply(changes)
@@ -153,6 +156,7 @@ class Sessions:
         except Exception as exc:
             log.warning("could not unregister %s: %s", conn.conn_id, exc)
             self.metrics.presence_errors.labels(node=self.node_id, op="unregister").inc()
+            self.on_presence_error()
         extra: dict[str, object] = {"code": code, "reason": reason, "rooms": sorted(rooms)}
         extra["disconnected_at"] = utc_now()
         await self._lifecycle(self.subjects.client_disconnect, conn, extra)
@@ -259,6 +263,7 @@ class Sessions:
             except Exception as exc:
                 log.warning("presence join %s %s failed: %s", conn.conn_id, room, exc)
                 self.metrics.presence_errors.labels(node=self.node_id, op="join").inc()
+            self.on_presence_error()
             if self.room_presence is not None:
                 self.room_presence.joined(conn, room)
         return outcome
@@ -274,6 +279,7 @@ class Sessions:
             except Exception as exc:
                 log.warning("presence leave %s %s failed: %s", conn.conn_id, room, exc)
                 self.metrics.presence_errors.labels(node=self.node_id, op="leave").inc()
+            self.on_presence_error()
         return was_member
 
     async def _on_event(self, conn: LocalConn, event: Event) -> None:
