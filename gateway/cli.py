@@ -1,4 +1,5 @@
-"""The ``prism`` command: ``prism dev`` (everything, embedded) and ``prism gateway`` (one node)."""
+"""The ``prism`` command: ``prism dev`` (everything, embedded), ``prism gateway`` (one node) and
+``prism notify`` (one notification service instance)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import uvloop
 
 from gateway.config import GatewayConfig
+from notification_service.config import NotifyConfig
 from shared.config import add_arguments, load
 from shared.errors import ConfigError
 
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="run one gateway node against PRISM_NATS_URL")
     add_arguments(gateway, GatewayConfig)
 
+    notify = commands.add_parser("notify", help="run one notification service instance (PRISM_NATS_URL)")
+    add_arguments(notify, NotifyConfig)
+
     loadtest = commands.add_parser(
         "loadtest",
         help="benchmark Prism against the websockets ceiling (python -m loadtest --help)",
@@ -66,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.node import run
 
             return run_on_uvloop(run(config))
+        if args.command == "notify":
+            notify_config = load(NotifyConfig, args)
+            setup_logging(notify_config.log_level)
+            from notification_service.service import run as run_notify
+
+            return run_on_uvloop(run_notify(notify_config))
         if args.command == "dev":
             setup_logging("info")
             from gateway.dev import run_dev

@@ -9,9 +9,13 @@ Roles:
 - ``gateway``: a gateway node. Subscribes to deliveries, control and presence queries; publishes client
   traffic and lifecycle events; writes the presence bucket and manages its own watches on it; answers
   requests (receipts, control replies, presence answers) through ``allow_responses``.
-- ``backend``: a service that reaches clients. Publishes deliveries, control and presence queries;
-  subscribes to client traffic and lifecycle events; may read the presence bucket (filtered watches,
-  direct gets) but never write it.
+- ``backend``: a service that reaches clients. Publishes deliveries, control and presence queries, and
+  notifications (``notify.user.*``, ``notify.room.*``, ``notify.broadcast``); subscribes to client traffic
+  and lifecycle events; may read the presence bucket (filtered watches, direct gets) but never write it.
+- ``notification``: the notification service. Creates and updates its three streams, pulls from its
+  durable consumer and acks, publishes deliveries (with receipts), inbox copies and dead letters, reads
+  and deletes inbox messages, and takes ``client.connect`` events. Nothing else: it does not read the
+  presence bucket, answer requests or publish control messages.
 """
 
 from __future__ import annotations
@@ -85,13 +89,42 @@ def backend(prefix: str = "", bucket: str = "presence") -> Permissions:
             f"{prefix}broadcast",
             f"{prefix}control.>",
             f"{prefix}presence.>",
+            f"{prefix}notify.user.*",
+            f"{prefix}notify.room.*",
+            f"{prefix}notify.broadcast",
             *_kv_read(bucket),
         ),
         subscribe=(f"{prefix}client.>", INBOX),
     )
 
 
-ROLES = {"gateway": gateway, "backend": backend}
+def notification(
+    prefix: str = "", bucket: str = "presence", stream: str = "NOTIFICATIONS", consumer: str = "prism-notify"
+) -> Permissions:
+    """The notification service (``prism notify``) with ``PRISM_STREAM`` and ``PRISM_CONSUMER``."""
+    streams = (stream, f"{stream}_INBOX", f"{stream}_DEAD")
+    return Permissions(
+        publish=(
+            f"{prefix}conn.*.*",
+            f"{prefix}user.*",
+            f"{prefix}room.*",
+            f"{prefix}broadcast",
+            f"{prefix}notify.inbox.*",
+            f"{prefix}notify.dead.>",
+            *(f"$JS.API.STREAM.{op}.{name}" for name in streams for op in ("INFO", "CREATE", "UPDATE")),
+            f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}",
+            f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            f"$JS.ACK.{stream}.{consumer}.>",
+            f"$JS.API.DIRECT.GET.{stream}_INBOX",
+            f"$JS.API.STREAM.MSG.DELETE.{stream}_INBOX",
+        ),
+        subscribe=(f"{prefix}client.connect", INBOX),
+        allow_responses=False,
+    )
+
+
+ROLES = {"gateway": gateway, "backend": backend, "notification": notification}
 
 
 def render_users(passwords: dict[str, str], prefix: str = "", bucket: str = "presence") -> str:

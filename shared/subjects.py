@@ -169,6 +169,39 @@ class Subjects:
     def presence_queries(self) -> str:
         return f"{self.prefix}presence.>"
 
+    # Notifications (backends -> the notification service, through the JetStream stream NOTIFICATIONS).
+    def notify_user(self, user_id: str) -> str:
+        return f"{self.prefix}notify.user.{validate_user_id(user_id)}"
+
+    def notify_room(self, room: str) -> str:
+        return f"{self.prefix}notify.room.{validate_room(room)}"
+
+    @property
+    def notify_broadcast(self) -> str:
+        return f"{self.prefix}notify.broadcast"
+
+    @property
+    def notify_inputs(self) -> tuple[str, str, str]:
+        """The subjects of the NOTIFICATIONS stream (a backend publishes on these)."""
+        return (f"{self.prefix}notify.user.*", f"{self.prefix}notify.room.*", self.notify_broadcast)
+
+    def notify_inbox(self, user_id: str) -> str:
+        """An offline user's inbox (the service's own stream NOTIFICATIONS_INBOX)."""
+        return f"{self.prefix}notify.inbox.{validate_user_id(user_id)}"
+
+    @property
+    def notify_inboxes(self) -> str:
+        return f"{self.prefix}notify.inbox.*"
+
+    def notify_dead(self, original: str) -> str:
+        """Where a notification that arrived on ``original`` (a ``notify.`` subject) is dead-lettered:
+        ``notify.user.alice`` -> ``notify.dead.user.alice``."""
+        return f"{self.prefix}notify.dead.{self.strip(original).removeprefix('notify.')}"
+
+    @property
+    def notify_dead_letters(self) -> str:
+        return f"{self.prefix}notify.dead.>"
+
     def strip(self, subject: str) -> str:
         """The subject without the deployment prefix."""
         return subject[len(self.prefix) :] if subject.startswith(self.prefix) else subject

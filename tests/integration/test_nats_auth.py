@@ -28,13 +28,20 @@ from nats.aio.msg import Msg
 from gateway.config import GatewayConfig
 from gateway.embedded_nats import NatsServer
 from gateway.node import Node
+from notification_service.config import NotifyConfig
+from notification_service.publisher import Notifier
+from notification_service.service import NotifyService
 from shared import presence
 from shared.backend import PrismBackend
 from shared.client import PrismClient
 from shared.nats_permissions import render_users
 from tests.helpers import eventually
 
-PASSWORDS = {"gateway": "gw-" + secrets.token_hex(8), "backend": "be-" + secrets.token_hex(8)}
+PASSWORDS = {
+    "gateway": "gw-" + secrets.token_hex(8),
+    "backend": "be-" + secrets.token_hex(8),
+    "notification": "nt-" + secrets.token_hex(8),
+}
 
 
 def start_nats(tmp_path: Path, config: str) -> NatsServer:
@@ -133,6 +140,54 @@ async def test_gateway_and_backend_work_under_least_privilege(
     assert lifecycle.count("client.connect") == 3  # ada, bob, and ada restored after the sweep
     await ada.close()
     await nc.close()
+    assert violations(tmp_path) == []
+
+
+async def test_the_notification_service_works_under_least_privilege(
+    tmp_path: Path, least_privilege_nats: NatsServer, nodes: list[Node]
+) -> None:
+    """Two instances (streams created by the first, found by the second), a backend publishing as
+    ``backend``: online delivery, inbox store and replay, a dead letter; no permission violation."""
+    config = NotifyConfig(
+        nats_url=least_privilege_nats.url,
+        nats_user="notification",
+        nats_password=PASSWORDS["notification"],
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        stream_storage="memory",
+        receipt_timeout=0.5,
+        ack_wait=3.0,
+    )
+    services = [NotifyService(config), NotifyService(config)]
+    nc = await nats.connect(least_privilege_nats.url, user="backend", password=PASSWORDS["backend"])
+    try:
+        for service in services:
+            await service.start()
+        notifier = Notifier(nc.jetstream())
+        ada = await PrismClient.connect(f"ws://127.0.0.1:{nodes[0].port}/ws", user="ada")
+        await notifier.to_user("ada", "a-1", "online")
+        assert orjson.loads(await ada.receive(5))["id"] == "a-1"
+        await notifier.to_user("bob", "b-1", "offline", ttl=60)
+
+        def stored() -> float:
+            return sum(s.registry.get_sample_value("prism_notify_stored_total") or 0 for s in services)
+
+        await eventually(lambda: stored() == 1, what="bob's notification in his inbox")
+        bob = await PrismClient.connect(f"ws://127.0.0.1:{nodes[1].port}/ws", user="bob")
+        assert orjson.loads(await bob.receive(5))["id"] == "b-1"
+        await nc.jetstream().publish("notify.user.ada", b"not json")
+
+        def dead() -> float:
+            name, labels = "prism_notify_dead_lettered_total", {"reason": "invalid_json"}
+            return sum(s.registry.get_sample_value(name, labels) or 0 for s in services)
+
+        await eventually(lambda: dead() == 1, what="the dead letter")
+        await ada.close()
+        await bob.close()
+    finally:
+        for service in services:
+            await service.stop()
+        await nc.close()
     assert violations(tmp_path) == []
 
 

@@ -256,6 +256,16 @@ def test_prefix_applies_to_every_subject() -> None:
         lambda s: s.presence_cluster,
         lambda s: s.presence_queries,
         lambda s: s.broadcast,
+        lambda s: s.notify_user("alice"),
+        lambda s: s.notify_room("lobby"),
+        lambda s: s.notify_broadcast,
+        lambda s: s.notify_inputs[0],
+        lambda s: s.notify_inputs[1],
+        lambda s: s.notify_inputs[2],
+        lambda s: s.notify_dead(s.notify_user("alice")),
+        lambda s: s.notify_inbox("alice"),
+        lambda s: s.notify_inboxes,
+        lambda s: s.notify_dead_letters,
     ]
     for build in builders:
         assert build(prefixed) == "acme." + build(plain)
@@ -282,6 +292,14 @@ def test_every_public_subject_builder_is_covered_by_the_prefix_test() -> None:
         "presence_cluster",
         "presence_queries",
         "broadcast",
+        "notify_user",
+        "notify_room",
+        "notify_broadcast",
+        "notify_inputs",
+        "notify_inbox",
+        "notify_inboxes",
+        "notify_dead",
+        "notify_dead_letters",
     }
 
 

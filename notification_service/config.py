@@ -1,0 +1,138 @@
+"""The notification service's one configuration object, loaded like the gateway's (``PRISM_*`` / flags).
+
+The NATS connection settings have the same names as the gateway's (``PRISM_NATS_URL``,
+``PRISM_NATS_USER``, ...), so one environment can serve both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import ConfigError, InvalidName
+from shared.nats_auth import NatsAuth
+from shared.subjects import Subjects, validate_prefix
+
+DAY = 86400.0
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    nats_url: str = _setting("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+    nats_user: str = _setting("", "NATS user name (with nats_password)")
+    nats_password: str = field(
+        default="", repr=False, metadata={"help": "NATS password (set it in the environment, not as a flag)"}
+    )
+    nats_token: str = field(default="", repr=False, metadata={"help": "NATS authentication token"})
+    nats_nkey_seed_file: str = _setting("", "file holding this process's NATS NKey seed")
+    nats_creds_file: str = _setting("", "NATS credentials file (user JWT and seed, decentralised auth)")
+    nats_tls_ca_file: str = _setting("", "CA bundle of the NATS servers' certificates (turns TLS on)")
+    nats_tls_cert_file: str = _setting("", "client certificate for NATS mutual TLS (with nats_tls_key_file)")
+    nats_tls_key_file: str = _setting("", "private key of nats_tls_cert_file")
+    subject_prefix: str = _setting("", "prefix for every NATS subject, e.g. 'acme.' (as the gateway's)")
+    stream: str = _setting(
+        "NOTIFICATIONS",
+        "input stream name; the inbox and dead-letter streams are <stream>_INBOX, <stream>_DEAD",
+    )
+    consumer: str = _setting("prism-notify", "durable consumer shared by every instance")
+    stream_replicas: int = _setting(1, "replicas of the three streams when the service creates them")
+    stream_storage: str = _setting("file", "storage of the three streams: file or memory")
+    stream_max_age: float = _setting(7 * DAY, "seconds an unprocessed notification is kept (0: no limit)")
+    stream_max_msgs: int = _setting(
+        -1, "unprocessed notifications kept at most (-1: no limit; then publishes fail)"
+    )
+    stream_max_bytes: int = _setting(-1, "bytes of unprocessed notifications kept at most (-1: no limit)")
+    duplicate_window: float = _setting(120.0, "seconds over which a repeated Nats-Msg-Id is dropped")
+    inbox_max_age: float = _setting(7 * DAY, "seconds a notification waits in an offline user's inbox")
+    inbox_max_per_user: int = _setting(100, "notifications kept per offline user; the oldest go first")
+    dead_max_age: float = _setting(14 * DAY, "seconds a dead letter is kept")
+    max_deliveries: int = _setting(5, "tries per notification before it is dead-lettered")
+    retry_delay: float = _setting(1.0, "seconds before the first retry; doubles each time")
+    retry_max_delay: float = _setting(30.0, "longest delay between two tries")
+    receipt_timeout: float = _setting(2.0, "seconds to wait for a gateway's delivery receipt")
+    ack_wait: float = _setting(
+        30.0, "seconds before a notification held by a dead or stuck instance is redelivered to another"
+    )
+    concurrency: int = _setting(64, "notifications one instance processes at once")
+    metrics_host: str = _setting("0.0.0.0", "address of the /metrics, /healthz and /readyz endpoint")
+    metrics_port: int = _setting(8090, "port of /metrics, /healthz and /readyz (0: any free port)")
+    drain_timeout: float = _setting(10.0, "on SIGTERM, seconds to finish notifications in flight")
+    log_level: str = _setting("info", "log level: debug, info, warning, error")
+
+    def validate(self) -> None:
+        self.nats_auth.validate()
+        try:
+            validate_prefix(self.subject_prefix)
+        except InvalidName as exc:
+            raise ConfigError(str(exc)) from None
+        for name in ("stream", "consumer"):
+            value = getattr(self, name)
+            if not value or any(c in value for c in " .*>\t\r\n/\\"):
+                raise ConfigError(
+                    f"{name} must be a name without spaces, '.', '*', '>' or slashes: {value!r}"
+                )
+        if self.stream_storage not in ("file", "memory"):
+            raise ConfigError(f"stream_storage must be 'file' or 'memory', got {self.stream_storage!r}")
+        for name in ("stream_replicas", "inbox_max_per_user", "max_deliveries", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in ("stream_max_msgs", "stream_max_bytes"):
+            if getattr(self, name) < -1 or getattr(self, name) == 0:
+                raise ConfigError(f"{name} must be positive, or -1 for no limit")
+        if not 0 <= self.stream_max_age < math.inf:
+            raise ConfigError(f"stream_max_age must be zero or positive seconds, got {self.stream_max_age}")
+        for name in (
+            "duplicate_window",
+            "inbox_max_age",
+            "dead_max_age",
+            "retry_delay",
+            "retry_max_delay",
+            "receipt_timeout",
+            "ack_wait",
+            "drain_timeout",
+        ):
+            seconds = getattr(self, name)
+            if not 0 < seconds < math.inf:
+                raise ConfigError(f"{name} must be positive seconds, got {seconds}")
+        if self.ack_wait < 2 * self.receipt_timeout + 1:
+            raise ConfigError(
+                f"ack_wait ({self.ack_wait}s) must be at least twice receipt_timeout + 1s "
+                f"({2 * self.receipt_timeout + 1}s): a notification must not be redelivered while one "
+                "instance still waits for its receipt"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be a port number, got {self.metrics_port}")
+
+    @property
+    def nats_auth(self) -> NatsAuth:
+        return NatsAuth(
+            self.nats_user,
+            self.nats_password,
+            self.nats_token,
+            self.nats_nkey_seed_file,
+            self.nats_creds_file,
+            self.nats_tls_ca_file,
+            self.nats_tls_cert_file,
+            self.nats_tls_key_file,
+        )
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.subject_prefix)
+
+    @property
+    def inbox_stream(self) -> str:
+        return f"{self.stream}_INBOX"
+
+    @property
+    def dead_stream(self) -> str:
+        return f"{self.stream}_DEAD"

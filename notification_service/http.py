@@ -1,0 +1,72 @@
+"""``GET /metrics``, ``/healthz`` and ``/readyz`` on the service's own port: a minimal HTTP/1.1 server on
+asyncio streams (one request per connection), enough for Prometheus and Kubernetes probes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_MAX_HEADER_BYTES = 16384
+
+
+class HealthServer:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        is_ready: Callable[[], bool],
+        not_ready_reason: Callable[[], str],
+    ) -> None:
+        self.registry = registry
+        self.is_ready = is_ready
+        self.not_ready_reason = not_ready_reason
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def answer(self, method: str, path: str) -> tuple[int, str, bytes]:
+        route = path.partition("?")[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET\n"
+        if route == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if route == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if route == "/readyz":
+            if self.is_ready():
+                return 200, "text/plain", b"ready\n"
+            return 503, "text/plain", f"not ready: {self.not_ready_reason()}\n".encode()
+        return 404, "text/plain", f"no route {route!r}; try /metrics, /healthz or /readyz\n".encode()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > _MAX_HEADER_BYTES:
+                return
+            method, path, *_ = [*head.split(b"\r\n", 1)[0].decode("latin-1").split(" "), "", ""]
+            status, content_type, body = self.answer(method, path)
+            writer.write(
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + (body if method != "HEAD" else b"")
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
