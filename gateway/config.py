@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.auth import secret_key
+from gateway.core.limits import origin_pattern_error
 from gateway.core.room_presence import pattern_error as room_pattern_error
 from shared.errors import ConfigError, InvalidName
 from shared.nats_auth import NatsAuth
@@ -50,6 +52,37 @@ class GatewayConfig:
     request_timeout: float = _setting(5.0, "seconds a client request waits for a backend reply")
     ping_interval: float = _setting(20.0, "seconds between keepalive pings (0 disables)")
     ping_timeout: float = _setting(20.0, "seconds to wait for a pong before closing")
+    # Limits against hostile or broken clients (gateway/core/limits.py, gateway/io/admission.py).
+    allowed_origins: tuple[str, ...] = _setting(
+        (),
+        "browser origins allowed to connect, e.g. 'https://app.example.com,https://*.example.com' "
+        "(others: HTTP 403; requests without Origin pass; empty: any origin)",
+    )
+    handshake_timeout: float = _setting(
+        10.0, "seconds a client has to complete the opening handshake (slowloris), then TCP is dropped"
+    )
+    max_connections: int = _setting(
+        0, "connections this node holds at most (over: HTTP 503); 0: 90 percent of the open-files limit"
+    )
+    max_connections_per_ip: int = _setting(
+        0, "connections one remote address may hold (over: HTTP 429; 0: no limit; a proxy counts as one)"
+    )
+    accept_rate: float = _setting(
+        1000.0, "new connections accepted per second, on average (over: HTTP 503; 0: no limit)"
+    )
+    accept_burst: int = _setting(5000, "new connections accepted at once before accept_rate applies")
+    message_rate: float = _setting(
+        500.0, "messages per second one connection may send (over: error rate_limited, dropped; 0: no limit)"
+    )
+    message_burst: int = _setting(1000, "messages a connection may send at once before message_rate applies")
+    rate_violations: int = _setting(
+        100, "messages dropped for the rate within rate_window seconds before the connection is closed 1008"
+    )
+    rate_window: float = _setting(10.0, "seconds over which rate_violations are counted")
+    idle_timeout: float = _setting(
+        0.0, "close (1001) a connection that sent no message for this long (pings do not count; 0: off)"
+    )
+    max_json_depth: int = _setting(32, "deepest nesting of a command or event frame (deeper: invalid_frame)")
     presence_bucket: str = _setting("presence", "JetStream KV bucket of the presence registry")
     presence_replicas: int = _setting(1, "replicas of the presence bucket when this node creates it")
     presence_storage: str = _setting("file", "storage of the presence bucket: file or memory")
@@ -72,6 +105,30 @@ class GatewayConfig:
         30.0, "seconds between checks for dead nodes' leftovers that no watcher saw (0 disables)"
     )
     log_level: str = _setting("info", "log level: debug, info, warning, error")
+    # Authentication and authorization: any JWT key below turns authentication on.
+    jwt_secret: str = field(  # not in repr(), so a logged config does not show it
+        default="",
+        repr=False,
+        metadata={"help": "HMAC secret (32+ bytes) that signs client tokens (HS256/384/512); use the env"},
+    )
+    jwt_public_key_file: tuple[str, ...] = _setting(
+        (), "PEM files of public keys or certificates (RSA, EC, Ed25519) that verify tokens, comma-separated"
+    )
+    jwks_file: str = _setting("", "JWKS file of keys that verify tokens, chosen by kid; re-read on change")
+    jwt_audience: tuple[str, ...] = _setting(
+        (), "audiences a token's aud must name one of, comma-separated (empty: tokens with aud are refused)"
+    )
+    jwt_issuer: str = _setting("", "issuer a token's iss must be (empty: not checked)")
+    jwt_leeway: float = _setting(5.0, "seconds of clock skew allowed on exp, nbf and iat")
+    jwt_require_exp: bool = _setting(True, "refuse tokens without an exp claim")
+    jwt_user_claim: str = _setting("sub", "claim that holds the user id")
+    jwt_rooms_claim: str = _setting("rooms", "claim listing the rooms a client may join (patterns)")
+    jwt_events_claim: str = _setting("events", "claim listing the events a client may send (patterns)")
+    jwt_routes_claim: str = _setting("routes", "claim listing the routes a token may open (absent: all)")
+    authz_subject: str = _setting(
+        "", "NATS subject of the authorization callout asked about joins and events the token does not grant"
+    )
+    authz_timeout: float = _setting(1.0, "seconds to wait for the authorization callout (then: denied)")
 
     def validate(self) -> None:
         self.nats_auth.validate()
@@ -104,6 +161,54 @@ class GatewayConfig:
             seconds = getattr(self, name)
             if not 0 <= seconds < math.inf:
                 raise ConfigError(f"{name} must be zero or a positive number of seconds, got {seconds}")
+        self._validate_auth()
+        self._validate_limits()
+
+    def _validate_limits(self) -> None:
+        for pattern in self.allowed_origins:
+            if (problem := origin_pattern_error(pattern)) is not None:
+                raise ConfigError(problem)
+        if not 0 < self.handshake_timeout < math.inf:
+            raise ConfigError(f"handshake_timeout must be positive seconds, got {self.handshake_timeout}")
+        for name in ("max_connections", "max_connections_per_ip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be zero or positive")
+        for name in ("accept_rate", "message_rate", "idle_timeout"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be zero or a positive number, got {value}")
+        for name in ("accept_burst", "message_burst", "rate_violations", "max_json_depth"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if not 0 < self.rate_window < math.inf:
+            raise ConfigError(f"rate_window must be positive seconds, got {self.rate_window}")
+
+    def _validate_auth(self) -> None:
+        if self.jwt_secret:
+            try:
+                secret_key(self.jwt_secret, "jwt_secret")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if not 0 <= self.jwt_leeway < math.inf:
+            raise ConfigError(f"jwt_leeway must be zero or positive seconds, got {self.jwt_leeway}")
+        if not 0 < self.authz_timeout < math.inf:
+            raise ConfigError(f"authz_timeout must be positive seconds, got {self.authz_timeout}")
+        for name in ("jwt_user_claim", "jwt_rooms_claim", "jwt_events_claim", "jwt_routes_claim"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must name a claim")
+        if self.authz_subject:
+            if not self.auth_enabled:
+                raise ConfigError("authz_subject needs authentication: set a JWT key as well")
+            try:
+                self.subjects.authz(self.authz_subject)
+            except InvalidName:
+                subject = self.authz_subject
+                raise ConfigError(f"authz_subject must be dot-separated tokens, got {subject!r}") from None
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether clients must present a verified token (any JWT key is set)."""
+        return bool(self.jwt_secret or self.jwt_public_key_file or self.jwks_file)
 
     @property
     def nats_auth(self) -> NatsAuth:

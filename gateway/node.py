@@ -22,8 +22,11 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, serve
 
 from gateway.config import GatewayConfig, random_node_id
+from gateway.core.auth import choose_subprotocol
 from gateway.core.hub import Hub
 from gateway.delivery import Delivery, MembershipOps
+from gateway.io.admission import INBOUND_QUEUE_FRAMES, Admission, Rejections, connection_class
+from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy_of
 from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.http import HttpRoutes
 from gateway.io.interests import InterestSync
@@ -57,6 +60,7 @@ class Node:
         self.metrics = GatewayMetrics(self.registry, self.node_id)
         self.metrics.build.info({"version": _version(), "node": self.node_id})
         self.hub: Hub[LocalConn] = Hub(config.max_rooms_per_conn)
+        self.admission = Admission(config, Rejections(self.metrics, self.node_id))  # before the upgrade
         self.state = State.NEW
         self._written_frames = self.metrics.frames_out.labels(node=self.node_id)
         self._written_bytes = self.metrics.bytes_out.labels(node=self.node_id)
@@ -75,6 +79,7 @@ class Node:
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.state = State.STARTING
+        keyring = KeyRing(self.config) if self.config.auth_enabled else None  # bad key files fail here
         options = NatsOptions(
             servers=self.config.nats_servers,
             name=f"prism-gateway-{self.node_id}",
@@ -109,6 +114,14 @@ class Node:
             requests,
             self.metrics,
         )
+        authenticator = None
+        if keyring is not None:
+            authenticator = Authenticator(keyring, policy_of(self.config), self.metrics, self.node_id)
+            callout = None
+            if self.config.authz_subject:
+                subject = self.subjects.authz(self.config.authz_subject)
+                callout = AuthzCallout(bus.nc, subject, self.config.authz_timeout, self.node_id)
+            sessions.access = Access(authenticator, callout, sessions.close)
         if self.config.room_presence:
             self._room_presence = sessions.room_presence = RoomPresence(
                 kv,
@@ -142,19 +155,30 @@ class Node:
         )
         await self.liveness.start()
         sessions.on_presence_error = self._schedule_repair
-        routes = HttpRoutes(self.config.routes, self.registry, self.is_ready, self.not_ready_reason)
+        routes = HttpRoutes(
+            self.config.routes,
+            self.registry,
+            self.is_ready,
+            self.not_ready_reason,
+            auth=authenticator,
+            admission=self.admission,
+        )
         self._server = await serve(
             sessions.handle,
             self.config.host,
             self.config.port,
             compression="deflate" if self.config.compression else None,
             process_request=routes,
+            select_subprotocol=lambda _, offered: choose_subprotocol(offered),  # prism, for browsers
             max_size=self.config.max_message_bytes,
             ping_interval=self.config.ping_interval or None,
             ping_timeout=self.config.ping_timeout or None,
             close_timeout=self.config.close_timeout,
             server_header="Prism",
             backlog=self.config.listen_backlog,
+            open_timeout=self.config.handshake_timeout,
+            max_queue=INBOUND_QUEUE_FRAMES,
+            create_connection=connection_class(self.admission, self.admission.rejections, self.config),
         )
         sockets = self._server.sockets
         if sockets:

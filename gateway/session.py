@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -19,8 +20,12 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.config import GatewayConfig
+from gateway.core.auth import Refresh
 from gateway.core.hub import Hub, JoinOutcome
-from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame
+from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame, ref_of
+from gateway.core.limits import InboundGuard, Reason, Verdict
+from gateway.io.admission import Rejections, rate_policy
+from gateway.io.auth import Access
 from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
 from gateway.io.http import split_path, user_from_query
 from gateway.io.interests import InterestSync
@@ -40,6 +45,14 @@ log = logging.getLogger("prism.session")
 _EVENT_KEY = h.EVENT.encode()
 _FRAME_BINARY_LINE = f"{h.FRAME}: {h.FRAME_BINARY}\r\n".encode()
 _FRAME_TEXT_LINE = f"{h.FRAME}: {h.FRAME_TEXT}\r\n".encode()
+
+
+# Closes websockets sends on its own when a client breaks a limit, counted as rejections.
+_LIMIT_CLOSES: dict[int, Reason] = {
+    CloseCode.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
+    CloseCode.INVALID_DATA: Reason.INVALID_UTF8,
+    CloseCode.MESSAGE_TOO_BIG: Reason.MESSAGE_TOO_BIG,
+}
 
 
 def record_of(conn: LocalConn, node_id: str) -> ConnRecord:
@@ -70,11 +83,19 @@ class Sessions:
         self.requests = requests
         self.metrics = metrics
         self.room_presence: RoomPresence | None = None  # set by the node when room presence is on
+        self.access: Access | None = None  # set by the node when authentication is on
         self.tasks: set[asyncio.Task[Any]] = set()
         # Called when a presence write fails, so the node can bring the bucket back in line later.
         self.on_presence_error: Callable[[], None] = lambda: None
         self.idle = asyncio.Event()  # set while no connection is registered (drain waits on it)
         self.idle.set()
+        # Inbound limits: the message rate (per connection, state made on its first message) and the
+        # idle timeout (a timer per connection, only when it is on).
+        self.rejections = Rejections(metrics, node_id)
+        self._rate = rate_policy(config)
+        self._guard_inbound = self._rate.enabled or config.idle_timeout > 0
+        self._max_depth = config.max_json_depth
+        self._idle_timers: dict[str, asyncio.TimerHandle] = {}
         self._frames_in = {
             k: metrics.frames_in.labels(node=node_id, kind=k)
             for k in ("command", "event", "request", "message", "invalid")
@@ -97,9 +118,13 @@ class Sessions:
     async def handle(self, ws: ServerConnection) -> None:
         route, query = split_path(ws.request.path if ws.request else "/")
         host, port = (ws.remote_address or ("", 0))[:2]
+        identity = self.access.take(ws) if self.access is not None else None  # verified before the upgrade
+        if self.access is not None and identity is None:
+            await ws.close(CloseCode.UNAUTHORIZED, "not authenticated")
+            return
         conn = LocalConn(
             conn_id=self.new_conn_id(),
-            user=user_from_query(query),  # already validated before the upgrade
+            user=identity.user if identity is not None else user_from_query(query),  # validated already
             route=route,
             remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",  # IPv6 in brackets
             ws=ws,
@@ -108,8 +133,18 @@ class Sessions:
         )
         if not await self._open(conn):
             return
+        if self.access is not None and identity is not None:
+            self.access.opened(conn, identity)  # closes it with 4501 when the token expires
         try:
+            guard = self._watch_idle(conn) if self.config.idle_timeout > 0 else None
             async for message in ws:
+                if self._guard_inbound:
+                    if guard is None:
+                        guard = InboundGuard(self._rate, time.monotonic())
+                    verdict = guard.admit(self._rate, time.monotonic())
+                    if verdict is not Verdict.PASS:
+                        self._over_rate(conn, message, verdict)
+                        continue
                 await self._on_frame(conn, message)
         except ConnectionClosed:
             pass
@@ -142,6 +177,9 @@ class Sessions:
 
     async def _closed(self, conn: LocalConn) -> None:
         conn.closing = True
+        self._closed_by_limit(conn)
+        if self.access is not None:
+            self.access.closed(conn)
         member, changes = self.hub.remove(conn.conn_id)
         rooms = member.rooms if member else set()
         if self.room_presence is not None:
@@ -223,23 +261,89 @@ class Sessions:
             )
         return found
 
+    # -- inbound limits --------------------------------------------------------------------------------
+    def _over_rate(self, conn: LocalConn, message: str | bytes, verdict: Verdict) -> None:
+        """A message over the connection's rate: dropped with an error frame, or (sustained) a close."""
+        self._bytes_in.inc(len(message))
+        if conn.closing:
+            return
+        rate = self._rate.rate
+        if verdict is Verdict.DROP:
+            self.rejections.count(Reason.RATE_LIMITED)
+            ref = ref_of(message, self._max_depth)
+            text = f"over {rate:g} messages per second: message dropped"
+            self.send_error(conn, ref, ErrorCode.RATE_LIMITED, text)
+        else:
+            self.rejections.count(Reason.RATE_ABUSE)
+            reason = f"message rate limit: over {rate:g} messages per second, again and again"
+            self.close(conn, CloseCode.POLICY_VIOLATION, reason)
+
+    def _watch_idle(self, conn: LocalConn) -> InboundGuard:
+        guard = InboundGuard(self._rate, time.monotonic())
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.config.idle_timeout, self._check_idle, conn, guard)
+        self._idle_timers[conn.conn_id] = timer
+        return guard
+
+    def _check_idle(self, conn: LocalConn, guard: InboundGuard) -> None:
+        if conn.closing:
+            self._idle_timers.pop(conn.conn_id, None)
+            return
+        timeout = self.config.idle_timeout
+        idle = guard.idle_for(time.monotonic())
+        if idle >= timeout - 0.001:  # a timer may fire a hair early
+            self._idle_timers.pop(conn.conn_id, None)
+            self.rejections.count(Reason.IDLE_TIMEOUT)
+            self.close(conn, CloseCode.GOING_AWAY, f"idle timeout: no message for {timeout:g}s")
+        else:
+            loop = asyncio.get_running_loop()
+            self._idle_timers[conn.conn_id] = loop.call_later(timeout - idle, self._check_idle, conn, guard)
+
+    def _closed_by_limit(self, conn: LocalConn) -> None:
+        """Stop the idle timer; count the closes websockets made for a limit (size, UTF-8, protocol)."""
+        timer = self._idle_timers.pop(conn.conn_id, None)
+        if timer is not None:
+            timer.cancel()
+        protocol = conn.ws.protocol
+        sent = protocol.close_sent
+        if sent is not None and protocol.close_rcvd_then_sent is not True:  # the node closed first
+            reason = _LIMIT_CLOSES.get(sent.code)
+            if reason is not None:
+                self.rejections.count(reason)
+
     # -- client frames ---------------------------------------------------------------------------------
     async def _on_frame(self, conn: LocalConn, message: str | bytes) -> None:
         self._bytes_in.inc(len(message))
         try:
-            command = parse_client_frame(message)
+            command = (
+                parse_client_frame(message, self._max_depth)
+                if self.access is None
+                else self.access.parse(message, self._max_depth)
+            )
         except FrameError as exc:
             self._frames_in["invalid"].inc()
+            if exc.code == ErrorCode.INVALID_FRAME:  # nested deeper than max_json_depth (or than orjson can)
+                self.rejections.count(Reason.JSON_DEPTH)
             self.send_error(conn, exc.ref, ErrorCode(exc.code), exc.message)
             return
         if isinstance(command, Join):
             self._frames_in["command"].inc()
+            if self.access is not None and (denied := await self.access.deny_join(conn, command.room)):
+                self.send_error(conn, command.ref, ErrorCode.FORBIDDEN, denied)
+                return
             outcome = await self.join(conn, command.room)
             if outcome is JoinOutcome.TOO_MANY_ROOMS:
                 limit = self.config.max_rooms_per_conn
+                self.rejections.count(Reason.TOO_MANY_ROOMS)
                 self.send_error(conn, command.ref, ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms")
             else:
                 self._send(conn, frames.ok(command.ref))
+        elif isinstance(command, Refresh) and self.access is not None:
+            self._frames_in["command"].inc()
+            if (refused := self.access.refresh(conn, command.token)) is None:
+                self._send(conn, frames.ok(command.ref))
+            else:
+                self.send_error(conn, command.ref, refused.error_code, refused.message)
         elif isinstance(command, Leave):
             self._frames_in["command"].inc()
             await self.leave(conn, command.room)
@@ -283,6 +387,10 @@ class Sessions:
         return was_member
 
     async def _on_event(self, conn: LocalConn, event: Event) -> None:
+        if self.access is not None and (denied := await self.access.deny_event(conn, event.name)):
+            self._frames_in["event" if event.ref is None else "request"].inc()
+            self.send_error(conn, event.ref, ErrorCode.FORBIDDEN, denied)
+            return
         subject = self.subjects.client_event(event.name)
         block = header_block(conn.header_lines + b"%s: %s\r\n" % (_EVENT_KEY, event.name.encode()))
         if event.ref is None:
@@ -292,6 +400,7 @@ class Sessions:
         self._frames_in["request"].inc()
         if conn.inflight_requests >= self.config.max_inflight_requests:
             limit = self.config.max_inflight_requests
+            self.rejections.count(Reason.TOO_MANY_REQUESTS)
             self.send_error(conn, event.ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
             return
         conn.inflight_requests += 1

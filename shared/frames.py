@@ -27,6 +27,7 @@ class Kind(StrEnum):
     # client -> gateway
     JOIN = "join"
     LEAVE = "leave"
+    REFRESH = "refresh"
 
 
 class ErrorCode(StrEnum):
@@ -43,6 +44,9 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     NO_RESPONDERS = "no_responders"
     BACKEND_UNAVAILABLE = "backend_unavailable"
+    FORBIDDEN = "forbidden"  # the token (or the authorization callout) does not allow it
+    INVALID_TOKEN = "invalid_token"  # a refresh token was refused; the current one stays in force
+    RATE_LIMITED = "rate_limited"  # over the connection's message rate: this message was dropped
 
 
 def welcome(conn: str, node: str, user: str | None, route: str) -> bytes:
@@ -117,6 +121,11 @@ def join(room: str, ref: Ref = None) -> bytes:
 
 def leave(room: str, ref: Ref = None) -> bytes:
     return orjson.dumps({"prism": "leave", "room": room, "ref": ref})
+
+
+def refresh(token: str, ref: Ref = None) -> bytes:
+    """Replace the connection's token (auth on) before it expires: answered ``ok`` or ``invalid_token``."""
+    return orjson.dumps({"prism": "refresh", "token": token, "ref": ref})
 
 
 def event(name: str, data: Any = None, ref: Ref = None) -> bytes:

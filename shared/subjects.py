@@ -92,6 +92,64 @@ def _raise(message: str) -> str:
     raise InvalidName(message)
 
 
+# -- user ids from outside (JWT subjects) ----------------------------------------------------------------
+# Identity providers hand out subjects like ``auth0|5f1c...`` or ``alice@example.com`` that are not subject
+# tokens. Every character outside ``[A-Za-z0-9_-]`` (``=`` included) becomes ``=XX`` per UTF-8 byte, upper-
+# case hex, so the result is one safe token, ids that are already safe (and have no ``=``) stay as they
+# are, and the mapping can be undone. Backends compute ``user.<encode_user_id(sub)>`` the same way.
+_PLAIN_ID_RE = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPE_RE = re.compile(r"=([0-9A-F]{2})")
+_HEX = "0123456789ABCDEF"
+
+
+def encode_user_id(value: str) -> str:
+    """The subject-safe user id for an external id ``value``; :class:`InvalidName` if ``value`` is empty,
+    not UTF-8 encodable (lone surrogates) or longer than :data:`MAX_ID_LENGTH` once encoded."""
+    if not isinstance(value, str) or not value:
+        raise InvalidName("user id must be a non-empty string")
+    if _PLAIN_ID_RE.fullmatch(value):
+        return validate_user_id(value)
+    try:
+        encoded = "".join(
+            ch if _PLAIN_ID_RE.fullmatch(ch) else "".join(f"={b:02X}" for b in ch.encode()) for ch in value
+        )
+    except UnicodeEncodeError:
+        raise InvalidName("user id is not valid Unicode (it holds a lone surrogate)") from None
+    if len(encoded) > MAX_ID_LENGTH:
+        raise InvalidName(
+            f"user id is {len(encoded)} characters long once encoded; the limit is {MAX_ID_LENGTH}"
+        )
+    return encoded
+
+
+def decode_user_id(value: str) -> str:
+    """The external id that :func:`encode_user_id` turned into ``value``. Raises :class:`InvalidName` for a
+    value no encoding produces: not a user id, a ``=`` not followed by two upper-case hex digits, escaped
+    bytes that are not UTF-8, or an escape of a character that needs none."""
+    validate_user_id(value)
+    if "=" not in value:
+        return value
+    raw = bytearray()
+    i = 0
+    while i < len(value):
+        match = _ESCAPE_RE.match(value, i)
+        if match is not None:
+            raw.append(_HEX.index(match[1][0]) * 16 + _HEX.index(match[1][1]))
+            i = match.end()
+        elif value[i] == "=":
+            raise InvalidName(f"user id {value!r:.80} has a '=' not followed by two upper-case hex digits")
+        else:
+            raw += value[i].encode()
+            i += 1
+    try:
+        decoded = raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidName(f"user id {value!r:.80} escapes bytes that are not UTF-8") from None
+    if encode_user_id(decoded) != value:
+        raise InvalidName(f"user id {value!r:.80} escapes characters that need no escaping")
+    return decoded
+
+
 @dataclass(frozen=True, slots=True)
 class Subjects:
     """Builds every subject Prism uses. ``prefix`` (e.g. ``"acme."``) is prepended to all of them."""
@@ -168,6 +226,12 @@ class Subjects:
     @property
     def presence_queries(self) -> str:
         return f"{self.prefix}presence.>"
+
+    # Authorization callout (gateway -> a backend), when PRISM_AUTHZ_SUBJECT is set.
+    def authz(self, subject: str) -> str:
+        """The callout subject ``subject`` (dot-separated tokens, e.g. ``authz.prism``) under the prefix."""
+        validate_prefix(subject + ".")
+        return f"{self.prefix}{subject}"
 
     # Notifications (backends -> the notification service, through the JetStream stream NOTIFICATIONS).
     def notify_user(self, user_id: str) -> str:

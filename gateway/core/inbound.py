@@ -2,6 +2,8 @@
 
 The gateway never guesses: a frame that starts like a Prism command but is not one gets an error frame
 naming what was wrong; anything that is not a command or an event is a raw message for the backends.
+Commands and events may nest at most ``max_depth`` levels deep (the frame object itself is level 1);
+raw messages are forwarded as they are, however deep.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway.core.limits import nesting_exceeds
 from shared.errors import FrameError, InvalidName
 from shared.frames import ErrorCode, Ref
 from shared.subjects import validate_event, validate_room
 
 MAX_REF_LENGTH = 64
 _MAX_SAFE_INT = 2**53
+DEFAULT_MAX_JSON_DEPTH = 32
+_COMMAND_PREFIXES = ('{"prism"', '{"event"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,7 @@ class Raw:
 Command = Join | Leave | Event | Raw
 
 
-def parse_client_frame(message: str | bytes) -> Command:
+def parse_client_frame(message: str | bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Command:
     """Return the command ``message`` carries, or raise :class:`FrameError` with the error-frame code."""
     if isinstance(message, bytes):
         return Raw(message, binary=True)
@@ -60,16 +65,45 @@ def parse_client_frame(message: str | bytes) -> Command:
     try:
         obj = orjson.loads(message)
     except orjson.JSONDecodeError as exc:
-        if stripped.startswith(('{"prism"', '{"event"')):
+        if stripped.startswith(_COMMAND_PREFIXES):
+            if nesting_exceeds(message, max_depth):  # orjson stops at 1024 levels: say why
+                raise FrameError(ErrorCode.INVALID_FRAME, _too_deep(max_depth)) from None
             raise FrameError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
         return Raw(message.encode(), binary=False)
     if not isinstance(obj, dict):
         return Raw(message.encode(), binary=False)
-    if "prism" in obj:
-        return _parse_command(obj)
-    if "event" in obj:
+    if "prism" in obj or "event" in obj:
+        if nesting_exceeds(message, max_depth):
+            raise FrameError(ErrorCode.INVALID_FRAME, _too_deep(max_depth), _ref_or_none(obj))
+        if "prism" in obj:
+            return _parse_command(obj)
         return _parse_event(obj)
     return Raw(message.encode(), binary=False)
+
+
+def _too_deep(max_depth: int) -> str:
+    return f"frame is nested more than {max_depth} levels deep"
+
+
+def _ref_or_none(obj: dict[str, object]) -> Ref:
+    try:
+        return _parse_ref(obj)
+    except FrameError:
+        return None
+
+
+def ref_of(message: str | bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Ref:
+    """The valid ``ref`` of a command or event frame, else None; never raises. For answering a frame
+    that is refused before it is parsed (over the rate limit) with the ref the client is waiting on."""
+    if isinstance(message, bytes) or '"ref"' not in message or nesting_exceeds(message, max_depth):
+        return None
+    try:
+        obj = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not ("prism" in obj or "event" in obj):
+        return None
+    return _ref_or_none(obj)
 
 
 def _parse_ref(obj: dict[str, object]) -> Ref:

@@ -10,6 +10,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from gateway.io.admission import Admission
+from gateway.io.auth import Authenticator
 from shared.errors import InvalidName
 from shared.subjects import validate_user_id
 
@@ -38,7 +40,11 @@ class HttpRoutes:
         registry: CollectorRegistry,
         is_ready: Callable[[], bool],
         not_ready_reason: Callable[[], str],
+        auth: Authenticator | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self.admission = admission  # origins, connection caps, accept rate (403/503/429)
+        self.auth = auth  # with authentication on: the token check (401/403), instead of ?user=
         self.ws_routes = frozenset(ws_routes)
         self.registry = registry
         self.is_ready = is_ready
@@ -51,6 +57,12 @@ class HttpRoutes:
                 response = connection.respond(503, f"not ready: {self.not_ready_reason()}\n")
                 response.headers["Retry-After"] = "1"
                 return response
+            if self.admission is not None:
+                refusal = self.admission.check(connection, request)  # before auth: the cheap refusals
+                if refusal is not None:
+                    return refusal
+            if self.auth is not None:
+                return self.auth.check(connection, request, route, query)
             try:
                 user_from_query(query)
             except InvalidName as exc:

@@ -76,7 +76,8 @@ def test_error_codes_are_lowercase_slugs() -> None:
 
 
 def test_frame_kinds_are_their_wire_names() -> None:
-    assert {kind.value for kind in Kind} == {"welcome", "ok", "error", "reply", "presence", "join", "leave"}
+    kinds = {"welcome", "ok", "error", "reply", "presence", "join", "leave", "refresh"}
+    assert {kind.value for kind in Kind} == kinds
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.core.inbound import MAX_REF_LENGTH, Command, Event, Join, Leave, Raw, parse_client_frame
+from gateway.core.inbound import MAX_REF_LENGTH, Command, Event, Join, Leave, Raw, parse_client_frame, ref_of
 from shared.errors import FrameError
 from shared.frames import ErrorCode
-from shared.subjects import MAX_EVENT_LENGTH, MAX_EVENT_TOKENS, MAX_ID_LENGTH
+from shared.subjects import MAX_EVENT_LENGTH, MAX_EVENT_TOKENS, MAX_ID_LENGTH, Subjects
+from tests.unit.test_subjects import _candidates, _tokens, assert_well_formed_subject
 
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None)
 
@@ -401,3 +402,158 @@ def test_arbitrary_json_objects_are_parsed_or_refused_with_frame_error(obj: dict
         assert orjson.loads(command.data) == obj.get("data")
     else:
         assert command == Raw(text.encode(), binary=False)
+
+
+# -- the configurable nesting limit ----------------------------------------------------------------------
+
+
+def test_commands_and_events_up_to_the_depth_limit_are_accepted() -> None:
+    data = "[" * 30 + "]" * 30  # 31 levels with the frame object
+    assert parse_client_frame('{"event":"e","data":' + data + "}", max_depth=31) == Event(
+        "e", data.encode(), None
+    )
+    assert parse_client_frame('{"prism":"join","room":"a","x":' + data + "}", max_depth=31) == Join("a", None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"event":"e","ref":7,"data":' + "[" * 32 + "]" * 32 + "}",
+        '{"prism":"join","room":"a","ref":7,"x":[{},{},' + "[" * 40 + "]" * 40 + "]}",
+        '{"data":' + "[" * 40 + "]" * 40 + ',"event":"e","ref":7}',
+    ],
+)
+def test_commands_and_events_deeper_than_the_limit_are_invalid_frames_with_their_ref(text: str) -> None:
+    error = frame_error(text)
+    assert error.code == ErrorCode.INVALID_FRAME
+    assert error.message == "frame is nested more than 32 levels deep"
+    assert error.ref == 7
+
+
+def test_a_too_deep_frame_with_a_bad_ref_is_reported_without_it() -> None:
+    error = frame_error('{"event":"e","ref":[1],"data":' + "[" * 40 + "]" * 40 + "}")
+    assert (error.code, error.ref) == (ErrorCode.INVALID_FRAME, None)
+
+
+def test_a_command_too_deep_for_the_json_parser_is_an_invalid_frame_not_invalid_json() -> None:
+    error = frame_error('{"prism":"join","room":"a","x":' + "[" * 2000 + "]" * 2000 + "}")
+    assert error.code == ErrorCode.INVALID_FRAME
+    assert "nested more than 32" in error.message
+
+
+def test_raw_messages_are_forwarded_however_deep() -> None:
+    text = '{"a":' + "[" * 100 + "]" * 100 + "}"
+    assert parse_client_frame(text) == Raw(text.encode(), binary=False)
+    assert parse_client_frame("[" * 100) == Raw(b"[" * 100, binary=False)
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    text = '{"event":"e","data":"' + "[" * 500 + '"}'
+    assert parse_client_frame(text) == Event("e", ('"' + "[" * 500 + '"').encode(), None)
+
+
+@pytest.mark.parametrize(
+    ("message", "ref"),
+    [
+        ('{"prism":"join","room":"a","ref":3}', 3),
+        ('{"event":"e","ref":"r-1","data":{}}', "r-1"),
+        ('{"event":"e","data":{}}', None),
+        ('{"foo":1,"ref":3}', None),
+        ('{"prism":"join","ref":true}', None),
+        ('{"prism":"join","ref":' + str(2**60) + "}", None),
+        ('{"prism":"join","ref":3', None),
+        (b'{"prism":"join","ref":3}', None),
+        ('{"event":"e","ref":4,"data":' + "[" * 40 + "]" * 40 + "}", None),
+        ("[1]", None),
+    ],
+)
+def test_ref_of_finds_a_valid_ref_of_a_command_or_event_or_none(message: str | bytes, ref: object) -> None:
+    assert ref_of(message) == ref
+
+
+@PROPERTY_SETTINGS
+@given(st.text() | st.binary(), st.integers(min_value=1, max_value=40))
+def test_ref_of_never_raises(message: str | bytes, depth: int) -> None:
+    found = ref_of(message, depth)
+    assert found is None or isinstance(found, int | str)
+
+
+@PROPERTY_SETTINGS
+@given(_json_values, st.integers(min_value=1, max_value=40))
+def test_any_depth_limit_gives_a_command_an_event_or_a_frame_error(data: object, depth: int) -> None:
+    for text in (
+        dumps({"event": "e", "data": data, "ref": 1}),
+        dumps({"prism": "join", "room": "a", "x": data}),
+    ):
+        outcome = parse_or_error_at(text, depth)
+        if isinstance(outcome, FrameError):
+            assert outcome.code == ErrorCode.INVALID_FRAME
+            assert outcome.message == f"frame is nested more than {depth} levels deep"
+        else:
+            assert isinstance(outcome, Event | Join)
+
+
+def parse_or_error_at(message: str, depth: int) -> Command | FrameError:
+    try:
+        return parse_client_frame(message, max_depth=depth)
+    except FrameError as error:
+        return error
+
+
+# -- no accepted name is a wildcard ----------------------------------------------------------------------
+
+
+def json_text(obj: dict[str, object]) -> str:
+    """``obj`` as JSON, for the values JSON can hold (hypothesis also draws NaN and 100-bit integers)."""
+    try:
+        return dumps(obj)
+    except TypeError:
+        assume(False)
+        raise
+
+
+@PROPERTY_SETTINGS
+@given(_candidates, st.sampled_from(["join", "leave"]))
+def test_an_accepted_join_or_leave_names_exactly_one_room_subject(room: object, kind: str) -> None:
+    outcome = parse_or_error(json_text({"prism": kind, "room": room, "ref": 1}))
+    if isinstance(outcome, FrameError):
+        assert outcome.code == ErrorCode.INVALID_ROOM
+        return
+    assert isinstance(outcome, Join | Leave)
+    subject = Subjects().room(outcome.room)
+    assert_well_formed_subject(subject)
+    assert subject.split(".") == ["room", room]
+
+
+@PROPERTY_SETTINGS
+@given(_candidates | st.lists(_tokens, min_size=1, max_size=10).map(".".join))
+def test_an_accepted_event_names_a_subject_with_only_its_own_tokens(name: object) -> None:
+    outcome = parse_or_error(json_text({"event": name, "ref": 1}))
+    if isinstance(outcome, FrameError):
+        assert outcome.code == ErrorCode.INVALID_EVENT
+        return
+    assert isinstance(outcome, Event)
+    assert isinstance(name, str)
+    subject = Subjects().client_event(outcome.name)
+    assert_well_formed_subject(subject)
+    assert subject == "client.event." + name
+    assert len(name) <= MAX_EVENT_LENGTH
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(
+        st.sampled_from(
+            ["{", "}", "[", "]", '"', ":", ",", "\\", "prism", "event", "join", "room", "*", ">", " "]
+        ),
+        max_size=60,
+    ).map("".join)
+)
+def test_frames_made_of_json_syntax_and_keywords_are_parsed_or_refused(text: str) -> None:
+    outcome = parse_or_error(text)
+    if isinstance(outcome, Join | Leave):
+        assert_well_formed_subject(Subjects().room(outcome.room))
+    elif isinstance(outcome, Event):
+        assert_well_formed_subject(Subjects().client_event(outcome.name))
+    elif isinstance(outcome, FrameError):
+        assert outcome.code in set(ErrorCode)
