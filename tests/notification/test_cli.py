@@ -60,9 +60,12 @@ async def test_prism_dev_delivers_a_notification_published_with_plain_nats() -> 
         frame = orjson.loads(await client.receive(10))
         assert (frame["type"], frame["id"], frame["payload"]) == ("notification", "n1", "hello")
         await nc.close()
-        status, body = await asyncio.to_thread(get, metrics_url)
-        assert status == 200
-        assert b'prism_notify_delivered_total{kind="user"} 1.0' in body
+
+        async def counted() -> bool:  # the client may read the frame before the service has its receipt
+            status, body = await asyncio.to_thread(get, metrics_url)
+            return status == 200 and b'prism_notify_delivered_total{kind="user"} 1.0' in body
+
+        await eventually(counted, what="the delivery in the service's metrics")
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         await eventually(lambda: not any(alive(pid) for pid in children), what="every child to exit")
