@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -14,17 +14,36 @@ import uvloop
 
 from gateway.config import GatewayConfig
 from notification_service.config import NotifyConfig
+from shared import logs, tracing
 from shared.config import add_arguments, load
 from shared.errors import ConfigError
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Logging (``text`` or ``json`` lines on stderr, see shared/logs.py)."""
+    logs.setup(level, log_format)
+
+
+def setup_telemetry(args: argparse.Namespace, level: str, service_name: str | None) -> None:
+    """Logs as ``--log-format`` / ``PRISM_LOG_FORMAT`` say, then traces if the ``OTEL_*`` variables ask
+    for them (``OTEL_TRACES_EXPORTER``, see shared/tracing.py). ``prism dev`` (no service name) traces
+    nothing itself: its processes inherit the environment, the log format included."""
+    log_format = logs.check_format(args.log_format or os.environ.get("PRISM_LOG_FORMAT", "text"))
+    if args.log_format:
+        os.environ["PRISM_LOG_FORMAT"] = log_format  # for the processes prism dev starts
+    setup_logging(level, log_format)
+    if service_name is not None:
+        tracing.configure(service_name)
+
+
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        dest="log_format",
+        default=None,
+        metavar="V",
+        help="log lines as text or json (env PRISM_LOG_FORMAT, default 'text'; json for production)",
     )
-    logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 def run_on_uvloop(main: Coroutine[Any, Any, int]) -> int:
@@ -41,12 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--nodes", type=int, default=2, help="gateway nodes to start (default 2)")
     dev.add_argument("--port", type=int, default=8080, help="port of the first node (default 8080)")
     dev.add_argument("--host", default="127.0.0.1", help="address the nodes listen on (default 127.0.0.1)")
+    _add_log_format(dev)
 
     gateway = commands.add_parser("gateway", help="run one gateway node against PRISM_NATS_URL")
     add_arguments(gateway, GatewayConfig)
+    _add_log_format(gateway)
 
     notify = commands.add_parser("notify", help="run one notification service instance (PRISM_NATS_URL)")
     add_arguments(notify, NotifyConfig)
+    _add_log_format(notify)
 
     loadtest = commands.add_parser(
         "loadtest",
@@ -67,18 +89,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "gateway":
             config = load(GatewayConfig, args)
-            setup_logging(config.log_level)
+            setup_telemetry(args, config.log_level, "prism-gateway")
             from gateway.node import run
 
             return run_on_uvloop(run(config))
         if args.command == "notify":
             notify_config = load(NotifyConfig, args)
-            setup_logging(notify_config.log_level)
+            setup_telemetry(args, notify_config.log_level, "prism-notify")
             from notification_service.service import run as run_notify
 
             return run_on_uvloop(run_notify(notify_config))
         if args.command == "dev":
-            setup_logging("info")
+            setup_telemetry(args, "info", None)
             from gateway.dev import run_dev
 
             return run_on_uvloop(run_dev(args.nodes, args.port, args.host))

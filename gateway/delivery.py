@@ -7,7 +7,9 @@ node does not have gets "no responders", exactly as if nobody listened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -86,7 +88,20 @@ class Delivery:
         for conn in recipients:
             if send(conn, message):
                 count += 1
+        if count and headers is not None and h.SENT_AT in headers:
+            self._observe_latency(target, headers[h.SENT_AT])
         return self._account(target, count, reply, recipients if reply else ())
+
+    def _observe_latency(self, target: str, sent_at: str) -> None:
+        """Publish-to-socket-write latency of a message that carries ``Prism-Sent-At``. The flusher's
+        write is already scheduled (``call_soon``) when this runs, so a callback scheduled now runs
+        right after the write."""
+        try:
+            start = float(sent_at)
+        except ValueError:
+            return
+        child = self.metrics.delivery_latency.labels(node=self.node_id, target=target)
+        asyncio.get_running_loop().call_soon(lambda: child.observe(max(0.0, time.time() - start)))
 
     def _account(
         self, target: str, count: int, reply: str, recipients: Iterable[LocalConn]
@@ -108,6 +123,8 @@ class Delivery:
             self._tally.outcomes["conn", "gone"] += 1
             return self.bus.reply_no_responders(reply) if reply else None
         sent = self.flusher.send_payload(conn, data, self._is_binary("conn", data, headers))
+        if sent and headers is not None and h.SENT_AT in headers:
+            self._observe_latency("conn", headers[h.SENT_AT])
         return self._account("conn", 1 if sent else 0, reply, (conn,) if reply else ())
 
     def on_user(

@@ -6,11 +6,16 @@ Dashboards, alert rules and docs import :data:`NAMES` rather than spelling metri
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gateway.io.outbox import LocalConn
+    from gateway.io.presence_store import ConnRecord, PresenceStore
 
 NAMES = {
     "connections": "prism_connections",
@@ -34,8 +39,21 @@ NAMES = {
     "presence_swept_connections": "prism_presence_swept_connections_total",
     "presence_repairs": "prism_presence_repaired_keys_total",
     "ready": "prism_ready",
-    "build": "prism_build",
+    "build": "prism_build_info",
+    "delivery_latency": "prism_delivery_latency_seconds",
+    "outbound_pending_bytes": "prism_outbound_pending_bytes",
+    "outbound_max_pending_bytes": "prism_outbound_max_pending_bytes",
+    "presence_op_latency": "prism_presence_op_seconds",
 }
+
+# Seconds from a backend's publish (header ``Prism-Sent-At``) to the write into the client's socket.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Seconds a presence KV operation (register, unregister, join, leave) took.
+PRESENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PRESENCE_OPS = ("register", "unregister", "join", "leave")
+# The op label of prism_presence_errors_total: the writes above, and the liveness loop's heartbeat,
+# dead-node check and sweep of a dead node's entries.
+PRESENCE_ERROR_OPS = (*PRESENCE_OPS, "heartbeat", "check", "sweep")
 
 
 def _strip_total(name: str) -> str:
@@ -129,7 +147,42 @@ class GatewayMetrics:
             registry=registry,
         )
         self.ready = Gauge(n["ready"], "1 while the node is ready for traffic", ["node"], registry=registry)
-        self.build = Info(_strip_total(n["build"]), "Prism build information", registry=registry)
+        self.build = Info(n["build"].removesuffix("_info"), "Prism build information", registry=registry)
+        self.delivery_latency = Histogram(
+            n["delivery_latency"],
+            "Seconds from a backend's publish (NATS header Prism-Sent-At) to the socket write, by target; "
+            "only messages that carry the header are observed",
+            ["node", "target"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.outbound_pending_bytes = Gauge(
+            n["outbound_pending_bytes"],
+            "Bytes queued for clients and not yet taken by their sockets, over all connections (at scrape)",
+            ["node"],
+            registry=registry,
+        )
+        self.outbound_max_pending_bytes = Gauge(
+            n["outbound_max_pending_bytes"],
+            "The largest outbound backlog of one connection, in bytes (at scrape)",
+            ["node"],
+            registry=registry,
+        )
+        self.presence_op_latency = Histogram(
+            n["presence_op_latency"],
+            "Seconds a presence KV operation took, by op (failed ones included)",
+            ["node", "op"],
+            buckets=PRESENCE_BUCKETS,
+            registry=registry,
+        )
+        # Series that exist from the start at 0, so dashboards and alerts see them before the first event.
+        for counter in (self.slow_consumers, self.nats_reconnects, self.presence_sweeps):
+            counter.labels(node=node)
+        self.presence_swept_connections.labels(node=node)
+        for op in PRESENCE_ERROR_OPS:
+            self.presence_errors.labels(node=node, op=op)
+        for action in ("rewrite", "purge"):
+            self.presence_repairs.labels(node=node, action=action)
 
 
 class DeliveryCounters:
@@ -165,3 +218,47 @@ class _DeliveryCollector(Collector):
             delivered.add_metric([self.node, target], count)
         yield deliveries
         yield delivered
+
+
+class TimedPresence:
+    """A :class:`~gateway.io.presence_store.PresenceStore` that observes how long each connection's
+    presence writes take (``prism_presence_op_seconds{op}``); failures are timed too, and raised."""
+
+    def __init__(self, store: PresenceStore, metrics: GatewayMetrics, node: str) -> None:
+        self._store = store
+        self._ops = {op: metrics.presence_op_latency.labels(node=node, op=op) for op in PRESENCE_OPS}
+
+    async def register(self, record: ConnRecord) -> None:
+        with self._ops["register"].time():
+            await self._store.register(record)
+
+    async def unregister(self, record: ConnRecord, rooms: set[str]) -> None:
+        with self._ops["unregister"].time():
+            await self._store.unregister(record, rooms)
+
+    async def joined(self, record: ConnRecord, room: str) -> None:
+        with self._ops["join"].time():
+            await self._store.joined(record, room)
+
+    async def left(self, record: ConnRecord, room: str) -> None:
+        with self._ops["leave"].time():
+            await self._store.left(record, room)
+
+    async def rewrite(self, record: ConnRecord, rooms: set[str]) -> None:
+        await self._store.rewrite(record, rooms)
+
+    async def purge_keys(self, names: list[str]) -> None:
+        await self._store.purge_keys(names)
+
+
+def watch_outbound(metrics: GatewayMetrics, node: str, conns: Callable[[], Iterable[LocalConn]]) -> None:
+    """Compute the outbound queue gauges when Prometheus scrapes: bytes queued in the node plus bytes the
+    sockets have not taken yet, per connection."""
+
+    def backlogs() -> Iterator[int]:
+        for conn in conns():
+            transport = conn.ws.transport
+            yield conn.pending_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    metrics.outbound_pending_bytes.labels(node=node).set_function(lambda: sum(backlogs()))
+    metrics.outbound_max_pending_bytes.labels(node=node).set_function(lambda: max(backlogs(), default=0))

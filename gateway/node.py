@@ -36,8 +36,10 @@ from gateway.io.presence_api import PresenceApi
 from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket, open_bucket_when_ready
 from gateway.io.requests import RequestMux
 from gateway.io.room_presence import RoomPresence
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
 from gateway.session import Sessions
+from gateway.traces import TracedDelivery
+from shared import logs, tracing
 from shared.close_codes import CloseCode
 
 log = logging.getLogger("prism.node")
@@ -59,6 +61,7 @@ class Node:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = GatewayMetrics(self.registry, self.node_id)
         self.metrics.build.info({"version": _version(), "node": self.node_id})
+        watch_outbound(self.metrics, self.node_id, lambda: (m.handle for m in self.hub.conns.values()))
         self.hub: Hub[LocalConn] = Hub(config.max_rooms_per_conn)
         self.admission = Admission(config, Rejections(self.metrics, self.node_id))  # before the upgrade
         self.state = State.NEW
@@ -100,7 +103,9 @@ class Node:
             close=lambda conn, code, reason: sessions.close(conn, code, reason),
         )
         delivery = Delivery(self.node_id, self.subjects, self.hub, self.flusher, bus, self.metrics, ops)
-        interests = InterestSync(bus, self.hub.wants, delivery.subject_for, delivery.handler_for)
+        # With tracing on, deliveries that carry a traceparent continue the trace (gateway/traces.py).
+        handlers = TracedDelivery(delivery) if tracing.tracer is not None else delivery
+        interests = InterestSync(bus, self.hub.wants, delivery.subject_for, handlers.handler_for)
         requests = RequestMux(bus, self.config.request_timeout, lambda *answer: sessions.on_answer(*answer))
         await requests.start()
         sessions = self._sessions = Sessions(
@@ -109,7 +114,7 @@ class Node:
             self.hub,
             self.flusher,
             bus,
-            presence,
+            TimedPresence(presence, self.metrics, self.node_id),
             interests,
             requests,
             self.metrics,
@@ -131,8 +136,8 @@ class Node:
                 self.config.presence_debounce,
                 self.config.presence_batch,
             )
-        await bus.subscribe(self.subjects.node_conns(self.node_id), delivery.on_conn)
-        await bus.subscribe(self.subjects.broadcast, delivery.on_broadcast)
+        await bus.subscribe(self.subjects.node_conns(self.node_id), handlers.on_conn)
+        await bus.subscribe(self.subjects.broadcast, handlers.on_broadcast)
         await bus.subscribe(self.subjects.node_control_conns(self.node_id), delivery.on_control_conn)
         await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
         self._presence_api = PresenceApi(bus, kv, self.subjects)
@@ -152,6 +157,7 @@ class Node:
             stats=self._stats,
             on_swept=sessions.restore_presence,
             on_sweep=self._on_sweep,
+            on_error=lambda op: self.metrics.presence_errors.labels(node=self.node_id, op=op).inc(),
         )
         await self.liveness.start()
         sessions.on_presence_error = self._schedule_repair
@@ -317,6 +323,7 @@ def _version() -> str:
 async def run(config: GatewayConfig) -> int:
     """Run one node until SIGTERM/SIGINT, then drain and stop; a second signal exits at once."""
     node = Node(config)
+    logs.bind(node=node.node_id)  # JSON log lines name the node (tasks started from here inherit it)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = 0

@@ -15,6 +15,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Span, SpanKind, use_span
+from opentelemetry.util.types import AttributeValue
 from prometheus_client import Counter, Gauge
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -34,7 +36,7 @@ from gateway.io.presence_store import ConnRecord, PresenceStore, utc_now
 from gateway.io.requests import RequestMux
 from gateway.io.room_presence import RoomPresence
 from gateway.metrics import GatewayMetrics
-from shared import frames
+from shared import frames, logs, tracing
 from shared import headers as h
 from shared.close_codes import CloseCode
 from shared.errors import FrameError
@@ -131,6 +133,7 @@ class Sessions:
             connected_at=utc_now(),
             raw_frames=not ws.protocol.extensions,
         )
+        logs.bind(self.node_id, conn.conn_id, conn.user)  # this connection's task logs with its ids
         if not await self._open(conn):
             return
         if self.access is not None and identity is not None:
@@ -387,28 +390,61 @@ class Sessions:
         return was_member
 
     async def _on_event(self, conn: LocalConn, event: Event) -> None:
+        tracer = tracing.tracer
+        if tracer is None:
+            await self._send_event(conn, event, b"")
+            return
+        # Tracing on: the event is a span, and its context goes to the backend in the message's headers.
+        attributes: dict[str, AttributeValue] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": self.subjects.client_event(event.name),
+            "prism.event": event.name,
+            "prism.request": event.ref is not None,
+            "prism.conn": conn.conn_id,
+            "prism.node": self.node_id,
+        }
+        name = f"prism.client_event {event.name}"
+        # An event's span ends once it is published, a request's when its answer (or error) is in.
+        kind = SpanKind.PRODUCER if event.ref is None else SpanKind.CLIENT
+        span = tracer.start_span(name, kind=kind, attributes=attributes)
+        handed_over = False
+        try:
+            with use_span(span, end_on_exit=False):
+                handed_over = await self._send_event(conn, event, tracing.header_lines(), span)
+        finally:
+            if not handed_over:
+                span.end()
+
+    async def _send_event(
+        self, conn: LocalConn, event: Event, trace_lines: bytes, span: Span | None = None
+    ) -> bool:
+        """Publish the event, or send the request; True if the request (and ``span``) is now pending."""
         if self.access is not None and (denied := await self.access.deny_event(conn, event.name)):
             self._frames_in["event" if event.ref is None else "request"].inc()
             self.send_error(conn, event.ref, ErrorCode.FORBIDDEN, denied)
-            return
+            return False
         subject = self.subjects.client_event(event.name)
-        block = header_block(conn.header_lines + b"%s: %s\r\n" % (_EVENT_KEY, event.name.encode()))
+        event_line = b"%s: %s\r\n" % (_EVENT_KEY, event.name.encode())
+        block = header_block(conn.header_lines + event_line + trace_lines)
         if event.ref is None:
             self._frames_in["event"].inc()
             await self._publish(conn, subject, block, event.data, None)
-            return
+            return False
         self._frames_in["request"].inc()
         if conn.inflight_requests >= self.config.max_inflight_requests:
             limit = self.config.max_inflight_requests
             self.rejections.count(Reason.TOO_MANY_REQUESTS)
             self.send_error(conn, event.ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
-            return
+            return False
         conn.inflight_requests += 1
         try:
-            await self.requests.send(conn, subject, block, event.data, event.ref, event.name)
+            await self.requests.send(conn, subject, block, event.data, event.ref, event.name, span)
         except Exception as exc:
             conn.inflight_requests -= 1
             self.send_error(conn, event.ref, ErrorCode.BACKEND_UNAVAILABLE, f"cannot reach backends: {exc}")
+            return False
+        return True
 
     def on_answer(
         self, conn: object, ref: Ref, event: str, data: bytes | None, error: ErrorCode | None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from notification_service.core import Kind, Problem
+
 NAMES = {
     "received": "prism_notify_received_total",
     "redelivered": "prism_notify_redelivered_total",
@@ -93,3 +95,12 @@ class NotifyMetrics:
         )
         self.ready = Gauge(NAMES["ready"], "1 while the service takes notifications", registry=registry)
         self.nats_connected = Gauge(NAMES["nats_connected"], "1 while connected to NATS", registry=registry)
+        # Series that exist from the start at 0, so dashboards and alerts see them before the first event.
+        for kind in Kind:
+            for counter in (self.received, self.delivered, self.no_recipients):
+                counter.labels(kind=kind.value)
+        for problem in Problem:
+            self.retries.labels(reason=problem.value)
+            self.dead_lettered.labels(reason=problem.value)
+        for where in ("stream", "inbox"):
+            self.expired.labels(where=where)

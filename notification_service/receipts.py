@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from notification_service.core import DeliveryResult, Outcome
 from shared import headers as h
+from shared import tracing
 
 
 class _Pending:
@@ -59,7 +60,9 @@ class Receipts:
         loop = asyncio.get_running_loop()
         try:
             try:
-                await self.nc.publish(subject, data, reply=reply)
+                # With tracing on, the gateways' delivery spans continue the current one.
+                headers = tracing.inject() if tracing.tracer is not None else None
+                await self.nc.publish(subject, data, reply=reply, headers=headers)
             except (nats.errors.Error, OSError) as exc:
                 return DeliveryResult(Outcome.ERROR, error=str(exc) or type(exc).__name__)
             deadline = loop.time() + timeout

@@ -20,11 +20,13 @@ from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind, Tracer
 
 from notification_service import core
 from notification_service.inbox import Inbox
 from notification_service.metrics import NotifyMetrics
 from notification_service.receipts import Receipts
+from shared import tracing
 from shared.subjects import Subjects
 
 log = logging.getLogger("prism.notify.worker")
@@ -143,7 +145,10 @@ class Worker:
         started = time.monotonic()
         outcome = "error"
         try:
-            outcome = await self._handle(msg)
+            if tracing.tracer is None:
+                outcome = await self._handle(msg)
+            else:
+                outcome = await self._handle_traced(tracing.tracer, msg)
         except Exception:
             log.exception("processing %s failed", msg.subject)
             with contextlib.suppress(Exception):
@@ -165,6 +170,22 @@ class Worker:
                         await entry[0].in_progress()
 
     # -- one notification ------------------------------------------------------------------------------
+    async def _handle_traced(self, tracer: Tracer, msg: Msg) -> str:
+        """:meth:`_handle` in a span that continues the trace in the notification's headers (if any); the
+        delivery publish carries its context on to the gateways."""
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.subject,
+        }
+        parent = tracing.extract(msg.headers)
+        with tracer.start_as_current_span(
+            "prism.notify", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            outcome = await self._handle(msg)
+            span.set_attribute("prism.outcome", outcome)
+            return outcome
+
     async def _handle(self, msg: Msg) -> str:
         meta = msg.metadata
         attempt = meta.num_delivered

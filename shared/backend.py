@@ -7,6 +7,7 @@ client in any language can do the same (see ``docs/protocol.md``).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import nats.errors
@@ -19,13 +20,22 @@ from shared.subjects import Subjects
 
 
 class PrismBackend:
-    def __init__(self, nc: NatsClient, subjects: Subjects | None = None) -> None:
+    def __init__(self, nc: NatsClient, subjects: Subjects | None = None, *, sent_at: bool = False) -> None:
+        """``sent_at``: stamp every delivery with the header ``Prism-Sent-At`` (the publish time), so the
+        gateways measure ``prism_delivery_latency_seconds`` from it."""
         self.nc = nc
         self.subjects = subjects or Subjects()
+        self.sent_at = sent_at
+
+    def _headers(self, binary: bool) -> dict[str, str] | None:
+        headers = {h.FRAME: h.FRAME_BINARY} if binary else None
+        if self.sent_at:
+            headers = (headers or {}) | {h.SENT_AT: f"{time.time():.6f}"}
+        return headers
 
     async def publish(self, subject: str, payload: bytes | str, *, binary: bool = False) -> None:
         data = payload.encode() if isinstance(payload, str) else payload
-        await self.nc.publish(subject, data, headers={h.FRAME: h.FRAME_BINARY} if binary else None)
+        await self.nc.publish(subject, data, headers=self._headers(binary))
 
     async def to_conn(self, conn_id: str, payload: bytes | str, *, binary: bool = False) -> None:
         await self.publish(self.subjects.conn(conn_id), payload, binary=binary)
@@ -53,7 +63,7 @@ class PrismBackend:
         empty room), and returns ``[]`` if no receipt came within ``timeout``.
         """
         data = payload.encode() if isinstance(payload, str) else payload
-        headers = {h.FRAME: h.FRAME_BINARY} if binary else None
+        headers = self._headers(binary)
         single = subject.startswith(self.subjects.prefix + "conn.")
         return await self._gather(subject, data, headers, timeout, 0.0 if single else window)
 

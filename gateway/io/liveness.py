@@ -63,6 +63,7 @@ class Liveness:
         stats: Callable[[], dict[str, int]],
         on_swept: Callable[[], Awaitable[None]],
         on_sweep: Callable[[str, int], None] = lambda node, conns: None,
+        on_error: Callable[[str], None] = lambda op: None,
     ) -> None:
         self.node_id = node_id
         self.kv = kv
@@ -75,6 +76,7 @@ class Liveness:
         self._stats = stats
         self._on_swept = on_swept
         self._on_sweep = on_sweep
+        self._on_error = on_error  # "heartbeat", "check" or "sweep" failed (counted in the metrics)
         self.started_at = utc_now()
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Any = None
@@ -148,6 +150,7 @@ class Liveness:
                 await self.check_not_swept()
             except _KV_ERRORS as exc:
                 _reraise_if_cancelled()
+                self._on_error("heartbeat")
                 log.warning("heartbeat failed: %s", exc)
 
     async def check_not_swept(self) -> None:
@@ -200,6 +203,7 @@ class Liveness:
                 await self.check()
             except _KV_ERRORS as exc:
                 _reraise_if_cancelled()
+                self._on_error("check")
                 log.warning("dead-node check failed: %s", exc)
             await asyncio.sleep(self.sweep_interval)
 
@@ -226,6 +230,7 @@ class Liveness:
                 await self.sweep(node)
             except _KV_ERRORS as exc:
                 _reraise_if_cancelled()
+                self._on_error("sweep")
                 log.warning("sweep of node %s failed (the next check retries): %s", node, exc)
             finally:
                 self._sweeping.discard(node)

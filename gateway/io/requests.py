@@ -14,6 +14,8 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from opentelemetry.trace import Span, Status, StatusCode
+
 from gateway.io.bus import Headers, NatsBus
 from shared import headers as h
 from shared.frames import ErrorCode, Ref
@@ -28,6 +30,7 @@ class _Pending:
     ref: Ref
     event: str
     timer: asyncio.TimerHandle
+    span: Span | None = None  # the request's span when tracing is on: ended with the answer
 
 
 class RequestMux:
@@ -44,12 +47,20 @@ class RequestMux:
         await self._bus.subscribe(self._prefix + "*", self._on_reply)
 
     async def send(
-        self, conn: object, subject: str, header_block: bytes, payload: bytes, ref: Ref, event: str
+        self,
+        conn: object,
+        subject: str,
+        header_block: bytes,
+        payload: bytes,
+        ref: Ref,
+        event: str,
+        span: Span | None = None,
     ) -> None:
-        """Publish the request; its answer (or error) reaches ``answer`` exactly once."""
+        """Publish the request; its answer (or error) reaches ``answer`` exactly once. ``span`` (tracing
+        on) is ended with the answer, once the publish succeeded; if it fails, the caller ends it."""
         token = str(next(self._tokens))
         timer = asyncio.get_running_loop().call_later(self._timeout, self._expire, token)
-        self._pending[token] = _Pending(conn, ref, event, timer)
+        self._pending[token] = _Pending(conn, ref, event, timer, span)
         try:
             await self._bus.publish_encoded(subject, self._prefix + token, header_block, payload)
         except BaseException:
@@ -63,11 +74,23 @@ class RequestMux:
             return  # answered already: it timed out
         pending.timer.cancel()
         if headers is not None and headers.get(h.STATUS) == "503":
+            _end(pending.span, ErrorCode.NO_RESPONDERS)
             self._answer(pending.conn, pending.ref, pending.event, None, ErrorCode.NO_RESPONDERS)
         else:
+            _end(pending.span, None)
             self._answer(pending.conn, pending.ref, pending.event, data, None)
 
     def _expire(self, token: str) -> None:
         pending = self._pending.pop(token, None)
         if pending is not None:
+            _end(pending.span, ErrorCode.TIMEOUT)
             self._answer(pending.conn, pending.ref, pending.event, None, ErrorCode.TIMEOUT)
+
+
+def _end(span: Span | None, error: ErrorCode | None) -> None:
+    if span is None:
+        return
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error.value))
+        span.set_attribute("prism.error", error.value)
+    span.end()

@@ -1,0 +1,1 @@
+"""Dashboards as code (:mod:`grafana.dashboards`), provisioning files and alert rules."""

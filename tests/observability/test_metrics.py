@@ -1,0 +1,82 @@
+"""The metrics that need more than a counter: the Prism-Sent-At stamp, presence timings, queue depth."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.io.outbox import LocalConn
+from gateway.io.presence_store import ConnRecord, PresenceStore
+from gateway.metrics import NAMES, GatewayMetrics, TimedPresence, watch_outbound
+from shared import headers as h
+from shared.backend import PrismBackend
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_backend_stamps_sent_at_only_when_asked() -> None:
+    nc: Any = object()
+    assert PrismBackend(nc)._headers(binary=False) is None
+    before = time.time()
+    stamped = PrismBackend(nc, sent_at=True)._headers(binary=True)
+    assert stamped is not None
+    assert stamped[h.FRAME] == h.FRAME_BINARY
+    assert before <= float(stamped[h.SENT_AT]) <= time.time()
+
+
+class FailingStore:
+    async def register(self, record: ConnRecord) -> None:
+        pass
+
+    async def unregister(self, record: ConnRecord, rooms: set[str]) -> None:
+        raise TimeoutError("kv timeout")
+
+    async def rewrite(self, record: ConnRecord, rooms: set[str]) -> None:
+        pass
+
+    async def purge_keys(self, names: list[str]) -> None:
+        pass
+
+    async def joined(self, record: ConnRecord, room: str) -> None:
+        pass
+
+    async def left(self, record: ConnRecord, room: str) -> None:
+        pass
+
+
+async def test_presence_operations_are_timed_failed_ones_too() -> None:
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry, "n1")
+    store = TimedPresence(cast(PresenceStore, FailingStore()), metrics, "n1")
+    record = ConnRecord("n1.a", "n1", "alice", "/ws", "127.0.0.1:1", "2026-01-01T00:00:00Z")
+    await store.register(record)
+    await store.joined(record, "lobby")
+    with pytest.raises(TimeoutError):
+        await store.unregister(record, set())
+    count = NAMES["presence_op_latency"] + "_count"
+    assert value(registry, count, node="n1", op="register") == 1
+    assert value(registry, count, node="n1", op="join") == 1
+    assert value(registry, count, node="n1", op="unregister") == 1
+    assert value(registry, count, node="n1", op="leave") == 0
+    # Counters a dashboard or alert reads exist at 0 before anything happens.
+    assert value(registry, NAMES["slow_consumers"], node="n1") == 0
+    assert value(registry, NAMES["presence_errors"], node="n1", op="sweep") == 0
+
+
+def test_outbound_backlog_is_read_at_scrape_time() -> None:
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry, "n1")
+    conns: list[Any] = []
+    watch_outbound(metrics, "n1", lambda: cast(list[LocalConn], conns))
+    assert value(registry, NAMES["outbound_pending_bytes"], node="n1") == 0
+    for queued, unsent in ((100, 1000), (5, 0)):
+        transport = SimpleNamespace(get_write_buffer_size=lambda unsent=unsent: unsent)
+        conns.append(SimpleNamespace(pending_bytes=queued, ws=SimpleNamespace(transport=transport)))
+    assert value(registry, NAMES["outbound_pending_bytes"], node="n1") == 1105
+    assert value(registry, NAMES["outbound_max_pending_bytes"], node="n1") == 1100
