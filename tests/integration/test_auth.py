@@ -433,7 +433,10 @@ async def test_the_callout_decides_what_the_claims_do_not_grant(
     await sub.unsubscribe()
     await nc.flush()
     answer = await join("vip")
-    assert (answer["code"], answer["message"]) == ("forbidden", "authorization service unavailable")
+    # Denied either way; which message depends on whether the request met the server after it had
+    # dropped the callout's interest ("unavailable", no responders) or raced it (a timeout).
+    assert answer["code"] == "forbidden"
+    assert answer["message"] in ("authorization service unavailable", "authorization service did not answer")
     await ws.close()
 
 
