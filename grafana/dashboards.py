@@ -23,6 +23,7 @@ from notification_service.metrics import NAMES as N
 from shared.close_codes import CloseCode
 
 HERE = Path(__file__).resolve().parent
+CHART_FILES_DIR = HERE.parent / "helm" / "prism" / "files"
 DASHBOARDS_DIR = HERE / "dashboards"
 ALERTS_FILE = HERE / "alerts" / "prism.rules.yml"
 
@@ -621,6 +622,9 @@ def rendered() -> dict[Path, str]:
         for name, board in dashboards().items()
     }
     files[ALERTS_FILE] = rules_yaml()
+    # The Helm chart ships copies (Helm can only read files inside the chart): keep them identical.
+    for path in list(files):
+        files[CHART_FILES_DIR / path.name] = files[path]
     return files
 
 
