@@ -11,11 +11,8 @@ a second one exits at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
-import signal
 from enum import Enum
 
 from prometheus_client import CollectorRegistry
@@ -41,6 +38,7 @@ from gateway.session import Sessions
 from gateway.traces import TracedDelivery
 from shared import logs, tracing
 from shared.close_codes import CloseCode
+from shared.lifecycle import run_until_signalled
 
 log = logging.getLogger("prism.node")
 
@@ -324,34 +322,8 @@ async def run(config: GatewayConfig) -> int:
     """Run one node until SIGTERM/SIGINT, then drain and stop; a second signal exits at once."""
     node = Node(config)
     logs.bind(node=node.node_id)  # JSON log lines name the node (tasks started from here inherit it)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = 0
 
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.warning("second signal: exiting now")
-            os._exit(1)
-        stop.set()
+    def ready() -> None:
+        print(f"prism gateway {node.node_id} listening on ws://{config.host}:{node.port}", flush=True)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        # A signal while starting (NATS may not be up yet) must stop the start, not wait for it.
-        starting = asyncio.ensure_future(node.start())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            starting.result()  # a start that failed raises here
-            print(f"prism gateway {node.node_id} listening on ws://{config.host}:{node.port}", flush=True)
-            await stopping
-        else:
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-    finally:
-        with contextlib.suppress(Exception):
-            await node.stop()
-    return 0
+    return await run_until_signalled(node, ready)

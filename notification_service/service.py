@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -36,6 +34,7 @@ from notification_service.metrics import NotifyMetrics
 from notification_service.receipts import Receipts
 from notification_service.streams import ensure_streams
 from notification_service.worker import FETCH_TIMEOUT, Worker
+from shared.lifecycle import run_until_signalled
 
 log = logging.getLogger("prism.notify")
 
@@ -231,40 +230,13 @@ async def _when_jetstream_ready(attempt: Callable[[], Awaitable[None]]) -> None:
 async def run(config: NotifyConfig) -> int:
     """Run one instance until SIGTERM/SIGINT, then drain and stop; a second signal exits at once."""
     service = NotifyService(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = 0
 
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.warning("second signal: exiting now")
-            os._exit(1)
-        stop.set()
+    def ready() -> None:
+        host = "localhost" if config.metrics_host in ("0.0.0.0", "::", "127.0.0.1") else config.metrics_host
+        print(
+            f"prism notify ready: stream {config.stream}, consumer {config.consumer}, "
+            f"metrics on http://{host}:{service.metrics_port}/metrics",
+            flush=True,
+        )
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        starting = asyncio.ensure_future(service.start())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            starting.result()
-            host = (
-                "localhost" if config.metrics_host in ("0.0.0.0", "::", "127.0.0.1") else config.metrics_host
-            )
-            print(
-                f"prism notify ready: stream {config.stream}, consumer {config.consumer}, "
-                f"metrics on http://{host}:{service.metrics_port}/metrics",
-                flush=True,
-            )
-            await stopping
-        else:
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-    finally:
-        with contextlib.suppress(Exception):
-            await service.stop()
-    return 0
+    return await run_until_signalled(service, ready)
