@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import ConfigError, InvalidName
-from shared.nats_auth import NatsAuth
+from shared.nats_auth import NatsAuth, servers_of
 from shared.subjects import Subjects, validate_prefix
 
 DAY = 86400.0
@@ -110,20 +110,11 @@ class NotifyConfig:
 
     @property
     def nats_auth(self) -> NatsAuth:
-        return NatsAuth(
-            self.nats_user,
-            self.nats_password,
-            self.nats_token,
-            self.nats_nkey_seed_file,
-            self.nats_creds_file,
-            self.nats_tls_ca_file,
-            self.nats_tls_cert_file,
-            self.nats_tls_key_file,
-        )
+        return NatsAuth.of(self)
 
     @property
     def nats_servers(self) -> list[str]:
-        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+        return servers_of(self)
 
     @property
     def subjects(self) -> Subjects:

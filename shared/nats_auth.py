@@ -11,9 +11,37 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from shared.errors import ConfigError
+
+
+class NatsSettings(Protocol):
+    """The ``nats_*`` settings every process's config object has (``PRISM_NATS_*``)."""
+
+    @property
+    def nats_url(self) -> str: ...
+    @property
+    def nats_user(self) -> str: ...
+    @property
+    def nats_password(self) -> str: ...
+    @property
+    def nats_token(self) -> str: ...
+    @property
+    def nats_nkey_seed_file(self) -> str: ...
+    @property
+    def nats_creds_file(self) -> str: ...
+    @property
+    def nats_tls_ca_file(self) -> str: ...
+    @property
+    def nats_tls_cert_file(self) -> str: ...
+    @property
+    def nats_tls_key_file(self) -> str: ...
+
+
+def servers_of(config: NatsSettings) -> list[str]:
+    """The comma-separated ``nats_url`` as a list of URLs."""
+    return [url.strip() for url in config.nats_url.split(",") if url.strip()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +54,19 @@ class NatsAuth:
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
+
+    @classmethod
+    def of(cls, config: NatsSettings) -> NatsAuth:
+        return cls(
+            config.nats_user,
+            config.nats_password,
+            config.nats_token,
+            config.nats_nkey_seed_file,
+            config.nats_creds_file,
+            config.nats_tls_ca_file,
+            config.nats_tls_cert_file,
+            config.nats_tls_key_file,
+        )
 
     def validate(self) -> None:
         chosen = [
