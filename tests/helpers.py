@@ -105,3 +105,16 @@ async def kill_process_tree(proc: asyncio.subprocess.Process, known: Iterable[in
     for pid in pids:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 30) -> str:
+    """A child process's output up to and including the first line containing ``marker``."""
+    seen: list[str] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError(f"output ended before {marker!r}: {''.join(seen)}")
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)

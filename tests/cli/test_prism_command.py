@@ -18,25 +18,13 @@ import pytest
 from loadtest.targets.base import free_port
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree
+from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree, read_until
 
 pytestmark = pytest.mark.cli
 
 
 def process_names(pids: set[int]) -> set[str]:
     return {Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids if alive(pid)}
-
-
-async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 30) -> str:
-    seen: list[str] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            line = (await stream.readline()).decode()
-            if not line:
-                raise AssertionError(f"output ended before {marker!r}: {''.join(seen)}")
-            seen.append(line)
-            if marker in line:
-                return "".join(seen)
 
 
 @contextlib.asynccontextmanager

@@ -15,21 +15,9 @@ import pytest
 
 from loadtest.targets.base import free_port
 from shared.client import PrismClient
-from tests.helpers import alive, descendants, eventually, kill_process_tree
+from tests.helpers import alive, descendants, eventually, kill_process_tree, read_until
 
 pytestmark = pytest.mark.cli
-
-
-async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 30) -> str:
-    seen: list[str] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            line = (await stream.readline()).decode()
-            if not line:
-                raise AssertionError(f"output ended before {marker!r}: {''.join(seen)}")
-            seen.append(line)
-            if marker in line:
-                return "".join(seen)
 
 
 def get(url: str) -> tuple[int, bytes]:

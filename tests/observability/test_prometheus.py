@@ -27,7 +27,7 @@ from grafana import dashboards as gd
 from loadtest.targets.base import free_port
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree
+from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree, read_until
 
 pytestmark = pytest.mark.cli
 
@@ -48,18 +48,6 @@ def substitute(expr: str) -> str:
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
-
-
-async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 30) -> str:
-    seen: list[str] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            line = (await stream.readline()).decode()
-            if not line:
-                raise AssertionError(f"output ended before {marker!r}: {''.join(seen)}")
-            seen.append(line)
-            if marker in line:
-                return "".join(seen)
 
 
 def scrape_config(nodes: list[str], notify: str) -> str:
