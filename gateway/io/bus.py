@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol import command as prot_command
 
-from gateway.io import direct_subscription
+from gateway.io import direct_subscription, nats_reader
 from shared.errors import ConfigError
 from shared.nats_auth import NatsAuth
 
@@ -112,8 +112,11 @@ class NatsBus:
         # start before NATS does), then allow unlimited reconnects for the life of the connection.
         delay = 0.5
         while True:
+            nc = NatsClient()
+            if not nats_reader.install(nc):
+                log.warning("this nats-py's parser is not one Prism knows; delivery uses nats-py's own")
             try:
-                nc = await nats.connect(
+                await nc.connect(
                     servers=options.servers,
                     name=options.name,
                     connect_timeout=int(options.connect_timeout),

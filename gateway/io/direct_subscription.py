@@ -56,10 +56,14 @@ class Dispatch:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def put_nowait(self, msg: Msg) -> None:
+        """What nats-py's own parser calls (when :mod:`gateway.io.nats_reader` is not installed)."""
+        self.deliver(msg.subject, msg.reply, msg.data, msg.headers)
+
+    def deliver(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> None:
         try:
-            pending = self.handler(msg.subject, msg.reply, msg.data, msg.headers)
+            pending = self.handler(subject, reply, data, headers)
         except Exception:
-            log.exception("handler for %s failed", msg.subject)
+            log.exception("handler for %s failed", subject)
             return
         if pending is not None:
             task = asyncio.ensure_future(pending)
