@@ -105,6 +105,14 @@ class GatewayConfig:
         30.0, "seconds between checks for dead nodes' leftovers that no watcher saw (0 disables)"
     )
     log_level: str = _setting("info", "log level: debug, info, warning, error")
+    # The web console (gateway/web/console, docs/browser.md); /prism.js is served either way.
+    console: bool = _setting(False, "serve the web console at / and /console/ (on in prism dev)")
+    console_nodes: tuple[str, ...] = _setting(
+        (), "ws:// or wss:// URLs the console offers, comma-separated (empty: the page's own origin's /ws)"
+    )
+    console_notify: bool = _setting(
+        False, "show the console's button that sends a notification through the notification service"
+    )
     # Authentication and authorization: any JWT key below turns authentication on.
     jwt_secret: str = field(  # not in repr(), so a logged config does not show it
         default="",
@@ -161,6 +169,9 @@ class GatewayConfig:
             seconds = getattr(self, name)
             if not 0 <= seconds < math.inf:
                 raise ConfigError(f"{name} must be zero or a positive number of seconds, got {seconds}")
+        for url in self.console_nodes:
+            if not url.startswith(("ws://", "wss://")) or any(c.isspace() for c in url):
+                raise ConfigError(f"console_nodes must be ws:// or wss:// URLs, got {url!r}")
         self._validate_auth()
         self._validate_limits()
 

@@ -2,7 +2,9 @@
 command.
 
 Every part is a child process started here and stopped here: Ctrl-C or SIGTERM stops the nodes (they
-drain), then NATS; children also die with this process if it is killed outright.
+drain), then NATS; children also die with this process if it is killed outright. A gateway node that exits
+unexpectedly is restarted on its port with its node id (so a browser can watch its client reconnect), and
+the banner and each restart print the node's PID.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.embedded_nats import NatsServer, die_with_parent
 
@@ -22,6 +28,9 @@ log = logging.getLogger("prism.dev")
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+# A gateway node that dies is started again (same port, same node id), unless it crash-loops:
+RESTART_LIMIT = 5  # restarts allowed within RESTART_WINDOW seconds; one more stops everything
+RESTART_WINDOW = 60.0
 _SAMPLE_NOTIFICATION = '{"id":"n1","payload":"hello"}'
 
 
@@ -90,6 +99,102 @@ async def _notify_ready(proc: asyncio.subprocess.Process, deadline: float) -> st
     return line.rsplit(" ", 1)[-1].strip()
 
 
+def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
+    """The environment of every child: the console on, every room with presence events and the
+    notification service answering the console's "notify me" requests (what a developer wants to try),
+    unless the caller's environment says otherwise."""
+    defaults = {
+        "PRISM_CONSOLE": "true",
+        "PRISM_CONSOLE_NOTIFY": "true",
+        "PRISM_NOTIFY_CLIENT_REQUESTS": "true",
+        "PRISM_CONSOLE_NODES": ",".join(node_urls),
+        "PRISM_ROOM_PRESENCE": "*",
+    }
+    return {
+        **defaults,
+        **os.environ,
+        "PRISM_NATS_URL": nats_url,
+        "PRISM_DRAIN_SECONDS": os.environ.get("PRISM_DRAIN_SECONDS", "1"),
+    }
+
+
+@dataclass
+class DevNode:
+    """One gateway child of ``prism dev``, restarted (same port and node id) when it dies."""
+
+    name: str
+    host: str
+    port: int
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    restarts: deque[float] = field(default_factory=deque)  # loop times of recent restarts
+
+    async def start(self) -> asyncio.subprocess.Process:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "gateway",
+            "--host", self.host, "--port", str(self.port), "--node-id", self.name,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+            start_new_session=True,  # Ctrl-C reaches only us; we forward one SIGTERM
+        )  # fmt: skip
+        return self.proc
+
+    def may_restart(self, now: float) -> bool:
+        """Whether one more restart stays within RESTART_LIMIT per RESTART_WINDOW (a crash loop does not)."""
+        while self.restarts and now - self.restarts[0] > RESTART_WINDOW:
+            self.restarts.popleft()
+        return len(self.restarts) < RESTART_LIMIT
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``work``; ``False`` (and ``work`` cancelled) if ``stop`` is set first. Raises what it raises."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()
+    return True
+
+
+async def _restart(node: DevNode, shown_host: str, stop: asyncio.Event) -> bool:
+    """Start ``node`` again after it exited; ``False`` once it crashed too often (or stop was asked)."""
+    assert node.proc is not None
+    loop = asyncio.get_running_loop()
+    code = node.proc.returncode
+    if not node.may_restart(loop.time()):
+        log.error(
+            "%s exited (code %s) %d times within %.0fs; stopping everything",
+            node.name, code, RESTART_LIMIT + 1, RESTART_WINDOW,
+        )  # fmt: skip
+        return False
+    node.restarts.append(loop.time())
+    log.warning("%s exited unexpectedly (code %s); restarting it", node.name, code)
+    proc = await node.start()
+    print(f"  {node.name:<9} restarted (exit code {code})   pid {proc.pid}", flush=True)
+    url = f"http://{shown_host}:{node.port}/readyz"
+    try:
+        ready = await _unless_stopped(_wait_ready(url, proc, loop.time() + READY_TIMEOUT), stop)
+    except (RuntimeError, TimeoutError) as exc:
+        log.error("%s did not come back: %s", node.name, exc)
+        return True  # the main loop sees it exit (or stops it) and counts the next restart
+    if not ready:
+        return False
+    print(f"  {node.name:<9} ready again  ws://{shown_host}:{node.port}/ws   pid {proc.pid}", flush=True)
+    return True
+
+
 async def run_dev(nodes: int, port: int, host: str) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -101,59 +206,68 @@ async def run_dev(nodes: int, port: int, host: str) -> int:
     if not nats_url:
         nats = await asyncio.to_thread(NatsServer.start, name="prism-dev")
         nats_url = nats.url
-    env = {
-        **os.environ,
-        "PRISM_NATS_URL": nats_url,
-        "PRISM_DRAIN_SECONDS": os.environ.get("PRISM_DRAIN_SECONDS", "1"),
-    }
-    procs: list[asyncio.subprocess.Process] = []
+    shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    env = dev_environment(nats_url, [f"ws://{shown_host}:{port + i}/ws" for i in range(nodes)])
+    gateways = [DevNode(f"node{i + 1}", host, port + i, env) for i in range(nodes)]
+    notify: asyncio.subprocess.Process | None = None
+
+    def children() -> list[asyncio.subprocess.Process]:
+        procs = [g.proc for g in gateways if g.proc is not None]
+        return procs + ([notify] if notify is not None else [])
+
     try:
-        for i in range(nodes):
-            node_port = port + i
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway",
-                "gateway",
-                "--host",
-                host,
-                "--port",
-                str(node_port),
-                "--node-id",
-                f"node{i + 1}",
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-                start_new_session=True,  # Ctrl-C reaches only us; we forward one SIGTERM
-            )
-            procs.append(proc)
+        for gateway in gateways:
+            await gateway.start()
         notify = await _start_notify(host, env)
         deadline = loop.time() + READY_TIMEOUT
-        shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
-        ready = [
-            _wait_ready(f"http://{shown_host}:{port + i}/readyz", p, deadline) for i, p in enumerate(procs)
-        ]
-        procs.append(notify)
+        ready = []
+        for g in gateways:
+            assert g.proc is not None
+            ready.append(_wait_ready(f"http://{shown_host}:{g.port}/readyz", g.proc, deadline))
         _, notify_url = await asyncio.gather(asyncio.gather(*ready), _notify_ready(notify, deadline))
         lines = ["", "Prism dev is running. Press Ctrl-C to stop.", f"  NATS      {nats_url}"]
-        for i in range(nodes):
-            base = f"{shown_host}:{port + i}"
-            lines.append(f"  node{i + 1}     ws://{base}/ws   http://{base}/healthz  /readyz  /metrics")
-        lines.append(f"  notify    {notify_url}  /healthz  /readyz")
+        for g in gateways:
+            assert g.proc is not None
+            base = f"{shown_host}:{g.port}"
+            urls = f"ws://{base}/ws   http://{base}/healthz  /readyz  /metrics"
+            lines.append(f"  {g.name:<9} {urls}   pid {g.proc.pid}")
+        if _truthy(env.get("PRISM_CONSOLE")):
+            lines.append(f"  console   http://{shown_host}:{port}/")
+        lines.append(f"  notify    {notify_url}  /healthz  /readyz   pid {notify.pid}")
         lines.append(f"  try       python -m shared.client ws://{shown_host}:{port}/ws?user=alice")
         lines.append(f"            nats pub -s {nats_url} notify.user.alice '{_SAMPLE_NOTIFICATION}'")
         print("\n".join(lines) + "\n", flush=True)
-        exited = [asyncio.ensure_future(p.wait()) for p in procs]
-        stopper = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait([stopper, *exited], return_when=asyncio.FIRST_COMPLETED)
-        if stopper not in done:
-            log.error("a gateway node or the notification service exited unexpectedly; stopping everything")
-        stopper.cancel()
-        for task in exited:
-            task.cancel()
-        return 0 if stopper in done else 1
+        return await _supervise(gateways, notify, shown_host, stop)
     finally:
-        await _stop_all(procs)
+        await _stop_all(children())
         if nats is not None:
             await asyncio.to_thread(nats.stop)
         print("prism dev stopped", flush=True)
+
+
+async def _supervise(
+    gateways: list[DevNode], notify: asyncio.subprocess.Process, shown_host: str, stop: asyncio.Event
+) -> int:
+    """Run until stopped (0); restart gateway nodes that die; stop everything (1) if the notification
+    service dies or a node keeps crashing."""
+    while True:
+        waits: dict[asyncio.Future[Any], DevNode | None] = {}
+        for g in gateways:
+            assert g.proc is not None
+            waits[asyncio.ensure_future(g.proc.wait())] = g
+        waits[asyncio.ensure_future(notify.wait())] = None
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in [stopper, *waits]:
+                future.cancel()
+        if stopper in done:
+            return 0
+        for future in done:
+            node = waits[future]
+            if node is None:
+                log.error("the notification service exited unexpectedly; stopping everything")
+                return 1
+            if not await _restart(node, shown_host, stop):
+                return 0 if stop.is_set() else 1

@@ -33,6 +33,7 @@ from gateway.io.presence_api import PresenceApi
 from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket, open_bucket_when_ready
 from gateway.io.requests import RequestMux
 from gateway.io.room_presence import RoomPresence
+from gateway.io.static import StaticSite
 from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
 from gateway.session import Sessions
 from gateway.traces import TracedDelivery
@@ -159,6 +160,12 @@ class Node:
         )
         await self.liveness.start()
         sessions.on_presence_error = self._schedule_repair
+        static = await asyncio.to_thread(
+            StaticSite.load,
+            console=self.config.console,
+            console_nodes=self.config.console_nodes,
+            console_notify=self.config.console_notify,
+        )
         routes = HttpRoutes(
             self.config.routes,
             self.registry,
@@ -166,6 +173,7 @@ class Node:
             self.not_ready_reason,
             auth=authenticator,
             admission=self.admission,
+            static=static,
         )
         self._server = await serve(
             sessions.handle,

@@ -63,6 +63,16 @@ class NotifyConfig:
     metrics_port: int = _setting(8090, "port of /metrics, /healthz and /readyz (0: any free port)")
     drain_timeout: float = _setting(10.0, "on SIGTERM, seconds to finish notifications in flight")
     log_level: str = _setting("info", "log level: debug, info, warning, error")
+    notify_client_requests: bool = _setting(
+        False,
+        "answer client requests on client.event.notify.self: a connected, named user may send a "
+        "notification to themself (the web console's 'Notify me'); off unless set",
+    )
+    notify_client_rate: float = _setting(
+        10.0, "client 'notify.self' requests allowed per user per minute, per instance"
+    )
+    notify_client_burst: int = _setting(5, "client 'notify.self' requests a user may send at once")
+    notify_client_max_bytes: int = _setting(4096, "largest 'notify.self' request body (bytes) accepted")
 
     def validate(self) -> None:
         self.nats_auth.validate()
@@ -78,7 +88,14 @@ class NotifyConfig:
                 )
         if self.stream_storage not in ("file", "memory"):
             raise ConfigError(f"stream_storage must be 'file' or 'memory', got {self.stream_storage!r}")
-        for name in ("stream_replicas", "inbox_max_per_user", "max_deliveries", "concurrency"):
+        for name in (
+            "stream_replicas",
+            "inbox_max_per_user",
+            "max_deliveries",
+            "concurrency",
+            "notify_client_burst",
+            "notify_client_max_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in ("stream_max_msgs", "stream_max_bytes"):
@@ -104,6 +121,10 @@ class NotifyConfig:
                 f"ack_wait ({self.ack_wait}s) must be at least twice receipt_timeout + 1s "
                 f"({2 * self.receipt_timeout + 1}s): a notification must not be redelivered while one "
                 "instance still waits for its receipt"
+            )
+        if not 0 < self.notify_client_rate < math.inf:
+            raise ConfigError(
+                f"notify_client_rate must be a positive number per minute, got {self.notify_client_rate}"
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be a port number, got {self.metrics_port}")

@@ -300,3 +300,115 @@ def expires_header(headers: dict[str, str] | None) -> float | None:
         return float(raw)
     except ValueError:
         return None
+
+
+# -- client requests: "notify.self" ------------------------------------------------------------------
+SELF_EVENT = "notify.self"  # a client's request("notify.self", {...}) arrives on client.event.notify.self
+SELF_ID_PREFIX = "self-"
+
+
+class SelfRefusal(StrEnum):
+    """Why a client's ``notify.self`` request is refused (the ``error`` of the reply, a metric label)."""
+
+    ANONYMOUS = "anonymous"
+    TOO_LARGE = "too_large"
+    INVALID_REQUEST = "invalid_request"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class SelfRequest:
+    user: str
+    payload: Any
+    ttl: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    error: SelfRefusal
+    message: str
+    retry_after: float | None = None
+
+    def reply(self) -> bytes:
+        body: dict[str, Any] = {"error": self.error.value, "message": self.message}
+        if self.retry_after is not None:
+            body["retry_after"] = round(self.retry_after, 1)
+        return orjson.dumps(body)
+
+
+def parse_self_request(user: str | None, data: bytes, max_bytes: int) -> SelfRequest | Refused:
+    """A client's ``notify.self`` request: ``user`` is the gateway's ``Prism-User`` header (None when the
+    connection is anonymous), ``data`` the JSON of the event's ``data``: ``{"payload": <any>, "ttl"?: s}``
+    (``null`` or ``{}`` send a ``null`` payload)."""
+    if user is None:
+        return Refused(SelfRefusal.ANONYMOUS, "connect with a user to send yourself a notification")
+    try:
+        validate_user_id(user)
+    except InvalidName as exc:
+        return Refused(SelfRefusal.ANONYMOUS, f"the connection's user id is not usable: {exc}")
+    if len(data) > max_bytes:
+        return Refused(SelfRefusal.TOO_LARGE, f"request is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        body = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError as exc:
+        return Refused(SelfRefusal.INVALID_REQUEST, f"request is not valid JSON: {exc}")
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        found = type(body).__name__
+        return Refused(
+            SelfRefusal.INVALID_REQUEST, f'data must be an object like {{"payload": ...}}, got {found}'
+        )
+    ttl = body.get("ttl")
+    if ttl is not None and not (
+        isinstance(ttl, int | float) and not isinstance(ttl, bool) and 0 < ttl < math.inf
+    ):
+        return Refused(
+            SelfRefusal.INVALID_REQUEST, f'"ttl" must be a positive number of seconds, got {ttl!r:.50}'
+        )
+    return SelfRequest(user, body.get("payload"), None if ttl is None else float(ttl))
+
+
+class SelfLimiter:
+    """Per-user token buckets for ``notify.self``: ``per_minute`` a minute, bursts of ``burst``. ``now`` is
+    a monotonic clock in seconds. At most ``max_users`` buckets are kept: full ones (the same as a new
+    one) are forgotten first, then the oldest."""
+
+    def __init__(self, per_minute: float, burst: int, max_users: int = 10_000) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_users = max_users
+        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, stamp)
+
+    def take(self, user: str, now: float) -> float:
+        """Spend one of ``user``'s tokens and return 0, or return the seconds until one is available."""
+        tokens, stamp = self._buckets.pop(user, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
+        wait = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait = (1 - tokens) / self.rate
+        self._buckets[user] = (tokens, now)  # re-inserted: dict order is least recently used first
+        if len(self._buckets) > self.max_users:
+            self._forget(now)
+        return wait
+
+    def _forget(self, now: float) -> None:
+        full = [u for u, (t, s) in self._buckets.items() if t + (now - s) * self.rate >= self.burst]
+        for user in full:
+            del self._buckets[user]
+        while len(self._buckets) > self.max_users:
+            del self._buckets[next(iter(self._buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def self_notification(request: SelfRequest, notification_id: str) -> bytes:
+    """The body published on ``notify.user.<user>`` for a ``notify.self`` request."""
+    body: dict[str, Any] = {"id": notification_id, "payload": request.payload}
+    if request.ttl is not None:
+        body["ttl"] = request.ttl
+    return orjson.dumps(body)

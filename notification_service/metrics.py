@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from notification_service.core import Kind, Problem
+from notification_service.core import Kind, Problem, SelfRefusal
 
 NAMES = {
     "received": "prism_notify_received_total",
@@ -21,6 +21,7 @@ NAMES = {
     "backlog": "prism_notify_backlog",
     "ready": "prism_notify_ready",
     "nats_connected": "prism_notify_nats_connected",
+    "client_requests": "prism_notify_client_requests_total",
 }
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -95,6 +96,12 @@ class NotifyMetrics:
         )
         self.ready = Gauge(NAMES["ready"], "1 while the service takes notifications", registry=registry)
         self.nats_connected = Gauge(NAMES["nats_connected"], "1 while connected to NATS", registry=registry)
+        self.client_requests = Counter(
+            _counter("client_requests"),
+            "Clients' notify.self requests (PRISM_NOTIFY_CLIENT_REQUESTS), by outcome: accepted or why not",
+            ["outcome"],
+            registry=registry,
+        )
         # Series that exist from the start at 0, so dashboards and alerts see them before the first event.
         for kind in Kind:
             for counter in (self.received, self.delivered, self.no_recipients):
@@ -104,3 +111,5 @@ class NotifyMetrics:
             self.dead_lettered.labels(reason=problem.value)
         for where in ("stream", "inbox"):
             self.expired.labels(where=where)
+        for outcome in ("accepted", *(refusal.value for refusal in SelfRefusal)):
+            self.client_requests.labels(outcome=outcome)

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.io.bus import NatsBus, NatsOptions
 from notification_service import core
+from notification_service.client_requests import SelfNotifyListener
 from notification_service.config import NotifyConfig
 from notification_service.http import HealthServer
 from notification_service.inbox import Inbox
@@ -73,6 +74,7 @@ class NotifyService:
         self._bus: NatsBus | None = None
         self._receipts: Receipts | None = None
         self._listener: ConnectListener | None = None
+        self._self_notify: SelfNotifyListener | None = None
         self._loop: asyncio.Task[None] | None = None
         self._psub: Any = None
         self._repairing: asyncio.Task[None] | None = None
@@ -124,6 +126,9 @@ class NotifyService:
         )
         self._listener = ConnectListener(nc, self.subjects, inbox, config.concurrency)
         await self._listener.start()
+        if config.notify_client_requests:
+            self._self_notify = SelfNotifyListener(nc, js, config, self.metrics)
+            await self._self_notify.start()
         await nc.flush()
         self._loop = asyncio.ensure_future(self.worker.run())
         self._backlog = asyncio.ensure_future(self._watch_backlog(js))
@@ -159,6 +164,9 @@ class NotifyService:
                 await self._psub.unsubscribe()
             self._psub = None
         timeout = self.config.drain_timeout
+        if self._self_notify is not None:
+            with contextlib.suppress(Exception):
+                await self._self_notify.stop()
         if self._listener is not None:
             await self._listener.stop(timeout)
         if self.worker is not None and not await self.worker.wait_idle(timeout):

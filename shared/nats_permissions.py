@@ -15,7 +15,9 @@ Roles:
 - ``notification``: the notification service. Creates and updates its three streams, pulls from its
   durable consumer and acks, publishes deliveries (with receipts), inbox copies and dead letters, reads
   and deletes inbox messages, and takes ``client.connect`` events. Nothing else: it does not read the
-  presence bucket, answer requests or publish control messages.
+  presence bucket, answer requests or publish control messages. With ``client_requests=True``
+  (``PRISM_NOTIFY_CLIENT_REQUESTS=true``) it also answers ``client.event.notify.self`` requests and
+  publishes on ``notify.user.*``.
 """
 
 from __future__ import annotations
@@ -99,10 +101,25 @@ def backend(prefix: str = "", bucket: str = "presence") -> Permissions:
 
 
 def notification(
-    prefix: str = "", bucket: str = "presence", stream: str = "NOTIFICATIONS", consumer: str = "prism-notify"
+    prefix: str = "",
+    bucket: str = "presence",
+    stream: str = "NOTIFICATIONS",
+    consumer: str = "prism-notify",
+    client_requests: bool = False,
 ) -> Permissions:
-    """The notification service (``prism notify``) with ``PRISM_STREAM`` and ``PRISM_CONSUMER``."""
+    """The notification service (``prism notify``) with ``PRISM_STREAM`` and ``PRISM_CONSUMER``.
+
+    ``client_requests=True`` is for ``PRISM_NOTIFY_CLIENT_REQUESTS=true``: it also takes the clients'
+    ``client.event.notify.self`` requests, publishes them into its own stream on ``notify.user.*`` and
+    answers them."""
     streams = (stream, f"{stream}_INBOX", f"{stream}_DEAD")
+    if client_requests:
+        base = notification(prefix, bucket, stream, consumer)
+        return Permissions(
+            publish=(*base.publish, f"{prefix}notify.user.*"),
+            subscribe=(*base.subscribe, f"{prefix}client.event.notify.self"),
+            allow_responses=True,
+        )
     return Permissions(
         publish=(
             f"{prefix}conn.*.*",

@@ -1,4 +1,5 @@
-"""Plain HTTP on the gateway's port: /healthz, /readyz, /metrics, and the checks made before an upgrade."""
+"""Plain HTTP on the gateway's port: /healthz, /readyz, /metrics, the static files (the browser SDK and
+the console, gateway/io/static.py), and the checks made before an upgrade."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from websockets.http11 import Request, Response
 
 from gateway.io.admission import Admission
 from gateway.io.auth import Authenticator
+from gateway.io.static import StaticSite
 from shared.errors import InvalidName
 from shared.subjects import validate_user_id
 
@@ -42,7 +44,9 @@ class HttpRoutes:
         not_ready_reason: Callable[[], str],
         auth: Authenticator | None = None,
         admission: Admission | None = None,
+        static: StaticSite | None = None,
     ) -> None:
+        self.static = static  # /prism.js, /prism.d.ts and (console on) /, /console/*
         self.admission = admission  # origins, connection caps, accept rate (403/503/429)
         self.auth = auth  # with authentication on: the token check (401/403), instead of ?user=
         self.ws_routes = frozenset(ws_routes)
@@ -78,4 +82,6 @@ class HttpRoutes:
             body = generate_latest(self.registry)
             headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
             return Response(200, "OK", headers, body)
+        if self.static is not None and (asset := self.static.get(route, request)) is not None:
+            return asset
         return connection.respond(404, f"no route {route!r}; WebSocket routes: {sorted(self.ws_routes)}\n")

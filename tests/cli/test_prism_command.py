@@ -138,3 +138,40 @@ async def test_gateway_waiting_for_nats_says_so_and_stops_on_sigterm() -> None:
         assert unreachable in line
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_prism_dev_restarts_a_node_that_dies_and_serves_the_console() -> None:
+    port = free_port()
+    env = {**os.environ, "PRISM_DRAIN_SECONDS": "0"}
+    for name in ("PRISM_NATS_URL", "PRISM_CONSOLE", "PRISM_CONSOLE_NODES", "PRISM_ROOM_PRESENCE"):
+        env.pop(name, None)
+    async with prism("dev", "--nodes", "1", "--port", str(port), env=env) as proc:
+        assert proc.stdout is not None
+        banner = await read_banner(proc)
+        assert f"console   http://localhost:{port}/" in banner
+        node_line = next(line for line in banner.splitlines() if line.strip().startswith("node1"))
+        old_pid = int(node_line.split()[-1])
+        children = descendants(proc.pid)
+        assert old_pid in children
+        config = await asyncio.to_thread(http_body, f"http://127.0.0.1:{port}/console/config.json")
+        assert config == f'{{"nodes":["ws://localhost:{port}/ws"],"notify":true}}'.encode()
+
+        os.kill(old_pid, signal.SIGKILL)
+        restarted = await read_until(proc.stdout, "node1     restarted")
+        new_pid = int(restarted.strip().split()[-1])
+        assert "exit code -9" in restarted
+        await read_until(proc.stdout, "ready again")
+        assert new_pid != old_pid
+        assert alive(new_pid)
+        assert await asyncio.to_thread(http_status, f"http://127.0.0.1:{port}/readyz") == 200
+
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        everything = children | descendants(proc.pid) | {new_pid}
+        await eventually(lambda: not any(alive(pid) for pid in everything), what="every child to exit")
+
+
+def http_body(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+        return body
