@@ -27,6 +27,7 @@ from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy
 from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.http import HttpRoutes
 from gateway.io.interests import InterestSync
+from gateway.io.keepalive import Keepalive
 from gateway.io.liveness import Liveness
 from gateway.io.outbox import Flusher, LocalConn
 from gateway.io.presence_api import PresenceApi
@@ -34,6 +35,7 @@ from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucke
 from gateway.io.requests import RequestMux
 from gateway.io.room_presence import RoomPresence
 from gateway.io.static import StaticSite
+from gateway.io.tasks import cancel_and_wait
 from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
 from gateway.session import Sessions
 from gateway.traces import TracedDelivery
@@ -74,6 +76,7 @@ class Node:
         self._presence_api: PresenceApi | None = None
         self.liveness: Liveness | None = None
         self._repairing: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
         self._repair_again = False
         self._bucket = BucketOptions()
         self.port = config.port
@@ -175,6 +178,12 @@ class Node:
             admission=self.admission,
             static=static,
         )
+        if self.config.ping_interval > 0:
+            sessions.keepalive = Keepalive(
+                self.config.ping_interval,
+                self.config.ping_timeout,
+                lambda conn: sessions.close(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"),
+            )
         self._server = await serve(
             sessions.handle,
             self.config.host,
@@ -183,8 +192,7 @@ class Node:
             process_request=routes,
             select_subprotocol=lambda _, offered: choose_subprotocol(offered),  # prism, for browsers
             max_size=self.config.max_message_bytes,
-            ping_interval=self.config.ping_interval or None,
-            ping_timeout=self.config.ping_timeout or None,
+            ping_interval=None,  # one Keepalive for the node instead of a task per connection (below)
             close_timeout=self.config.close_timeout,
             server_header="Prism",
             backlog=self.config.listen_backlog,
@@ -192,6 +200,8 @@ class Node:
             max_queue=INBOUND_QUEUE_FRAMES,
             create_connection=connection_class(self.admission, self.admission.rejections, self.config),
         )
+        if sessions.keepalive is not None:
+            self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
@@ -240,6 +250,8 @@ class Node:
             return
         await self.drain()
         self.state = State.STOPPED
+        if self._keepalive is not None:
+            await cancel_and_wait([self._keepalive])
         if self._room_presence is not None:
             await self._room_presence.stop()
         if self._presence_api is not None:

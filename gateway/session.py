@@ -31,6 +31,7 @@ from gateway.io.auth import Access
 from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
 from gateway.io.http import split_path, user_from_query
 from gateway.io.interests import InterestSync
+from gateway.io.keepalive import Keepalive
 from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.presence_store import ConnRecord, PresenceStore, utc_now
 from gateway.io.requests import RequestMux
@@ -86,6 +87,7 @@ class Sessions:
         self.metrics = metrics
         self.room_presence: RoomPresence | None = None  # set by the node when room presence is on
         self.access: Access | None = None  # set by the node when authentication is on
+        self.keepalive: Keepalive | None = None  # set by the node when keepalive pings are on
         self.tasks: set[asyncio.Task[Any]] = set()
         # Called when a presence write fails, so the node can bring the bucket back in line later.
         self.on_presence_error: Callable[[], None] = lambda: None
@@ -171,6 +173,8 @@ class Sessions:
             await self._bounded_close(conn, CloseCode.TRY_AGAIN_LATER, "presence registry unavailable")
             return False
         await self._lifecycle(self.subjects.client_connect, conn, {})
+        if self.keepalive is not None:
+            self.keepalive.add(conn)
         welcome = frames.welcome(conn.conn_id, self.node_id, conn.user, conn.route)
         self.flusher.start(conn, Outgoing(welcome, binary=False))
         connects, connections = self._route_metrics(conn.route)
@@ -181,6 +185,8 @@ class Sessions:
     async def _closed(self, conn: LocalConn) -> None:
         conn.closing = True
         self._closed_by_limit(conn)
+        if self.keepalive is not None:
+            self.keepalive.discard(conn)
         if self.access is not None:
             self.access.closed(conn)
         member, changes = self.hub.remove(conn.conn_id)

@@ -58,6 +58,7 @@ class LocalConn:
     close_code: int | None = None
     inflight_requests: int = 0
     header_lines: bytes = b""  # its identity headers in NATS wire form, encoded once at open
+    keepalive_slot: int = -1  # its slot in the node's Keepalive ring, -1 when not in it
 
 
 def is_open(conn: LocalConn) -> bool:
