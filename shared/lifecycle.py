@@ -15,6 +15,8 @@ import signal
 from collections.abc import Callable
 from typing import Protocol
 
+from shared import gc_policy
+
 log = logging.getLogger("prism.lifecycle")
 
 
@@ -46,6 +48,7 @@ async def run_until_signalled(service: Service, on_ready: Callable[[], None]) ->
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             starting.result()  # a start that failed raises here
+            gc_policy.settle()
             on_ready()
             await stopping
         else:
