@@ -203,3 +203,16 @@ async def test_locust_users_connect_join_request_and_receive_on_prism_dev(tmp_pa
     failures = (tmp_path / "stats_failures.csv").read_text().splitlines()[1:]
     assert failures == [], f"{failures}\n{report}"
     assert code == 0, report
+
+
+async def test_hotpath_micro_benchmark_runs() -> None:
+    """``python -m loadtest.hotpath`` keeps working (tiny counts: this checks it runs, not its speed)."""
+    from nats.protocol.parser import Parser
+
+    from gateway.io.nats_reader import DeliveryReader
+    from loadtest import hotpath
+
+    reads = hotpath.chunks(hotpath.operations(500, header=True), 4096)
+    assert await hotpath.parse_once(DeliveryReader, reads, 500) > 0
+    assert await hotpath.parse_once(Parser, reads, 500) > 0
+    assert await hotpath.delivery_path(messages_per_read=50, reads=5) > 0
