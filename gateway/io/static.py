@@ -4,7 +4,9 @@ console (``/``, ``/console/<file>``, ``/console/config.json``) when ``console`` 
 Every file is read once, when the node starts, into memory: the set of servable names is fixed then, so a
 request path is only ever looked up in a dict and never joined onto a directory (``/console/../x`` and
 ``/console/%2e%2e/x`` are simply names that are not there: 404). Responses carry a strong ``ETag`` and
-``Cache-Control: no-cache``, so browsers revalidate each time and get ``304`` while nothing changed.
+``Cache-Control: no-cache``, so browsers revalidate each time and get ``304`` while nothing changed. The
+SDK files are served to pages of any origin (``Access-Control-Allow-Origin: *``), so an application's
+own pages can import a node's ``/prism.js``; the console's files are same-origin only.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ class Asset:
     body: bytes
     content_type: str
     etag: str
+    # Readable by pages of any origin (CORS): a module script from another origin is only run with
+    # Access-Control-Allow-Origin, and the SDK is public code with no credentials involved.
+    any_origin: bool = False
 
     @classmethod
-    def of(cls, body: bytes, content_type: str) -> Asset:
-        return cls(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+    def of(cls, body: bytes, content_type: str, any_origin: bool = False) -> Asset:
+        return cls(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"', any_origin)
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -64,6 +69,8 @@ def respond(asset: Asset, request: Request) -> Response:
             ("X-Content-Type-Options", "nosniff"),  # a .js is never taken for anything else
         ]
     )
+    if asset.any_origin:
+        headers["Access-Control-Allow-Origin"] = "*"
     if etag_matches(request.headers.get("If-None-Match"), asset.etag):
         return Response(304, "Not Modified", headers, b"")
     headers["Content-Type"] = asset.content_type
@@ -108,8 +115,8 @@ class StaticSite:
         """Read the SDK (and, with ``console``, the console's files) from ``web_dir``. Blocking: call it
         once at start (in a thread from async code)."""
         routes = {
-            "/prism.js": Asset.of((web_dir / "prism.js").read_bytes(), CONTENT_TYPES[".js"]),
-            "/prism.d.ts": Asset.of((web_dir / "prism.d.ts").read_bytes(), DTS_TYPE),
+            "/prism.js": Asset.of((web_dir / "prism.js").read_bytes(), CONTENT_TYPES[".js"], any_origin=True),
+            "/prism.d.ts": Asset.of((web_dir / "prism.d.ts").read_bytes(), DTS_TYPE, any_origin=True),
         }
         if console:
             files = _read_console(web_dir / "console")

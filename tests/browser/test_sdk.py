@@ -361,6 +361,26 @@ async def test_prism_js_and_its_declarations_are_served_with_etags(
     assert again.status == 304  # same file on every node, same ETag
 
 
+async def test_a_page_of_another_origin_imports_a_nodes_prism_js(
+    prism_dev: PrismDev, new_page: PageFactory
+) -> None:
+    """The README's example: an application page (here node2's origin; another port is another origin)
+    imports node1's /prism.js, which a browser allows only with CORS, and connects with it."""
+    page = await new_page()
+    await page.goto(f"{prism_dev.http_urls[1]}/healthz")
+    welcome = await page.evaluate(
+        """async ([sdk, ws]) => {
+            const { PrismClient } = await import(sdk);
+            const client = new PrismClient(ws, { user: "carol", reconnect: false });
+            const welcome = await client.connect();
+            client.close();
+            return welcome;
+        }""",
+        [f"{prism_dev.http_urls[0]}/prism.js", prism_dev.ws_urls[0]],
+    )
+    assert (welcome["user"], welcome["node"]) == ("carol", "node1")
+
+
 def test_the_declarations_type_check_a_usage_example(tmp_path: Path) -> None:
     tsc = tsc_binary()
     if tsc is None:

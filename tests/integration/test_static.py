@@ -39,6 +39,7 @@ async def test_every_node_serves_the_sdk_with_etags(make_node: NodeFactory) -> N
     assert headers["content-type"] == "text/javascript; charset=utf-8"
     assert headers["cache-control"] == "no-cache"
     assert headers["x-content-type-options"] == "nosniff"
+    assert headers["access-control-allow-origin"] == "*"  # importable by pages of any origin
     etag = headers["etag"]
     assert etag.startswith('"')
     assert etag.endswith('"')
@@ -71,6 +72,7 @@ async def test_the_console_when_on(make_node: NodeFactory) -> None:
     assert status == 200
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert body == index.read_bytes()
+    assert "access-control-allow-origin" not in headers  # the console is same-origin only
     assert (await get(node, "/console/index.html"))[2] == body
 
     status, headers, body = await get(node, "/console/config.json")
