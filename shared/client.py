@@ -26,6 +26,11 @@ handshakes (HTTP 400, 401, 403, 404, ...) stop it for good. While it reconnects:
   every room the client had joined is joined again before the client reports ``connected``. A room the
   node refuses is dropped and its error frame (with an added ``"room"`` key) goes to ``client.errors``.
 
+With authentication on, pass ``token=`` (a JWT, or a function returning one, called before every
+connection attempt) and call ``await client.refresh(new_token)`` before the token expires. In rooms with
+presence events, ``client.members(room)`` is the room's users and ``client.presence`` a queue of the
+presence frames themselves.
+
 Rooms a backend joined on the client's behalf (``control.conn.<id>.join``) are not tracked by the client:
 the backend sees the new connection on ``client.connect`` and can join it again.
 
@@ -40,7 +45,7 @@ import itertools
 import logging
 import random
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -97,6 +102,10 @@ class StateChange:
 
 
 StateCallback = Callable[[StateChange], None]
+# A JWT, or a function giving one (called before every connection attempt, so a reconnect after a long
+# outage presents a fresh token).
+TokenSource = str | Callable[[], str | Awaitable[str]]
+PRESENCE_BACKLOG = 1000  # presence frames kept for client.presence; the oldest go first
 
 
 def retryable(error: BaseException) -> bool:
@@ -168,6 +177,7 @@ class PrismClient:
         on_state: StateCallback | None = None,
         max_deliveries: int = 10_000,
         ws_options: dict[str, Any] | None = None,
+        token: TokenSource | None = None,
     ) -> None:
         if not urls:
             raise ValueError("PrismClient needs at least one URL")
@@ -181,6 +191,11 @@ class PrismClient:
         self._refs = itertools.count(1)
         self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(max_deliveries)
         self.errors: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Room presence frames as they arrive (rooms with presence events on: docs/protocol.md), and
+        # the members they add up to, per room.
+        self.presence: asyncio.Queue[dict[str, Any]] = asyncio.Queue(PRESENCE_BACKLOG)
+        self._members: dict[str, set[str]] = {}
+        self._token = token
         self._rooms: dict[str, None] = {}  # joined rooms, in join order (restored after a reconnect)
         self._link: _Link | None = None
         self._connected = asyncio.Event()  # set while connected and that connection is still open
@@ -207,6 +222,7 @@ class PrismClient:
         on_state: StateCallback | None = None,
         open_timeout: float = 10.0,
         max_deliveries: int = 10_000,
+        token: TokenSource | None = None,
         **kwargs: Any,
     ) -> PrismClient:
         """Open a WebSocket to ``url`` (or one of several URLs) and return once the welcome arrived.
@@ -219,7 +235,9 @@ class PrismClient:
         with a :class:`StateChange` on every state change and connection attempt (exceptions it raises
         are logged and ignored). ``open_timeout``: seconds for the handshake plus the welcome, and for
         the rejoin after a reconnect. ``max_deliveries``: deliveries buffered before the client stops
-        reading its socket. Other keyword arguments go to :func:`websockets.asyncio.client.connect`.
+        reading its socket. ``token``: a JWT, or a function returning one (or an awaitable of one) that
+        is called before every connection attempt; it is sent as ``Authorization: Bearer``. Other
+        keyword arguments go to :func:`websockets.asyncio.client.connect`.
 
         Without ``reconnect`` each URL is tried once, in turn, and the last error is raised as is
         (``OSError``, ``websockets.exceptions.InvalidStatus``, ...). With ``reconnect`` the first
@@ -239,6 +257,7 @@ class PrismClient:
             on_state=on_state,
             max_deliveries=max_deliveries,
             ws_options=kwargs,
+            token=token,
         )
         await client._start()
         return client
@@ -349,6 +368,19 @@ class PrismClient:
         with :class:`ConnectionLost` and is not resent."""
         answer = await self._command("request", lambda ref: frames.event(name, data, ref), timeout, None)
         return answer.get("data")
+
+    async def refresh(self, token: str, timeout: float = 10.0) -> None:
+        """Replace the connection's token before it expires (authentication on): the node checks it and
+        answers ``ok``, or raises :class:`RequestFailed`. A client given a token string uses the new one
+        for later reconnects too (a token function is simply called again)."""
+        await self._command("refresh", lambda ref: frames.refresh(token, ref), timeout, None)
+        if not callable(self._token):
+            self._token = token
+
+    def members(self, room: str) -> tuple[str, ...]:
+        """The users in ``room`` by its presence frames (sorted; empty for a room without presence
+        events, or not joined)."""
+        return tuple(sorted(self._members.get(room, ())))
 
     async def send(self, message: str | bytes, *, timeout: float | None = 10.0) -> None:
         """Send a raw frame (published on ``client.message``); waits like :meth:`send_event`."""
@@ -540,7 +572,15 @@ class PrismClient:
 
     async def _dial(self, url: str) -> tuple[ClientConnection, dict[str, Any]]:
         """Open the WebSocket and read the welcome frame."""
-        ws = await connect(url, open_timeout=self._open_timeout, **self._ws_options)
+        options = dict(self._ws_options)
+        if self._token is not None:
+            token = self._token() if callable(self._token) else self._token
+            if not isinstance(token, str):
+                token = await token
+            headers = dict(options.get("additional_headers") or {})
+            headers["Authorization"] = f"Bearer {token}"
+            options["additional_headers"] = headers
+        ws = await connect(url, open_timeout=self._open_timeout, **options)
         try:
             try:
                 first = await asyncio.wait_for(ws.recv(), self._open_timeout)
@@ -614,11 +654,28 @@ class PrismClient:
             if frame.get("prism") == "ok" and pending.room is not None:
                 if pending.kind == "leave":
                     self._rooms.pop(pending.room, None)
+                    self._members.pop(pending.room, None)
                 else:
                     self._rooms[pending.room] = None
             pending.future.set_result(frame)
         elif frame.get("prism") == "error":
             self.errors.put_nowait(frame)
+        elif frame.get("prism") == "presence":
+            self._on_presence(frame)
+
+    def _on_presence(self, frame: dict[str, Any]) -> None:
+        room = frame.get("room")
+        if not isinstance(room, str):
+            return
+        if isinstance(frame.get("members"), list):  # a snapshot: after a join, and after each rejoin
+            self._members[room] = {m for m in frame["members"] if isinstance(m, str)}
+        else:
+            members = self._members.setdefault(room, set())
+            members.update(m for m in frame.get("joined") or () if isinstance(m, str))
+            members.difference_update(m for m in frame.get("left") or () if isinstance(m, str))
+        if self.presence.full():
+            self.presence.get_nowait()  # nobody reads them: keep the newest
+        self.presence.put_nowait(frame)
 
     def _set_connected(self, link: _Link) -> None:
         if link.closed.is_set() or self._final is not None:
