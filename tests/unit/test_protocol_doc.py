@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig
+from notification_service.config import NotifyConfig
 from shared import headers
 from shared.close_codes import BACKEND_CLOSE_CODES, CloseCode
 from shared.config import env_name
@@ -167,7 +168,8 @@ def test_http_endpoints_and_statuses_are_documented() -> None:
 
 
 def test_every_prism_setting_named_in_the_doc_exists() -> None:
-    known = {env_name(f.name) for f in dataclasses.fields(GatewayConfig)}
+    fields = [*dataclasses.fields(GatewayConfig), *dataclasses.fields(NotifyConfig)]
+    known = {env_name(f.name) for f in fields}
     named = set(_PRISM_VAR.findall(doc()))
     assert named, "the doc names no PRISM_* setting"
     assert named <= known, f"unknown settings in docs/protocol.md: {sorted(named - known)}"
