@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import logging
 import os
 import signal
@@ -39,10 +40,7 @@ async def _wait_ready(url: str, proc: asyncio.subprocess.Process, deadline: floa
     while True:
         if proc.returncode is not None:
             raise RuntimeError(f"{url} exited with code {proc.returncode} before it was ready")
-        try:
-            status = await asyncio.to_thread(_http_status, url)
-        except OSError:
-            status = 0
+        status = await asyncio.to_thread(http_status, url)
         if status == 200:
             return
         if loop.time() > deadline:
@@ -50,12 +48,18 @@ async def _wait_ready(url: str, proc: asyncio.subprocess.Process, deadline: floa
         await asyncio.sleep(0.1)  # polling another process's HTTP endpoint: there is no event to await
 
 
-def _http_status(url: str) -> int:
+def http_status(url: str) -> int:
+    """The HTTP status of a GET of ``url``; 0 when nothing answers it with HTTP (not listening yet).
+
+    While nothing listens on a port in the ephemeral range, Linux may even connect the probe to itself
+    (TCP simultaneous open) and read our own request back as a bad status line: also "not yet"."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+    except (OSError, http.client.HTTPException):
+        return 0
 
 
 async def _stop_all(procs: list[asyncio.subprocess.Process]) -> None:

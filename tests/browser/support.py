@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.dev import http_status
 from tests.helpers import alive, descendants, eventually, free_port_pair
 
 if TYPE_CHECKING:  # playwright may be missing: the tests are skipped then, but this module is imported
@@ -52,16 +51,6 @@ def missing_requirement() -> str | None:
     except ImportError:
         return "playwright is not installed (pip install -e '.[dev]')"
     return None
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
 
 
 @dataclass
