@@ -5,18 +5,14 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 from gateway.core.auth import secret_key
 from gateway.core.limits import origin_pattern_error
 from gateway.core.room_presence import pattern_error as room_pattern_error
+from shared.config import setting
 from shared.errors import ConfigError, InvalidName
-from shared.nats_auth import NatsAuth, servers_of
+from shared.nats_auth import NatsSettings
 from shared.subjects import Subjects, validate_node_id, validate_prefix
-
-
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 def random_node_id() -> str:
@@ -24,93 +20,82 @@ def random_node_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    nats_url: str = _setting("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-    nats_user: str = _setting("", "NATS user name (with nats_password)")
-    nats_password: str = field(  # not in repr(), so a logged config does not show it
-        default="", repr=False, metadata={"help": "NATS password (set it in the environment, not as a flag)"}
-    )
-    nats_token: str = field(default="", repr=False, metadata={"help": "NATS authentication token"})
-    nats_nkey_seed_file: str = _setting("", "file holding this process's NATS NKey seed")
-    nats_creds_file: str = _setting("", "NATS credentials file (user JWT and seed, decentralised auth)")
-    nats_tls_ca_file: str = _setting("", "CA bundle of the NATS servers' certificates (turns TLS on)")
-    nats_tls_cert_file: str = _setting("", "client certificate for NATS mutual TLS (with nats_tls_key_file)")
-    nats_tls_key_file: str = _setting("", "private key of nats_tls_cert_file")
-    host: str = _setting("0.0.0.0", "address to listen on")
-    port: int = _setting(8080, "port for WebSocket routes, /healthz, /readyz and /metrics")
-    node_id: str = _setting("", "node id, unique in the cluster (random when empty)")
-    routes: tuple[str, ...] = _setting(("/ws",), "WebSocket paths, comma-separated")
-    subject_prefix: str = _setting("", "prefix for every NATS subject, e.g. 'acme.'")
-    listen_backlog: int = _setting(2048, "pending TCP connections the listener queues (bursts of reconnects)")
-    compression: bool = _setting(False, "offer permessage-deflate (costs CPU and memory per connection)")
-    max_message_bytes: int = _setting(65536, "largest client message accepted (bigger: close 1009)")
-    max_outbound_bytes: int = _setting(
+class GatewayConfig(NatsSettings):
+    host: str = setting("0.0.0.0", "address to listen on")
+    port: int = setting(8080, "port for WebSocket routes, /healthz, /readyz and /metrics")
+    node_id: str = setting("", "node id, unique in the cluster (random when empty)")
+    routes: tuple[str, ...] = setting(("/ws",), "WebSocket paths, comma-separated")
+    subject_prefix: str = setting("", "prefix for every NATS subject, e.g. 'acme.'")
+    listen_backlog: int = setting(2048, "pending TCP connections the listener queues (bursts of reconnects)")
+    compression: bool = setting(False, "offer permessage-deflate (costs CPU and memory per connection)")
+    max_message_bytes: int = setting(65536, "largest client message accepted (bigger: close 1009)")
+    max_outbound_bytes: int = setting(
         1 << 20, "per-connection outbound queue limit in bytes (over it: close 4001 slow consumer)"
     )
-    max_rooms_per_conn: int = _setting(100, "rooms one connection may be in at once")
-    max_inflight_requests: int = _setting(16, "client requests awaiting a backend reply, per connection")
-    request_timeout: float = _setting(5.0, "seconds a client request waits for a backend reply")
-    ping_interval: float = _setting(20.0, "seconds between keepalive pings (0 disables)")
-    ping_timeout: float = _setting(20.0, "seconds to wait for a pong before closing")
+    max_rooms_per_conn: int = setting(100, "rooms one connection may be in at once")
+    max_inflight_requests: int = setting(16, "client requests awaiting a backend reply, per connection")
+    request_timeout: float = setting(5.0, "seconds a client request waits for a backend reply")
+    ping_interval: float = setting(20.0, "seconds between keepalive pings (0 disables)")
+    ping_timeout: float = setting(20.0, "seconds to wait for a pong before closing")
     # Limits against hostile or broken clients (gateway/core/limits.py, gateway/io/admission.py).
-    allowed_origins: tuple[str, ...] = _setting(
+    allowed_origins: tuple[str, ...] = setting(
         (),
         "browser origins allowed to connect, e.g. 'https://app.example.com,https://*.example.com' "
         "(others: HTTP 403; requests without Origin pass; empty: any origin)",
     )
-    handshake_timeout: float = _setting(
+    handshake_timeout: float = setting(
         10.0, "seconds a client has to complete the opening handshake (slowloris), then TCP is dropped"
     )
-    max_connections: int = _setting(
+    max_connections: int = setting(
         0, "connections this node holds at most (over: HTTP 503); 0: 90 percent of the open-files limit"
     )
-    max_connections_per_ip: int = _setting(
+    max_connections_per_ip: int = setting(
         0, "connections one remote address may hold (over: HTTP 429; 0: no limit; a proxy counts as one)"
     )
-    accept_rate: float = _setting(
+    accept_rate: float = setting(
         1000.0, "new connections accepted per second, on average (over: HTTP 503; 0: no limit)"
     )
-    accept_burst: int = _setting(5000, "new connections accepted at once before accept_rate applies")
-    message_rate: float = _setting(
+    accept_burst: int = setting(5000, "new connections accepted at once before accept_rate applies")
+    message_rate: float = setting(
         500.0, "messages per second one connection may send (over: error rate_limited, dropped; 0: no limit)"
     )
-    message_burst: int = _setting(1000, "messages a connection may send at once before message_rate applies")
-    rate_violations: int = _setting(
+    message_burst: int = setting(1000, "messages a connection may send at once before message_rate applies")
+    rate_violations: int = setting(
         100, "messages dropped for the rate within rate_window seconds before the connection is closed 1008"
     )
-    rate_window: float = _setting(10.0, "seconds over which rate_violations are counted")
-    idle_timeout: float = _setting(
+    rate_window: float = setting(10.0, "seconds over which rate_violations are counted")
+    idle_timeout: float = setting(
         0.0, "close (1001) a connection that sent no message for this long (pings do not count; 0: off)"
     )
-    max_json_depth: int = _setting(32, "deepest nesting of a command or event frame (deeper: invalid_frame)")
-    presence_bucket: str = _setting("presence", "JetStream KV bucket of the presence registry")
-    presence_replicas: int = _setting(1, "replicas of the presence bucket when this node creates it")
-    presence_storage: str = _setting("file", "storage of the presence bucket: file or memory")
-    room_presence: tuple[str, ...] = _setting(
+    max_json_depth: int = setting(32, "deepest nesting of a command or event frame (deeper: invalid_frame)")
+    presence_bucket: str = setting("presence", "JetStream KV bucket of the presence registry")
+    presence_replicas: int = setting(1, "replicas of the presence bucket when this node creates it")
+    presence_storage: str = setting("file", "storage of the presence bucket: file or memory")
+    room_presence: tuple[str, ...] = setting(
         (), "rooms whose members get join/leave events: names or patterns like 'chat-*', comma-separated"
     )
-    presence_debounce: float = _setting(
+    presence_debounce: float = setting(
         5.0, "seconds a user must stay out of a room before its leave is announced (reconnects inside: none)"
     )
-    presence_batch: float = _setting(0.2, "seconds over which a room's join/leave events are coalesced")
-    close_timeout: float = _setting(
+    presence_batch: float = setting(0.2, "seconds over which a room's join/leave events are coalesced")
+    close_timeout: float = setting(
         3.0,
         "seconds to wait for a client's close frame before dropping TCP (bounds a slow consumer's memory)",
     )
-    drain_seconds: float = _setting(10.0, "on SIGTERM, seconds over which clients are asked to reconnect")
-    node_ttl: float = _setting(
+    drain_seconds: float = setting(10.0, "on SIGTERM, seconds over which clients are asked to reconnect")
+    node_ttl: float = setting(
         6.0, "seconds a node's heartbeat key lives; survivors sweep the entries of a node silent this long"
     )
-    sweep_interval: float = _setting(
+    sweep_interval: float = setting(
         30.0, "seconds between checks for dead nodes' leftovers that no watcher saw (0 disables)"
     )
-    log_level: str = _setting("info", "log level: debug, info, warning, error")
+    log_level: str = setting("info", "log level: debug, info, warning, error")
     # The web console (gateway/web/console, docs/browser.md); /prism.js is served either way.
-    console: bool = _setting(False, "serve the web console at / and /console/ (on in prism dev)")
-    console_nodes: tuple[str, ...] = _setting(
+    console: bool = setting(False, "serve the web console at / and /console/ (on in prism dev)")
+    console_nodes: tuple[str, ...] = setting(
         (), "ws:// or wss:// URLs the console offers, comma-separated (empty: the page's own origin's /ws)"
     )
-    console_notify: bool = _setting(
+    console_notify: bool = setting(
         False, "show the console's button that sends a notification through the notification service"
     )
     # Authentication and authorization: any JWT key below turns authentication on.
@@ -119,24 +104,24 @@ class GatewayConfig:
         repr=False,
         metadata={"help": "HMAC secret (32+ bytes) that signs client tokens (HS256/384/512); use the env"},
     )
-    jwt_public_key_file: tuple[str, ...] = _setting(
+    jwt_public_key_file: tuple[str, ...] = setting(
         (), "PEM files of public keys or certificates (RSA, EC, Ed25519) that verify tokens, comma-separated"
     )
-    jwks_file: str = _setting("", "JWKS file of keys that verify tokens, chosen by kid; re-read on change")
-    jwt_audience: tuple[str, ...] = _setting(
+    jwks_file: str = setting("", "JWKS file of keys that verify tokens, chosen by kid; re-read on change")
+    jwt_audience: tuple[str, ...] = setting(
         (), "audiences a token's aud must name one of, comma-separated (empty: tokens with aud are refused)"
     )
-    jwt_issuer: str = _setting("", "issuer a token's iss must be (empty: not checked)")
-    jwt_leeway: float = _setting(5.0, "seconds of clock skew allowed on exp, nbf and iat")
-    jwt_require_exp: bool = _setting(True, "refuse tokens without an exp claim")
-    jwt_user_claim: str = _setting("sub", "claim that holds the user id")
-    jwt_rooms_claim: str = _setting("rooms", "claim listing the rooms a client may join (patterns)")
-    jwt_events_claim: str = _setting("events", "claim listing the events a client may send (patterns)")
-    jwt_routes_claim: str = _setting("routes", "claim listing the routes a token may open (absent: all)")
-    authz_subject: str = _setting(
+    jwt_issuer: str = setting("", "issuer a token's iss must be (empty: not checked)")
+    jwt_leeway: float = setting(5.0, "seconds of clock skew allowed on exp, nbf and iat")
+    jwt_require_exp: bool = setting(True, "refuse tokens without an exp claim")
+    jwt_user_claim: str = setting("sub", "claim that holds the user id")
+    jwt_rooms_claim: str = setting("rooms", "claim listing the rooms a client may join (patterns)")
+    jwt_events_claim: str = setting("events", "claim listing the events a client may send (patterns)")
+    jwt_routes_claim: str = setting("routes", "claim listing the routes a token may open (absent: all)")
+    authz_subject: str = setting(
         "", "NATS subject of the authorization callout asked about joins and events the token does not grant"
     )
-    authz_timeout: float = _setting(1.0, "seconds to wait for the authorization callout (then: denied)")
+    authz_timeout: float = setting(1.0, "seconds to wait for the authorization callout (then: denied)")
 
     def validate(self) -> None:
         self.nats_auth.validate()
@@ -220,14 +205,6 @@ class GatewayConfig:
     def auth_enabled(self) -> bool:
         """Whether clients must present a verified token (any JWT key is set)."""
         return bool(self.jwt_secret or self.jwt_public_key_file or self.jwks_file)
-
-    @property
-    def nats_auth(self) -> NatsAuth:
-        return NatsAuth.of(self)
-
-    @property
-    def nats_servers(self) -> list[str]:
-        return servers_of(self)
 
     @property
     def subjects(self) -> Subjects:

@@ -7,72 +7,57 @@ The NATS connection settings have the same names as the gateway's (``PRISM_NATS_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from shared.config import setting
 from shared.errors import ConfigError, InvalidName
-from shared.nats_auth import NatsAuth, servers_of
+from shared.nats_auth import NatsSettings
 from shared.subjects import Subjects, validate_prefix
 
 DAY = 86400.0
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True, slots=True)
-class NotifyConfig:
-    nats_url: str = _setting("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
-    nats_user: str = _setting("", "NATS user name (with nats_password)")
-    nats_password: str = field(
-        default="", repr=False, metadata={"help": "NATS password (set it in the environment, not as a flag)"}
-    )
-    nats_token: str = field(default="", repr=False, metadata={"help": "NATS authentication token"})
-    nats_nkey_seed_file: str = _setting("", "file holding this process's NATS NKey seed")
-    nats_creds_file: str = _setting("", "NATS credentials file (user JWT and seed, decentralised auth)")
-    nats_tls_ca_file: str = _setting("", "CA bundle of the NATS servers' certificates (turns TLS on)")
-    nats_tls_cert_file: str = _setting("", "client certificate for NATS mutual TLS (with nats_tls_key_file)")
-    nats_tls_key_file: str = _setting("", "private key of nats_tls_cert_file")
-    subject_prefix: str = _setting("", "prefix for every NATS subject, e.g. 'acme.' (as the gateway's)")
-    stream: str = _setting(
+class NotifyConfig(NatsSettings):
+    subject_prefix: str = setting("", "prefix for every NATS subject, e.g. 'acme.' (as the gateway's)")
+    stream: str = setting(
         "NOTIFICATIONS",
         "input stream name; the inbox and dead-letter streams are <stream>_INBOX, <stream>_DEAD",
     )
-    consumer: str = _setting("prism-notify", "durable consumer shared by every instance")
-    stream_replicas: int = _setting(1, "replicas of the three streams when the service creates them")
-    stream_storage: str = _setting("file", "storage of the three streams: file or memory")
-    stream_max_age: float = _setting(7 * DAY, "seconds an unprocessed notification is kept (0: no limit)")
-    stream_max_msgs: int = _setting(
+    consumer: str = setting("prism-notify", "durable consumer shared by every instance")
+    stream_replicas: int = setting(1, "replicas of the three streams when the service creates them")
+    stream_storage: str = setting("file", "storage of the three streams: file or memory")
+    stream_max_age: float = setting(7 * DAY, "seconds an unprocessed notification is kept (0: no limit)")
+    stream_max_msgs: int = setting(
         -1, "unprocessed notifications kept at most (-1: no limit; then publishes fail)"
     )
-    stream_max_bytes: int = _setting(-1, "bytes of unprocessed notifications kept at most (-1: no limit)")
-    duplicate_window: float = _setting(120.0, "seconds over which a repeated Nats-Msg-Id is dropped")
-    inbox_max_age: float = _setting(7 * DAY, "seconds a notification waits in an offline user's inbox")
-    inbox_max_per_user: int = _setting(100, "notifications kept per offline user; the oldest go first")
-    dead_max_age: float = _setting(14 * DAY, "seconds a dead letter is kept")
-    max_deliveries: int = _setting(5, "tries per notification before it is dead-lettered")
-    retry_delay: float = _setting(1.0, "seconds before the first retry; doubles each time")
-    retry_max_delay: float = _setting(30.0, "longest delay between two tries")
-    receipt_timeout: float = _setting(2.0, "seconds to wait for a gateway's delivery receipt")
-    ack_wait: float = _setting(
+    stream_max_bytes: int = setting(-1, "bytes of unprocessed notifications kept at most (-1: no limit)")
+    duplicate_window: float = setting(120.0, "seconds over which a repeated Nats-Msg-Id is dropped")
+    inbox_max_age: float = setting(7 * DAY, "seconds a notification waits in an offline user's inbox")
+    inbox_max_per_user: int = setting(100, "notifications kept per offline user; the oldest go first")
+    dead_max_age: float = setting(14 * DAY, "seconds a dead letter is kept")
+    max_deliveries: int = setting(5, "tries per notification before it is dead-lettered")
+    retry_delay: float = setting(1.0, "seconds before the first retry; doubles each time")
+    retry_max_delay: float = setting(30.0, "longest delay between two tries")
+    receipt_timeout: float = setting(2.0, "seconds to wait for a gateway's delivery receipt")
+    ack_wait: float = setting(
         30.0, "seconds before a notification held by a dead or stuck instance is redelivered to another"
     )
-    concurrency: int = _setting(64, "notifications one instance processes at once")
-    metrics_host: str = _setting("0.0.0.0", "address of the /metrics, /healthz and /readyz endpoint")
-    metrics_port: int = _setting(8090, "port of /metrics, /healthz and /readyz (0: any free port)")
-    drain_timeout: float = _setting(10.0, "on SIGTERM, seconds to finish notifications in flight")
-    log_level: str = _setting("info", "log level: debug, info, warning, error")
-    notify_client_requests: bool = _setting(
+    concurrency: int = setting(64, "notifications one instance processes at once")
+    metrics_host: str = setting("0.0.0.0", "address of the /metrics, /healthz and /readyz endpoint")
+    metrics_port: int = setting(8090, "port of /metrics, /healthz and /readyz (0: any free port)")
+    drain_timeout: float = setting(10.0, "on SIGTERM, seconds to finish notifications in flight")
+    log_level: str = setting("info", "log level: debug, info, warning, error")
+    notify_client_requests: bool = setting(
         False,
         "answer client requests on client.event.notify.self: a connected, named user may send a "
         "notification to themself (the web console's 'Notify me'); off unless set",
     )
-    notify_client_rate: float = _setting(
+    notify_client_rate: float = setting(
         10.0, "client 'notify.self' requests allowed per user per minute, per instance"
     )
-    notify_client_burst: int = _setting(5, "client 'notify.self' requests a user may send at once")
-    notify_client_max_bytes: int = _setting(4096, "largest 'notify.self' request body (bytes) accepted")
+    notify_client_burst: int = setting(5, "client 'notify.self' requests a user may send at once")
+    notify_client_max_bytes: int = setting(4096, "largest 'notify.self' request body (bytes) accepted")
 
     def validate(self) -> None:
         self.nats_auth.validate()
@@ -128,14 +113,6 @@ class NotifyConfig:
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be a port number, got {self.metrics_port}")
-
-    @property
-    def nats_auth(self) -> NatsAuth:
-        return NatsAuth.of(self)
-
-    @property
-    def nats_servers(self) -> list[str]:
-        return servers_of(self)
 
     @property
     def subjects(self) -> Subjects:

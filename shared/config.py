@@ -22,6 +22,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def setting(default: Any, help: str) -> Any:
+    """A settings field with its documentation (``metadata["help"]``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 

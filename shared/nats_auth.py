@@ -9,34 +9,38 @@ CA and an optional client certificate (mutual TLS).
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from shared.config import setting
 from shared.errors import ConfigError
 
 
-class NatsSettings(Protocol):
-    """The ``nats_*`` settings every process's config object has (``PRISM_NATS_*``)."""
+@dataclass(frozen=True, slots=True)
+class NatsSettings:
+    """The ``nats_*`` settings (``PRISM_NATS_*``) of every process's config object, which inherits them,
+    so the gateway and the notification service read one environment the same way."""
+
+    nats_url: str = setting("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+    nats_user: str = setting("", "NATS user name (with nats_password)")
+    nats_password: str = field(  # not in repr(), so a logged config does not show it
+        default="", repr=False, metadata={"help": "NATS password (set it in the environment, not as a flag)"}
+    )
+    nats_token: str = field(default="", repr=False, metadata={"help": "NATS authentication token"})
+    nats_nkey_seed_file: str = setting("", "file holding this process's NATS NKey seed")
+    nats_creds_file: str = setting("", "NATS credentials file (user JWT and seed, decentralised auth)")
+    nats_tls_ca_file: str = setting("", "CA bundle of the NATS servers' certificates (turns TLS on)")
+    nats_tls_cert_file: str = setting("", "client certificate for NATS mutual TLS (with nats_tls_key_file)")
+    nats_tls_key_file: str = setting("", "private key of nats_tls_cert_file")
 
     @property
-    def nats_url(self) -> str: ...
+    def nats_auth(self) -> NatsAuth:
+        return NatsAuth.of(self)
+
     @property
-    def nats_user(self) -> str: ...
-    @property
-    def nats_password(self) -> str: ...
-    @property
-    def nats_token(self) -> str: ...
-    @property
-    def nats_nkey_seed_file(self) -> str: ...
-    @property
-    def nats_creds_file(self) -> str: ...
-    @property
-    def nats_tls_ca_file(self) -> str: ...
-    @property
-    def nats_tls_cert_file(self) -> str: ...
-    @property
-    def nats_tls_key_file(self) -> str: ...
+    def nats_servers(self) -> list[str]:
+        return servers_of(self)
 
 
 def servers_of(config: NatsSettings) -> list[str]:
