@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from enum import Enum
 
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, serve
@@ -41,17 +40,9 @@ from gateway.session import Sessions
 from gateway.traces import TracedDelivery
 from shared import logs, tracing
 from shared.close_codes import CloseCode
-from shared.lifecycle import run_until_signalled
+from shared.lifecycle import State, not_ready_reason, run_until_signalled
 
 log = logging.getLogger("prism.node")
-
-
-class State(Enum):
-    NEW = "new"
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
 
 
 class Node:
@@ -210,12 +201,10 @@ class Node:
         log.info("node %s ready on port %d", self.node_id, self.port)
 
     def is_ready(self) -> bool:
-        return self.state is State.READY and self._bus is not None and self._bus.connected
+        return not_ready_reason(self.state, self._bus is not None and self._bus.connected) is None
 
     def not_ready_reason(self) -> str:
-        if self.state is State.READY and not (self._bus is not None and self._bus.connected):
-            return "NATS disconnected"
-        return self.state.value
+        return not_ready_reason(self.state, self._bus is not None and self._bus.connected) or "ready"
 
     async def drain(self) -> None:
         """Stop accepting and ask every client to reconnect elsewhere, spread over ``drain_seconds``."""

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from enum import Enum
 from typing import Any
 
 import nats.errors
@@ -35,7 +34,7 @@ from notification_service.metrics import NotifyMetrics
 from notification_service.receipts import Receipts
 from notification_service.streams import ensure_streams
 from notification_service.worker import FETCH_TIMEOUT, Worker
-from shared.lifecycle import run_until_signalled
+from shared.lifecycle import State, not_ready_reason, run_until_signalled
 
 log = logging.getLogger("prism.notify")
 
@@ -44,14 +43,6 @@ _JETSTREAM_NOT_READY = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
 )
-
-
-class State(Enum):
-    NEW = "new"
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
 
 
 class NotifyService:
@@ -137,12 +128,10 @@ class NotifyService:
         log.info("notification service ready: consumer %s on stream %s", config.consumer, config.stream)
 
     def is_ready(self) -> bool:
-        return self.state is State.READY and self._bus is not None and self._bus.connected
+        return not_ready_reason(self.state, self._bus is not None and self._bus.connected) is None
 
     def not_ready_reason(self) -> str:
-        if self.state is State.READY and not (self._bus is not None and self._bus.connected):
-            return "NATS disconnected"
-        return self.state.value
+        return not_ready_reason(self.state, self._bus is not None and self._bus.connected) or "ready"
 
     async def drain(self) -> None:
         """Fetch no more and finish what is in flight (within ``drain_timeout``); what is not finished is

@@ -13,11 +13,32 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from enum import Enum
 from typing import Protocol
 
 from shared import gc_policy
 
 log = logging.getLogger("prism.lifecycle")
+
+
+class State(Enum):
+    """Where a Prism process is in its life: start() -> ready -> drain() -> stop()."""
+
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def not_ready_reason(state: State, nats_connected: bool) -> str | None:
+    """Why a process should not take work now (the body of its ``/readyz`` 503), or ``None`` when it is
+    started and its NATS connection is up."""
+    if state is not State.READY:
+        return str(state.value)
+    if not nats_connected:
+        return "NATS disconnected"
+    return None
 
 
 class Service(Protocol):
