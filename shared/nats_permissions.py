@@ -43,6 +43,11 @@ class Permissions:
         }
 
 
+def _deliveries(prefix: str) -> tuple[str, ...]:
+    """The delivery subjects: backends publish them, nodes subscribe them (docs/protocol.md section 4)."""
+    return (f"{prefix}conn.*.*", f"{prefix}user.*", f"{prefix}room.*", f"{prefix}broadcast")
+
+
 def _kv_read(bucket: str) -> tuple[str, ...]:
     """JetStream API subjects a client publishes to read a KV bucket: bind, watch (ordered consumers),
     get."""
@@ -70,10 +75,7 @@ def gateway(prefix: str = "", bucket: str = "presence") -> Permissions:
             *_kv_read(bucket),
         ),
         subscribe=(
-            f"{prefix}conn.*.*",
-            f"{prefix}user.*",
-            f"{prefix}room.*",
-            f"{prefix}broadcast",
+            *_deliveries(prefix),
             f"{prefix}control.conn.*.*.*",
             f"{prefix}control.user.*.*",
             f"{prefix}presence.>",
@@ -85,10 +87,7 @@ def gateway(prefix: str = "", bucket: str = "presence") -> Permissions:
 def backend(prefix: str = "", bucket: str = "presence") -> Permissions:
     return Permissions(
         publish=(
-            f"{prefix}conn.*.*",
-            f"{prefix}user.*",
-            f"{prefix}room.*",
-            f"{prefix}broadcast",
+            *_deliveries(prefix),
             f"{prefix}control.>",
             f"{prefix}presence.>",
             f"{prefix}notify.user.*",
@@ -122,10 +121,7 @@ def notification(
         )
     return Permissions(
         publish=(
-            f"{prefix}conn.*.*",
-            f"{prefix}user.*",
-            f"{prefix}room.*",
-            f"{prefix}broadcast",
+            *_deliveries(prefix),
             f"{prefix}notify.inbox.*",
             f"{prefix}notify.dead.>",
             *(f"$JS.API.STREAM.{op}.{name}" for name in streams for op in ("INFO", "CREATE", "UPDATE")),
