@@ -130,11 +130,12 @@ class DeliveryReader:
             if stop + 2 > end:
                 break  # the payload has not all arrived: keep the whole operation for the next chunk
             pos = stop + 2
-            sub = subs.get(_number(sid))
+            sub_id = _number(sid)
+            sub = subs.get(sub_id)
             if type(sub) is not DirectSubscription:
                 header = data[start : start + header_size] if header_size else None
                 payload = data[start + header_size : stop]
-                await nc._process_msg(_number(sid), subject, reply, payload, header)  # type: ignore[arg-type]
+                await nc._process_msg(sub_id, subject, reply, payload, header)  # type: ignore[arg-type]
                 if self._epoch != epoch:
                     return
                 continue
