@@ -7,7 +7,6 @@ node does not have gets "no responders", exactly as if nobody listened.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -93,15 +92,14 @@ class Delivery:
         return self._account(target, count, reply, recipients if reply else ())
 
     def _observe_latency(self, target: str, sent_at: str) -> None:
-        """Publish-to-socket-write latency of a message that carries ``Prism-Sent-At``. The flusher's
-        write is already scheduled (``call_soon``) when this runs, so a callback scheduled now runs
-        right after the write."""
+        """Publish-to-socket-write latency of a message that carries ``Prism-Sent-At``, observed when
+        the flusher has written it."""
         try:
             start = float(sent_at)
         except ValueError:
             return
         child = self.metrics.delivery_latency.labels(node=self.node_id, target=target)
-        asyncio.get_running_loop().call_soon(lambda: child.observe(max(0.0, time.time() - start)))
+        self.flusher.after_write(lambda: child.observe(max(0.0, time.time() - start)))
 
     def _account(
         self, target: str, count: int, reply: str, recipients: Iterable[LocalConn]

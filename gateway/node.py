@@ -82,6 +82,7 @@ class Node:
             auth=self.config.nats_auth,
         )
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
+        self.flusher.backlogged = bus.backlogged
         self.metrics.nats_connected.labels(node=self.node_id).set(1)
         bucket = BucketOptions(
             self.config.presence_bucket, self.config.presence_replicas, self.config.presence_storage

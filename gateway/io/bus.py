@@ -38,6 +38,11 @@ _NO_RESPONDERS_HEADER = b"NATS/1.0 503\r\n\r\n"
 DEFAULT_SUB_PENDING_MSGS = 65536
 
 
+# What :meth:`NatsBus.backlogged` calls a backlog: two of nats-py's 32 KB reads. A burst of a few hundred
+# messages arriving at once stays under it, so only a real backlog makes the flusher wait for more.
+BACKLOG_BYTES = 64 * 1024
+
+
 class BusUnavailable(Exception):
     """NATS is not connected (or is draining); the message was not sent."""
 
@@ -152,6 +157,14 @@ class NatsBus:
     @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
+
+    def backlogged(self) -> bool:
+        """Whether the connection holds a backlog: at least :data:`BACKLOG_BYTES` read from the socket
+        and not yet parsed, so the next passes of the read loop will deliver more. (nats-py's TCP
+        transport reads through an asyncio ``StreamReader``, which stops reading the socket at twice its
+        32 KB limit; another transport answers False.)"""
+        reader = getattr(self.nc._transport, "_io_reader", None)
+        return len(getattr(reader, "_buffer", b"")) >= BACKLOG_BYTES
 
     async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None:
         if self.nc.is_closed or self.nc.is_draining:

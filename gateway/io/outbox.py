@@ -1,10 +1,15 @@
 """Per-connection bounded outbound queues, written with one coalesced write per connection per loop pass.
 
-Frames queued for a connection during one pass of the event loop are written together in the next pass
-with a single ``writelines``; a fan-out to N members therefore costs N list appends now and N writes
-later, not N syscalls per message. A connection whose unsent socket buffer stays over the limit after a
-write is a slow consumer: it is closed with :attr:`CloseCode.SLOW_CONSUMER` and gets nothing more, so
-its memory is bounded by the limit plus one loop pass of messages.
+Frames queued for a connection during one pass of the event loop are written together in the next pass with
+a single ``writelines``; a fan-out to N members therefore costs N list appends now and N writes later, not N
+syscalls per message. While the NATS connection holds a backlog that the next passes will deliver, the write
+waits for it (at most :data:`MAX_DEFERRED_PASSES` passes), so under a backlog a connection gets several
+messages per system call instead of one; without one nothing waits. 1:1 delivery, where every message goes
+to a different socket, gains the most (docs/benchmarks.md).
+
+A connection whose unsent socket buffer stays over the limit after a write is a slow consumer: it is closed
+with :attr:`CloseCode.SLOW_CONSUMER` and gets nothing more, so its memory is bounded by the limit plus the
+messages of the few loop passes a write may wait.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from websockets.protocol import State
 from gateway.core.framing import encode_frame
 
 log = logging.getLogger("prism.outbox")
+
+# How many loop passes a write may wait while the NATS connection holds a backlog. A pass reads at most a
+# few hundred KB, so this bounds both the added latency (a few ms, and only while a backlog already
+# delays every message by more) and the memory held per connection.
+MAX_DEFERRED_PASSES = 4
 
 
 class Outgoing:
@@ -77,6 +87,11 @@ class Flusher:
         self._on_written = on_written  # (frames, bytes) per flush pass
         self._dirty: list[LocalConn] = []
         self._scheduled = False
+        self._pass = 0  # which scheduled pass is current: a direct flush() makes an earlier one stale
+        self._deferred = 0
+        # Whether input that will queue more frames is already waiting (NatsBus.backlogged).
+        self.backlogged: Callable[[], bool] = lambda: False
+        self._after_write: list[Callable[[], None]] = []
 
     def send(self, conn: LocalConn, message: Outgoing) -> bool:
         """Queue ``message`` for ``conn``; False if the connection is closing and it was dropped.
@@ -128,10 +143,26 @@ class Flusher:
             self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._pass += 1
+            asyncio.get_running_loop().call_soon(self._end_of_pass, self._pass)
+
+    def after_write(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what is queued now has been written (delivery latency is measured so)."""
+        self._after_write.append(callback)
+
+    def _end_of_pass(self, scheduled: int) -> None:
+        if scheduled != self._pass or not self._scheduled:
+            return  # flush() ran in between and wrote what this pass was for
+        if self._deferred < MAX_DEFERRED_PASSES and self.backlogged():
+            self._deferred += 1
+            asyncio.get_running_loop().call_soon(self._end_of_pass, scheduled)
+            return
+        self.flush()
 
     def flush(self) -> None:
+        """Write everything queued, now."""
         self._scheduled = False
+        self._deferred = 0
         dirty, self._dirty = self._dirty, []
         frames = written = 0
         for conn in dirty:
@@ -157,3 +188,7 @@ class Flusher:
                 self._on_slow_consumer(conn)
         if frames:
             self._on_written(frames, written)
+        if self._after_write:
+            callbacks, self._after_write = self._after_write, []
+            for callback in callbacks:
+                callback()
