@@ -65,11 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip nats-py alone in the conn scenario")
     parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--messages", type=int, default=100_000, help="1:1 messages in the peak phase")
+    parser.add_argument("--messages", type=int, default=400_000, help="1:1 messages in the peak phase")
     parser.add_argument("--room-messages", type=int, default=1000, help="room publishes in the peak phase")
     parser.add_argument("--idle-connections", type=int, default=5000)
     parser.add_argument("--connect-connections", type=int, default=3000)
     parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=0.0,
+        help="deliveries/s in the paced phase, the same for every target (default: half of each peak)",
+    )
     parser.add_argument(
         "--window",
         type=int,
@@ -92,6 +98,7 @@ async def run(args: argparse.Namespace, console: Console) -> list[Result]:
         room_messages=args.room_messages,
         window=args.window,
         paced_seconds=args.paced_seconds,
+        paced_rate=args.paced_rate,
         size=args.size,
         idle_connections=args.idle_connections,
         connect_connections=args.connect_connections,
