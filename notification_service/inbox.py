@@ -27,6 +27,11 @@ from shared.subjects import Subjects
 log = logging.getLogger("prism.notify.inbox")
 
 
+# JetStream's answers to deleting a message that is not there: 10057 "no message found" (a second
+# delete), 10043 "sequence N not found" (seen when two replays raced for the same message).
+_ALREADY_GONE = frozenset({10057, 10043})  # JSStreamMsgDeleteFailedF, JSSequenceNotFoundErrF
+
+
 class Inbox:
     def __init__(
         self,
@@ -105,5 +110,5 @@ class Inbox:
         reply = await self.nc.request(subject, body, timeout=5)
         answer = json.loads(reply.data)
         error = answer.get("error")
-        if error and error.get("code") != 404 and error.get("err_code") != 10057:
+        if error and error.get("code") != 404 and error.get("err_code") not in _ALREADY_GONE:
             raise nats.errors.Error(f"deleting inbox message {sequence}: {error.get('description', error)}")

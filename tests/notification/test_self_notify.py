@@ -15,7 +15,7 @@ from shared.nats_permissions import notification
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 from tests.notification.conftest import ServiceFactory
-from tests.notification.support import metric, next_notification, stream_messages
+from tests.notification.support import holds, metric, next_notification
 
 ON = {"notify_client_requests": True}
 
@@ -108,7 +108,7 @@ async def test_a_request_notifies_the_requesting_user_only(
     assert (await next_notification(bob))["payload"] == "bob's own"  # not alice's before it
     await eventually(lambda: metric(service, "prism_notify_delivered_total", kind="user") == 2)
     assert metric(service, "prism_notify_client_requests_total", outcome="accepted") == 2
-    assert await stream_messages(nc.jetstream(), "NOTIFICATIONS") == 0
+    await eventually(lambda: holds(nc.jetstream(), "NOTIFICATIONS", 0), what="the work queue emptied")
     for client in (alice, alice_phone, bob):
         await client.close()
 
