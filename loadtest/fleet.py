@@ -139,6 +139,7 @@ class Fleet:
         self.latencies: array[int] = array("q")
         self.timeline = Timeline(time.time_ns())
         self.record = True
+        self.stamping = False  # whether publishes to sampled clients also carry their time for the server
         self.wake_at = 1 << 62
         self._waiter: asyncio.Future[None] | None = None
         self._refs = itertools.count(1)

@@ -62,6 +62,14 @@ class RawPublisher:
         """Buffer one publish; the buffer is written at the end of this loop pass (or when large)."""
         await self._writer.append(b"PUB %s %d\r\n" % (subject.encode(), len(data)), data, b"\r\n")
 
+    async def publish_with_headers(self, subject: str, headers: dict[str, str], data: bytes) -> None:
+        """:meth:`publish` as ``HPUB``, with NATS headers."""
+        block = b"NATS/1.0\r\n%s\r\n" % b"".join(
+            b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items()
+        )
+        head = b"HPUB %s %d %d\r\n" % (subject.encode(), len(block), len(block) + len(data))
+        await self._writer.append(head, block, data, b"\r\n")
+
     def write(self) -> None:
         self._writer.write()
 

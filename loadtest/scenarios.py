@@ -10,17 +10,18 @@ Every loop is bounded in count and time; a delivery that does not arrive in time
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from loadtest import payload
+from loadtest import payload, server_latency
 from loadtest.fleet import Client, Fleet
 from loadtest.procstat import cpu_seconds, rss_bytes
 from loadtest.stats import Latency, summarize
-from loadtest.targets.base import Publisher, Target
+from loadtest.targets.base import Publisher, StampingPublisher, Target
 
 PEAK_SECONDS = 15.0
 Publish = Callable[[int], Awaitable[None]]
@@ -203,8 +204,14 @@ async def _two_phases(
     peak = await _peak(fleet, target, publish, fanout, count, window, s.timeout, counter, progress)
     result.phases.append(peak)
     rate = s.paced_rate or peak.rate / 2
+    before = await target.latency_buckets(result.scenario)
+    fleet.stamping = before is not None
     paced = await _paced(fleet, target, publish, fanout, rate, s.paced_seconds, s.timeout, counter, progress)
+    fleet.stamping = False
     result.phases.append(paced)
+    after = await target.latency_buckets(result.scenario)
+    if before is not None and after is not None:
+        result.figures.update(_server_latency(server_latency.delta(before, after)))
     p99 = round(paced.latency.p99, 3) if paced.latency else -1
     result.figures.update(
         {
@@ -217,6 +224,19 @@ async def _two_phases(
         }
     )
     result.errors += fleet.errors
+
+
+def _server_latency(buckets: server_latency.Buckets) -> dict[str, float]:
+    """What the server itself measured in the paced phase: publish to socket write, sampled messages."""
+    p99 = server_latency.quantile(buckets, 0.99)
+    within = server_latency.share_within(buckets, 0.005)
+    if p99 is None or within is None:
+        return {}
+    return {
+        "server_timed": round(buckets.get(math.inf, 0.0)),
+        "server_p99_ms": round(p99 * 1000, 2),
+        "server_within_5ms": round(within, 4),
+    }
 
 
 async def _connect(
@@ -234,9 +254,17 @@ async def conn(target: Target, pub: Publisher, s: Settings, progress: Progress =
     fleet = Fleet(target.dialect)
     clients = await _connect(fleet, target, s.connections, lambda i: None)
     ids = [c.conn_id or "" for c in clients]
+    # In the paced phase, messages to the clients that time theirs also carry their publish time for a
+    # server that times deliveries itself, so both ends measure the same messages.
+    stamped = [c.sampled for c in clients]
+    stamp = pub.conn_stamped if isinstance(pub, StampingPublisher) else None
 
     async def publish(seq: int) -> None:
-        await pub.conn(ids[seq % len(ids)], payload.make(seq, s.size))
+        index = seq % len(ids)
+        if stamp is not None and fleet.stamping and stamped[index]:
+            await stamp(ids[index], payload.make(seq, s.size))
+        else:
+            await pub.conn(ids[index], payload.make(seq, s.size))
 
     await _two_phases(result, fleet, target, publish, 1, s.messages, s.window, s, progress)
     await fleet.close_all()

@@ -11,7 +11,7 @@ import socket
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.embedded_nats import die_with_parent
 from loadtest.fleet import Dialect
@@ -24,6 +24,13 @@ class Publisher(Protocol):
     async def user(self, user: str, data: bytes) -> None: ...
     async def flush(self) -> None: ...
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StampingPublisher(Protocol):
+    """A publisher whose server times deliveries itself (Prism: the ``Prism-Sent-At`` header)."""
+
+    async def conn_stamped(self, conn_id: str, data: bytes) -> None: ...
 
 
 class Target(ABC):
@@ -50,6 +57,11 @@ class Target(ABC):
 
     @abstractmethod
     async def publisher(self) -> Publisher: ...
+
+    async def latency_buckets(self, scenario: str) -> dict[float, float] | None:
+        """The server's own delivery-latency histogram for ``scenario`` (cumulative counts by upper
+        bound in seconds), or None when the server keeps none (every target but Prism)."""
+        return None
 
     async def start_echo(self) -> None:  # noqa: B027 (optional hook; most targets echo by themselves)
         """Make client requests on event ``bench.echo`` answered (targets that echo by themselves: no-op)."""

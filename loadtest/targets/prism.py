@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nats
@@ -9,9 +10,11 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from gateway.embedded_nats import NatsServer
+from loadtest import server_latency
 from loadtest.procstat import machine_cores
 from loadtest.rawnats import RawPublisher
 from loadtest.targets.base import Publisher, ServerProcess, Target, free_port, python, wait_for_port
+from shared.headers import SENT_AT
 from shared.presence import snapshot
 
 
@@ -29,6 +32,10 @@ class NatsPublisher:
 
     async def conn(self, conn_id: str, data: bytes) -> None:
         await self._publish(f"conn.{conn_id}", data)
+
+    async def conn_stamped(self, conn_id: str, data: bytes) -> None:
+        """:meth:`conn` with ``Prism-Sent-At``: the gateway times it into its delivery-latency histogram."""
+        await self.raw.publish_with_headers(f"conn.{conn_id}", {SENT_AT: f"{time.time():.6f}"}, data)
 
     async def user(self, user: str, data: bytes) -> None:
         await self._publish(f"user.{user}", data)
@@ -97,6 +104,9 @@ class PrismTarget(Target):
     @property
     def helper_pids(self) -> list[int]:
         return [self.nats.pid] if self.nats is not None else []
+
+    async def latency_buckets(self, scenario: str) -> dict[float, float] | None:
+        return await server_latency.scrape(f"http://127.0.0.1:{self.port}/metrics", scenario)
 
     async def nats_client(self) -> NatsClient:
         assert self.nats is not None
