@@ -12,6 +12,7 @@ import asyncio
 from typing import cast
 from urllib.parse import urlparse
 
+from gateway.io.bus import encode_header_lines, header_block
 from loadtest.wire import BatchedWriter
 
 
@@ -64,9 +65,7 @@ class RawPublisher:
 
     async def publish_with_headers(self, subject: str, headers: dict[str, str], data: bytes) -> None:
         """:meth:`publish` as ``HPUB``, with NATS headers."""
-        block = b"NATS/1.0\r\n%s\r\n" % b"".join(
-            b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items()
-        )
+        block = header_block(encode_header_lines(headers))
         head = b"HPUB %s %d %d\r\n" % (subject.encode(), len(block), len(block) + len(data))
         await self._writer.append(head, block, data, b"\r\n")
 

@@ -199,17 +199,20 @@ async def _two_phases(
     s: Settings,
     progress: Progress,
     received: Callable[[], int] | None = None,
+    server_timed: bool = False,
 ) -> None:
+    """Peak, then paced. ``server_timed``: the paced phase's sampled messages carry their publish time,
+    and the server's own latency histogram is read around it."""
     counter = received or (lambda: fleet.received)
     peak = await _peak(fleet, target, publish, fanout, count, window, s.timeout, counter, progress)
     result.phases.append(peak)
     rate = s.paced_rate or peak.rate / 2
-    before = await target.latency_buckets(result.scenario)
+    before = await target.latency_buckets(result.scenario) if server_timed else None
     fleet.stamping = before is not None
     paced = await _paced(fleet, target, publish, fanout, rate, s.paced_seconds, s.timeout, counter, progress)
     fleet.stamping = False
     result.phases.append(paced)
-    after = await target.latency_buckets(result.scenario)
+    after = await target.latency_buckets(result.scenario) if before is not None else None
     if before is not None and after is not None:
         result.figures.update(_server_latency(server_latency.delta(before, after)))
     p99 = round(paced.latency.p99, 3) if paced.latency else -1
@@ -266,7 +269,9 @@ async def conn(target: Target, pub: Publisher, s: Settings, progress: Progress =
         else:
             await pub.conn(ids[index], payload.make(seq, s.size))
 
-    await _two_phases(result, fleet, target, publish, 1, s.messages, s.window, s, progress)
+    await _two_phases(
+        result, fleet, target, publish, 1, s.messages, s.window, s, progress, server_timed=stamp is not None
+    )
     await fleet.close_all()
     return result
 
