@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -118,3 +119,21 @@ async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float =
             seen.append(line)
             if marker in line:
                 return "".join(seen)
+
+
+def dev_env(**settings: str) -> dict[str, str]:
+    """The environment for a ``prism dev`` under test: this one's, plus ``settings``, and never an outside
+    ``PRISM_NATS_URL`` (``prism dev`` must start its own NATS)."""
+    env = {**os.environ, **settings}
+    env.pop("PRISM_NATS_URL", None)
+    return env
+
+
+async def spawn_prism_dev(nodes: int, port: int) -> asyncio.subprocess.Process:
+    """``prism dev --nodes NODES --port PORT`` with its own NATS and no drain delay, output on stdout; the
+    caller stops it (and what it started) by PID."""
+    env = dev_env(PRISM_DRAIN_SECONDS="0")
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "dev", "--nodes", str(nodes), "--port", str(port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.dev import http_status
-from tests.helpers import alive, descendants, eventually, free_port_pair
+from tests.helpers import alive, descendants, dev_env, eventually, free_port_pair
 
 if TYPE_CHECKING:  # playwright may be missing: the tests are skipped then, but this module is imported
     from playwright.async_api import Page
@@ -80,13 +80,7 @@ class PrismDev:
         return [f"ws://127.0.0.1:{self.port + i}/ws" for i in range(self.nodes)]
 
     def start(self, timeout: float = 60.0) -> PrismDev:
-        env = {
-            **os.environ,
-            "PRISM_DRAIN_SECONDS": "0.5",
-            "PRISM_PRESENCE_DEBOUNCE": "1",
-            "PRISM_PRESENCE_STORAGE": "memory",
-        }
-        env.pop("PRISM_NATS_URL", None)
+        env = dev_env(PRISM_DRAIN_SECONDS="0.5", PRISM_PRESENCE_DEBOUNCE="1", PRISM_PRESENCE_STORAGE="memory")
         args = [sys.executable, "-m", "gateway", "dev", "--nodes", str(self.nodes), "--port", str(self.port)]
         self.proc = subprocess.Popen(
             args,

@@ -18,7 +18,15 @@ import pytest
 from loadtest.targets.base import free_port
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree, read_until
+from tests.helpers import (
+    alive,
+    descendants,
+    dev_env,
+    eventually,
+    free_port_pair,
+    kill_process_tree,
+    read_until,
+)
 
 pytestmark = pytest.mark.cli
 
@@ -55,9 +63,9 @@ def http_status(url: str) -> int:
 
 async def test_prism_dev_serves_two_nodes_and_ctrl_c_leaves_no_process_behind() -> None:
     port = free_port_pair()
-    env = {**os.environ, "PRISM_DRAIN_SECONDS": "0.5"}
-    env.pop("PRISM_NATS_URL", None)
-    async with prism("dev", "--nodes", "2", "--port", str(port), env=env) as proc:
+    async with prism(
+        "dev", "--nodes", "2", "--port", str(port), env=dev_env(PRISM_DRAIN_SECONDS="0.5")
+    ) as proc:
         banner = await read_banner(proc)
         assert f"ws://localhost:{port}/ws" in banner
         assert f"ws://localhost:{port + 1}/ws" in banner

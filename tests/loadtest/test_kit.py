@@ -25,7 +25,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree
+from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree, spawn_prism_dev
 
 REPO = Path(__file__).resolve().parents[2]
 K6_SCRIPT = REPO / "loadtest" / "k6" / "prism.js"
@@ -87,12 +87,7 @@ class PrismDev:
 async def prism_dev(port: int) -> AsyncIterator[PrismDev]:
     """``prism dev --nodes 2 --port PORT`` with its own NATS; stopped with SIGINT at the end, and every
     process it started that is still alive then is killed by PID."""
-    env = {**os.environ, "PRISM_DRAIN_SECONDS": "0"}
-    env.pop("PRISM_NATS_URL", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "dev", "--nodes", "2", "--port", str(port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
+    proc = await spawn_prism_dev(2, port)
     assert proc.stdout is not None
     stdout = proc.stdout
     output: list[str] = []

@@ -15,7 +15,7 @@ import pytest
 
 from loadtest.targets.base import free_port
 from shared.client import PrismClient
-from tests.helpers import alive, descendants, eventually, kill_process_tree, read_until
+from tests.helpers import alive, descendants, eventually, kill_process_tree, read_until, spawn_prism_dev
 
 pytestmark = pytest.mark.cli
 
@@ -27,12 +27,7 @@ def get(url: str) -> tuple[int, bytes]:
 
 async def test_prism_dev_delivers_a_notification_published_with_plain_nats() -> None:
     port = free_port()
-    env = {**os.environ, "PRISM_DRAIN_SECONDS": "0"}
-    env.pop("PRISM_NATS_URL", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "dev", "--nodes", "1", "--port", str(port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
+    proc = await spawn_prism_dev(1, port)
     try:
         assert proc.stdout is not None
         banner = await read_until(proc.stdout, "nats pub")

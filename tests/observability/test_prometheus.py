@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -27,7 +25,15 @@ from grafana import dashboards as gd
 from loadtest.targets.base import free_port
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree, read_until
+from tests.helpers import (
+    alive,
+    descendants,
+    eventually,
+    free_port_pair,
+    kill_process_tree,
+    read_until,
+    spawn_prism_dev,
+)
 
 pytestmark = pytest.mark.cli
 
@@ -143,12 +149,7 @@ async def load(port: int, nats_url: str) -> list[PrismClient]:
 )
 async def test_every_dashboard_query_returns_data_from_a_live_cluster(tmp_path: Path) -> None:
     port = free_port_pair()
-    env = {**os.environ, "PRISM_DRAIN_SECONDS": "0"}
-    env.pop("PRISM_NATS_URL", None)
-    dev = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "dev", "--nodes", "2", "--port", str(port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
+    dev = await spawn_prism_dev(2, port)
     prometheus: subprocess.Popen[bytes] | None = None
     children: set[int] = set()
     try:
