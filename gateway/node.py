@@ -21,7 +21,13 @@ from gateway.config import GatewayConfig, random_node_id
 from gateway.core.auth import choose_subprotocol
 from gateway.core.hub import Hub
 from gateway.delivery import Delivery, MembershipOps
-from gateway.io.admission import INBOUND_QUEUE_FRAMES, Admission, Rejections, connection_class
+from gateway.io.admission import (
+    INBOUND_QUEUE_FRAMES,
+    Admission,
+    GuardedConnection,
+    Rejections,
+    connection_class,
+)
 from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy_of
 from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.http import HttpRoutes
@@ -63,6 +69,7 @@ class Node:
         self._bus: NatsBus | None = None
         self._sessions: Sessions | None = None
         self._server: Server | None = None
+        self._connections: type[GuardedConnection] | None = None
         self._room_presence: RoomPresence | None = None
         self._presence_api: PresenceApi | None = None
         self.liveness: Liveness | None = None
@@ -176,6 +183,7 @@ class Node:
                 self.config.ping_timeout,
                 lambda conn: sessions.close(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"),
             )
+        self._connections = connection_class(self.admission, self.admission.rejections, self.config)
         self._server = await serve(
             sessions.handle,
             self.config.host,
@@ -190,7 +198,7 @@ class Node:
             backlog=self.config.listen_backlog,
             open_timeout=self.config.handshake_timeout,
             max_queue=INBOUND_QUEUE_FRAMES,
-            create_connection=connection_class(self.admission, self.admission.rejections, self.config),
+            create_connection=self._connections,
         )
         if sessions.keepalive is not None:
             self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
@@ -231,9 +239,19 @@ class Node:
         except TimeoutError:
             log.warning("%d connections still open after drain; closing them", len(self.hub))
         self._server.close(close_connections=True)
+        if self._connections is not None:
+            # A client that has not sent its upgrade request would hold the stop for handshake_timeout;
+            # one that has gets websockets' 503. Both retry elsewhere.
+            self._connections.abort_accepted(silent_only=True)
         await self._server.wait_closed()
         if self._sessions.tasks:
             await asyncio.gather(*self._sessions.tasks, return_exceptions=True)
+        # A connection the kernel accepted just as the listener closed reaches the protocol one loop pass
+        # later, after websockets stopped waiting for handshakes: drop it, so none outlives the node.
+        await asyncio.sleep(0)
+        if self._connections is not None and (late := self._connections.abort_accepted()):
+            log.info("dropped %d connection(s) accepted while the listener closed", late)
+            await asyncio.sleep(0)  # their connection_lost runs, which closes the sockets
 
     async def stop(self) -> None:
         if self.state is State.STOPPED:

@@ -156,18 +156,36 @@ class GuardedConnection(ServerConnection):
     ping_policy: ClassVar[RatePolicy | None] = None
     max_unread: ClassVar[int] = 1 << 20
     closing_tasks: ClassVar[set[asyncio.Task[None]]] = set()
+    # Every TCP connection accepted and not yet lost, handshaking or not: what stop() must not leave open.
+    accepted: ClassVar[set[GuardedConnection]] = set()
     # Per instance, set only when used (class defaults cost idle connections nothing).
     admitted_ip: str | None = None
     pings: InboundGuard | None = None
     abusive = False  # closing for a ping flood
 
+    @classmethod
+    def abort_accepted(cls, silent_only: bool = False) -> int:
+        """Drop the TCP connections still open (``silent_only``: those whose upgrade request has not
+        arrived); how many there were. For a node that stops."""
+        dropped = [c for c in cls.accepted if not silent_only or c.request is None]
+        for connection in dropped:
+            connection.transport.abort()
+        return len(dropped)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.accepted.add(self)
+
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         try:
             await super().handshake(*args, **kwargs)
-        except asyncio.CancelledError:  # websockets' open_timeout (or the server closing)
+        except asyncio.CancelledError:  # websockets' open_timeout, or the task cancelled
             timed_out = self.protocol.state is State.CONNECTING and self.server.is_serving()
             if timed_out and self.rejections is not None:
                 self.rejections.count(Reason.HANDSHAKE_TIMEOUT)
+            # websockets' handler closes the TCP connection on errors but not on cancellation (its
+            # client does both): a handshake cancelled with the event loop would leave the socket open.
+            self.transport.abort()
             raise
 
     def process_event(self, event: Event) -> None:
@@ -213,6 +231,7 @@ class GuardedConnection(ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self.accepted.discard(self)
         ip, self.admitted_ip = self.admitted_ip, None
         if ip is not None and self.admission is not None:
             self.admission.release(ip)
@@ -254,4 +273,5 @@ def connection_class(
     NodeConnection.ping_policy = policy if policy.enabled else None
     NodeConnection.max_unread = config.max_outbound_bytes
     NodeConnection.closing_tasks = set()
+    NodeConnection.accepted = set()
     return NodeConnection
