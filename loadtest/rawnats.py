@@ -63,6 +63,15 @@ class RawPublisher:
         """Buffer one publish; the buffer is written at the end of this loop pass (or when large)."""
         await self._writer.append(b"PUB %s %d\r\n" % (subject.encode(), len(data)), data, b"\r\n")
 
+    def heads(self, subjects: list[str], size: int) -> list[bytes]:
+        """The ``PUB`` line of a ``size``-byte message to each of ``subjects``, for :meth:`publish_head`."""
+        return [b"PUB %s %d\r\n" % (subject.encode(), size) for subject in subjects]
+
+    async def publish_head(self, head: bytes, data: bytes) -> None:
+        """:meth:`publish` with the ``PUB`` line built beforehand (:meth:`heads`): the same bytes on the
+        wire, a third of the generator's Python per message on the 1:1 path."""
+        await self._writer.append(head, data, b"\r\n")
+
     async def publish_with_headers(self, subject: str, headers: dict[str, str], data: bytes) -> None:
         """:meth:`publish` as ``HPUB``, with NATS headers."""
         block = header_block(encode_header_lines(headers))

@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loadtest import payload, server_latency
-from loadtest.fleet import Client, Fleet
+from loadtest.fleet import SAMPLE_EVERY, Client, Fleet
 from loadtest.procstat import cpu_seconds, rss_bytes
 from loadtest.stats import Latency, summarize
-from loadtest.targets.base import Publisher, StampingPublisher, Target
+from loadtest.targets.base import ConnSend, PreparingPublisher, Publisher, StampingPublisher, Target
 
 PEAK_SECONDS = 15.0
 Publish = Callable[[int], Awaitable[None]]
@@ -229,6 +229,17 @@ async def _two_phases(
     result.errors += fleet.errors
 
 
+def _conn_sender(pub: Publisher, ids: list[str], size: int) -> ConnSend:
+    """``send(index, data)``: ``pub.conn(ids[index], data)``, prepared once if the publisher can."""
+    if isinstance(pub, PreparingPublisher):
+        return pub.conn_sender(ids, size)
+
+    def send(index: int, data: bytes) -> Awaitable[None]:
+        return pub.conn(ids[index], data)
+
+    return send
+
+
 def _server_latency(buckets: server_latency.Buckets) -> dict[str, float]:
     """What the server itself measured in the paced phase: publish to socket write, sampled messages."""
     p99 = server_latency.quantile(buckets, 0.99)
@@ -257,17 +268,23 @@ async def conn(target: Target, pub: Publisher, s: Settings, progress: Progress =
     fleet = Fleet(target.dialect)
     clients = await _connect(fleet, target, s.connections, lambda i: None)
     ids = [c.conn_id or "" for c in clients]
+    timed = [c.sampled for c in clients]
+    # A client that does not time its messages only counts them: it gets one prebuilt message, so the
+    # generator's core spends its time receiving, not formatting (docs/benchmarks.md).
+    untimed = payload.make(0, s.size)
+    send = _conn_sender(pub, ids, len(untimed))
     # In the paced phase, messages to the clients that time theirs also carry their publish time for a
     # server that times deliveries itself, so both ends measure the same messages.
-    stamped = [c.sampled for c in clients]
     stamp = pub.conn_stamped if isinstance(pub, StampingPublisher) else None
 
     async def publish(seq: int) -> None:
         index = seq % len(ids)
-        if stamp is not None and fleet.stamping and stamped[index]:
+        if not timed[index]:
+            await send(index, untimed)
+        elif stamp is not None and fleet.stamping:
             await stamp(ids[index], payload.make(seq, s.size))
         else:
-            await pub.conn(ids[index], payload.make(seq, s.size))
+            await send(index, payload.make(seq, s.size))
 
     await _two_phases(
         result, fleet, target, publish, 1, s.messages, s.window, s, progress, server_timed=stamp is not None
@@ -461,8 +478,13 @@ async def nats_alone_conn(target: Any, s: Settings, progress: Progress = _noop) 
     cpu0 = cpu_seconds(target.server_pid)
     start = time.perf_counter()
     window = s.window  # the same messages in flight as Prism gets
+    # The same publishes as Prism's conn scenario: every SAMPLE_EVERY-th connection's message built fresh.
+    untimed = payload.make(0, s.size)
+    heads = raw.heads([f"conn.bench.c{i}" for i in range(s.connections)], len(untimed))
     for seq in range(s.messages):
-        await raw.publish(f"conn.bench.c{seq % s.connections}", payload.make(seq, s.size))
+        index = seq % s.connections
+        data = payload.make(seq, s.size) if index % SAMPLE_EVERY == 0 else untimed
+        await raw.publish_head(heads[index], data)
         if seq % 32 == 31:
             if seq + 1 - window > target.received:
                 await target.wait_until(seq + 1 - window, s.timeout)

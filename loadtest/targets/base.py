@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -31,6 +32,17 @@ class StampingPublisher(Protocol):
     """A publisher whose server times deliveries itself (Prism: the ``Prism-Sent-At`` header)."""
 
     async def conn_stamped(self, conn_id: str, data: bytes) -> None: ...
+
+
+ConnSend = Callable[[int, bytes], Awaitable[None]]
+
+
+@runtime_checkable
+class PreparingPublisher(Protocol):
+    """A publisher that can prepare the 1:1 scenario's publishes: ``conn_sender(ids, size)`` returns
+    ``send(index, data)``, :meth:`Publisher.conn` to ``ids[index]`` for ``size``-byte messages."""
+
+    def conn_sender(self, conn_ids: list[str], size: int) -> ConnSend: ...
 
 
 class Target(ABC):

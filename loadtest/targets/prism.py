@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import nats
@@ -13,7 +14,7 @@ from gateway.embedded_nats import NatsServer
 from loadtest import server_latency
 from loadtest.procstat import machine_cores
 from loadtest.rawnats import RawPublisher
-from loadtest.targets.base import Publisher, ServerProcess, Target, free_port, python, wait_for_port
+from loadtest.targets.base import ConnSend, Publisher, ServerProcess, Target, free_port, python, wait_for_port
 from shared.headers import SENT_AT
 from shared.presence import snapshot
 
@@ -32,6 +33,15 @@ class NatsPublisher:
 
     async def conn(self, conn_id: str, data: bytes) -> None:
         await self._publish(f"conn.{conn_id}", data)
+
+    def conn_sender(self, conn_ids: list[str], size: int) -> ConnSend:
+        heads = self.raw.heads([f"conn.{conn_id}" for conn_id in conn_ids], size)
+        publish_head = self.raw.publish_head
+
+        def send(index: int, data: bytes) -> Awaitable[None]:
+            return publish_head(heads[index], data)
+
+        return send
 
     async def conn_stamped(self, conn_id: str, data: bytes) -> None:
         """:meth:`conn` with ``Prism-Sent-At``: the gateway times it into its delivery-latency histogram."""

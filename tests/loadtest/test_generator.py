@@ -6,9 +6,15 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from loadtest import payload
+from loadtest.rawnats import RawPublisher
 from loadtest.stats import Timeline, summarize
+from loadtest.targets.prism import NatsPublisher
 
 
 def test_payload_carries_its_publish_time_at_a_fixed_offset() -> None:
@@ -18,6 +24,28 @@ def test_payload_carries_its_publish_time_at_a_fixed_offset() -> None:
     assert payload.sent_at(message) == 1_700_000_000_123_456_789
     assert payload.sequence(message) == 42
     assert payload.sent_at(b"not a benchmark message") is None
+
+
+async def test_prepared_conn_publishes_are_the_same_messages_as_plain_ones(
+    nats_server: Any, nc: NatsClient
+) -> None:
+    got: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        await got.put(msg)
+
+    await nc.subscribe("conn.>", cb=on_msg)
+    await nc.flush()
+    raw = await RawPublisher.connect(nats_server.url)
+    publisher = NatsPublisher(raw)
+    message = payload.make(7, size=100)
+    send = publisher.conn_sender(["n1.a", "n1.b"], len(message))
+    await send(1, message)
+    await publisher.conn("n1.b", message)
+    await publisher.flush()
+    first, second = [await asyncio.wait_for(got.get(), 5) for _ in range(2)]
+    assert (first.subject, first.data) == (second.subject, second.data) == ("conn.n1.b", message)
+    await raw.close()
 
 
 def test_latency_summary_and_timeline() -> None:
