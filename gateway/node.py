@@ -70,6 +70,8 @@ class Node:
         self._sessions: Sessions | None = None
         self._server: Server | None = None
         self._connections: type[GuardedConnection] | None = None
+        self._draining: asyncio.Future[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None
         self._room_presence: RoomPresence | None = None
         self._presence_api: PresenceApi | None = None
         self.liveness: Liveness | None = None
@@ -216,9 +218,15 @@ class Node:
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) or "ready"
 
     async def drain(self) -> None:
-        """Stop accepting and ask every client to reconnect elsewhere, spread over ``drain_seconds``."""
-        if self.state in (State.DRAINING, State.STOPPED):
-            return
+        """Stop accepting and ask every client to reconnect elsewhere, spread over ``drain_seconds``.
+        A call while a drain runs (``stop()`` during one, say) returns when that drain is done."""
+        if self._draining is None:
+            if self.state is State.STOPPED:
+                return
+            self._draining = asyncio.ensure_future(self._drain())
+        await asyncio.shield(self._draining)
+
+    async def _drain(self) -> None:
         self.state = State.DRAINING
         self.metrics.ready.labels(node=self.node_id).set(0)
         if self._server is None or self._sessions is None:
@@ -254,6 +262,12 @@ class Node:
             await asyncio.sleep(0)  # their connection_lost runs, which closes the sockets
 
     async def stop(self) -> None:
+        """Drain, then stop everything the node started. Concurrent calls all return when it has."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         if self.state is State.STOPPED:
             return
         await self.drain()

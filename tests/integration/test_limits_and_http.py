@@ -15,6 +15,7 @@ from websockets.exceptions import InvalidStatus
 from gateway.node import Node
 from shared.client import PrismClient
 from shared.close_codes import CloseCode
+from shared.lifecycle import State
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 
@@ -118,3 +119,16 @@ async def test_draining_node_is_unready_and_asks_clients_to_reconnect(make_node:
     assert not node.is_ready()
     with pytest.raises(ConnectionRefusedError):
         await connect(ws_url(node), open_timeout=2)
+
+
+async def test_stop_during_a_drain_waits_for_it_before_leaving_nats(make_node: NodeFactory) -> None:
+    node = await make_node(drain_seconds=1.0)
+    clients = [await PrismClient.connect(ws_url(node)) for _ in range(2)]
+    drain = asyncio.ensure_future(node.drain())
+    await eventually(lambda: node.state is State.DRAINING, what="the drain to start")
+    await asyncio.gather(node.stop(), node.stop())  # both return once everything has stopped
+    assert drain.done()
+    assert not node.hub.conns
+    assert node.state is State.STOPPED
+    for client in clients:
+        assert await client.wait_closed() == CloseCode.SERVICE_RESTART
