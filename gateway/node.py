@@ -221,8 +221,6 @@ class Node:
         """Stop accepting and ask every client to reconnect elsewhere, spread over ``drain_seconds``.
         A call while a drain runs (``stop()`` during one, say) returns when that drain is done."""
         if self._draining is None:
-            if self.state is State.STOPPED:
-                return
             self._draining = asyncio.ensure_future(self._drain())
         await asyncio.shield(self._draining)
 
@@ -268,8 +266,6 @@ class Node:
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
-        if self.state is State.STOPPED:
-            return
         await self.drain()
         self.state = State.STOPPED
         if self._keepalive is not None:
