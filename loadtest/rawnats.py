@@ -42,6 +42,10 @@ class _Reader(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+def _pub_line(subject: str, size: int) -> bytes:
+    return b"PUB %s %d\r\n" % (subject.encode(), size)
+
+
 class RawPublisher:
     def __init__(self, reader: _Reader, transport: asyncio.Transport) -> None:
         self._reader = reader
@@ -61,11 +65,11 @@ class RawPublisher:
 
     async def publish(self, subject: str, data: bytes) -> None:
         """Buffer one publish; the buffer is written at the end of this loop pass (or when large)."""
-        await self._writer.append(b"PUB %s %d\r\n" % (subject.encode(), len(data)), data, b"\r\n")
+        await self._writer.append(_pub_line(subject, len(data)), data, b"\r\n")
 
     def heads(self, subjects: list[str], size: int) -> list[bytes]:
         """The ``PUB`` line of a ``size``-byte message to each of ``subjects``, for :meth:`publish_head`."""
-        return [b"PUB %s %d\r\n" % (subject.encode(), size) for subject in subjects]
+        return [_pub_line(subject, size) for subject in subjects]
 
     async def publish_head(self, head: bytes, data: bytes) -> None:
         """:meth:`publish` with the ``PUB`` line built beforehand (:meth:`heads`): the same bytes on the
