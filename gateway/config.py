@@ -12,6 +12,7 @@ from gateway.core.room_presence import pattern_error as room_pattern_error
 from shared.config import setting
 from shared.errors import ConfigError, InvalidName
 from shared.nats_auth import NatsSettings
+from shared.presence_keys import MAX_SHARDS
 from shared.subjects import Subjects, validate_node_id, validate_prefix
 
 
@@ -71,6 +72,12 @@ class GatewayConfig(NatsSettings):
     presence_bucket: str = setting("presence", "JetStream KV bucket of the presence registry")
     presence_replicas: int = setting(1, "replicas of the presence bucket when this node creates it")
     presence_storage: str = setting("file", "storage of the presence bucket: file or memory")
+    presence_shards: int = setting(
+        16, "shard buckets of a new presence registry (an existing registry keeps its own; 1-256)"
+    )
+    presence_retry: float = setting(
+        10.0, "seconds a presence write is retried (a JetStream leader election) before the change fails"
+    )
     room_presence: tuple[str, ...] = setting(
         (), "rooms whose members get join/leave events: names or patterns like 'chat-*', comma-separated"
     )
@@ -141,6 +148,10 @@ class GatewayConfig(NatsSettings):
                 raise ConfigError(f"{name} must be positive")
         if not 0 < self.request_timeout < math.inf:  # written this way round to refuse nan too
             raise ConfigError(f"request_timeout must be positive seconds, got {self.request_timeout}")
+        if not 1 <= self.presence_shards <= MAX_SHARDS:
+            raise ConfigError(f"presence_shards must be 1-{MAX_SHARDS}, got {self.presence_shards}")
+        if not 0 <= self.presence_retry < math.inf:
+            raise ConfigError(f"presence_retry must be 0 or more seconds, got {self.presence_retry}")
         if not 2 <= self.node_ttl < math.inf:  # NATS message TTLs count whole seconds
             raise ConfigError(f"node_ttl must be at least 2 seconds, got {self.node_ttl}")
         for name in ("ping_interval", "ping_timeout", "close_timeout", "drain_seconds", "sweep_interval"):

@@ -5,8 +5,10 @@ Dashboards, alert rules and docs import :data:`NAMES` rather than spelling metri
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -14,8 +16,9 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from gateway.core.presence_writes import ConnRecord
     from gateway.io.outbox import LocalConn
-    from gateway.io.presence_store import ConnRecord, PresenceStore
+    from gateway.io.presence_writer import PresenceOps
 
 NAMES = {
     "connections": "prism_connections",
@@ -38,6 +41,7 @@ NAMES = {
     "presence_sweeps": "prism_presence_sweeps_total",
     "presence_swept_connections": "prism_presence_swept_connections_total",
     "presence_repairs": "prism_presence_repaired_keys_total",
+    "presence_writes": "prism_presence_writes_total",
     "ready": "prism_ready",
     "build": "prism_build_info",
     "delivery_latency": "prism_delivery_latency_seconds",
@@ -146,6 +150,12 @@ class GatewayMetrics:
             ["node", "action"],
             registry=registry,
         )
+        self.presence_writes = Counter(
+            _strip_total(n["presence_writes"]),
+            "Presence KV writes (puts and purges) this node stored: the load it puts on the registry",
+            ["node"],
+            registry=registry,
+        )
         self.ready = Gauge(n["ready"], "1 while the node is ready for traffic", ["node"], registry=registry)
         self.build = Info(n["build"].removesuffix("_info"), "Prism build information", registry=registry)
         self.delivery_latency = Histogram(
@@ -176,7 +186,12 @@ class GatewayMetrics:
             registry=registry,
         )
         # Series that exist from the start at 0, so dashboards and alerts see them before the first event.
-        for counter in (self.slow_consumers, self.nats_reconnects, self.presence_sweeps):
+        for counter in (
+            self.slow_consumers,
+            self.nats_reconnects,
+            self.presence_sweeps,
+            self.presence_writes,
+        ):
             counter.labels(node=node)
         self.presence_swept_connections.labels(node=node)
         for op in PRESENCE_ERROR_OPS:
@@ -221,34 +236,30 @@ class _DeliveryCollector(Collector):
 
 
 class TimedPresence:
-    """A :class:`~gateway.io.presence_store.PresenceStore` that observes how long each connection's
-    presence writes take (``prism_presence_op_seconds{op}``); failures are timed too, and raised."""
+    """:class:`~gateway.io.presence_writer.PresenceOps` that observes how long each connection's presence
+    change takes from the call to its acknowledgement (``prism_presence_op_seconds{op}``), failures
+    included."""
 
-    def __init__(self, store: PresenceStore, metrics: GatewayMetrics, node: str) -> None:
-        self._store = store
-        self._ops = {op: metrics.presence_op_latency.labels(node=node, op=op) for op in PRESENCE_OPS}
+    def __init__(self, ops: PresenceOps, metrics: GatewayMetrics, node: str) -> None:
+        self._ops = ops
+        self._timers = {op: metrics.presence_op_latency.labels(node=node, op=op) for op in PRESENCE_OPS}
 
-    async def register(self, record: ConnRecord) -> None:
-        with self._ops["register"].time():
-            await self._store.register(record)
+    def _timed(self, op: str, done: asyncio.Future[None]) -> asyncio.Future[None]:
+        timer, started = self._timers[op], time.perf_counter()
+        done.add_done_callback(lambda _: timer.observe(time.perf_counter() - started))
+        return done
 
-    async def unregister(self, record: ConnRecord, rooms: set[str]) -> None:
-        with self._ops["unregister"].time():
-            await self._store.unregister(record, rooms)
+    def register(self, record: ConnRecord) -> asyncio.Future[None]:
+        return self._timed("register", self._ops.register(record))
 
-    async def joined(self, record: ConnRecord, room: str) -> None:
-        with self._ops["join"].time():
-            await self._store.joined(record, room)
+    def unregister(self, record: ConnRecord, rooms: Collection[str]) -> asyncio.Future[None]:
+        return self._timed("unregister", self._ops.unregister(record, rooms))
 
-    async def left(self, record: ConnRecord, room: str) -> None:
-        with self._ops["leave"].time():
-            await self._store.left(record, room)
+    def joined(self, record: ConnRecord, room: str) -> asyncio.Future[None]:
+        return self._timed("join", self._ops.joined(record, room))
 
-    async def rewrite(self, record: ConnRecord, rooms: set[str]) -> None:
-        await self._store.rewrite(record, rooms)
-
-    async def purge_keys(self, names: list[str]) -> None:
-        await self._store.purge_keys(names)
+    def left(self, record: ConnRecord, room: str) -> asyncio.Future[None]:
+        return self._timed("leave", self._ops.left(record, room))
 
 
 def watch_outbound(metrics: GatewayMetrics, node: str, conns: Callable[[], Iterable[LocalConn]]) -> None:

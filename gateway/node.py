@@ -36,7 +36,14 @@ from gateway.io.keepalive import Keepalive
 from gateway.io.liveness import Liveness
 from gateway.io.outbox import Flusher, LocalConn
 from gateway.io.presence_api import PresenceApi
-from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket, open_bucket_when_ready
+from gateway.io.presence_store import (
+    WINDOW,
+    BucketOptions,
+    KvPresenceStore,
+    open_layout,
+    open_layout_when_ready,
+)
+from gateway.io.presence_writer import PresenceWriter
 from gateway.io.requests import RequestMux
 from gateway.io.room_presence import RoomPresence
 from gateway.io.static import StaticSite
@@ -45,8 +52,10 @@ from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
 from gateway.session import Sessions
 from gateway.traces import TracedDelivery
 from shared import logs, tracing
+from shared.backoff import Backoff
 from shared.close_codes import CloseCode
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
+from shared.presence import PresenceReader
 
 log = logging.getLogger("prism.node")
 
@@ -75,9 +84,9 @@ class Node:
         self._room_presence: RoomPresence | None = None
         self._presence_api: PresenceApi | None = None
         self.liveness: Liveness | None = None
+        self.writer: PresenceWriter | None = None
         self._repairing: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
-        self._repair_again = False
         self._bucket = BucketOptions()
         self.port = config.port
 
@@ -94,11 +103,23 @@ class Node:
         self.flusher.backlogged = bus.backlogged
         self.metrics.nats_connected.labels(node=self.node_id).set(1)
         bucket = BucketOptions(
-            self.config.presence_bucket, self.config.presence_replicas, self.config.presence_storage
+            self.config.presence_bucket,
+            self.config.presence_replicas,
+            self.config.presence_storage,
+            self.config.presence_shards,
         )
         self._bucket = bucket
-        kv = await open_bucket_when_ready(bus.jetstream, bucket)
-        presence = KvPresenceStore(kv, bus.nc, bucket.name)
+        js = bus.nc.jetstream(publish_async_max_pending=WINDOW)
+        layout, buckets = await open_layout_when_ready(js, bucket)
+        store = KvPresenceStore(js, layout)
+        writer = self.writer = PresenceWriter(
+            store,
+            self.node_id,
+            retry_for=self.config.presence_retry,
+            on_failure=self._schedule_repair,
+            on_written=self.metrics.presence_writes.labels(node=self.node_id).inc,
+        )
+        writer.start()
         sessions: Sessions
         ops = MembershipOps(
             join=lambda conn, room: sessions.join(conn, room),
@@ -117,7 +138,7 @@ class Node:
             self.hub,
             self.flusher,
             bus,
-            TimedPresence(presence, self.metrics, self.node_id),
+            TimedPresence(writer, self.metrics, self.node_id),
             interests,
             requests,
             self.metrics,
@@ -132,7 +153,7 @@ class Node:
             sessions.access = Access(authenticator, callout, sessions.close)
         if self.config.room_presence:
             self._room_presence = sessions.room_presence = RoomPresence(
-                kv,
+                lambda room: buckets[layout.bucket_of(room)],
                 self.flusher,
                 self.hub,
                 self.config.room_presence,
@@ -143,27 +164,29 @@ class Node:
         await bus.subscribe(self.subjects.broadcast, handlers.on_broadcast)
         await bus.subscribe(self.subjects.node_control_conns(self.node_id), delivery.on_control_conn)
         await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
-        self._presence_api = PresenceApi(bus, kv, self.subjects)
-        await self._presence_api.start()
-        await bus.flush()
         # Before accepting anyone: sweep what an earlier process with this id left, start beating, and
-        # sweep nodes that died while no one was watching.
-        self.liveness = Liveness(
+        # (once it has listened for a TTL) sweep nodes that died while no one was watching.
+        room_presence = self._room_presence
+        liveness = self.liveness = Liveness(
             node_id=self.node_id,
-            kv=kv,
-            js=bus.jetstream,
-            store=presence,
             bus=bus,
+            js=js,
+            store=store,
+            writer=writer,
             subjects=self.subjects,
             ttl=self.config.node_ttl,
             sweep_interval=self.config.sweep_interval,
             stats=self._stats,
-            on_swept=sessions.restore_presence,
+            local_state=sessions.local_state,
+            on_restored=sessions.announce_restored,
+            on_node_swept=room_presence.node_swept if room_presence is not None else lambda node: None,
             on_sweep=self._on_sweep,
             on_error=lambda op: self.metrics.presence_errors.labels(node=self.node_id, op=op).inc(),
         )
-        await self.liveness.start()
-        sessions.on_presence_error = self._schedule_repair
+        await liveness.start()
+        self._presence_api = PresenceApi(bus, PresenceReader(js, layout), liveness.table.alive, self.subjects)
+        await self._presence_api.start()
+        await bus.flush()
         static = await asyncio.to_thread(
             StaticSite.load,
             console=self.config.console,
@@ -275,7 +298,9 @@ class Node:
         if self._presence_api is not None:
             await self._presence_api.stop()
         if self._repairing is not None:
-            self._repairing.cancel()
+            await cancel_and_wait([self._repairing])
+        if self.writer is not None:
+            await self._settle_presence(self.writer)
         if self.liveness is not None:
             await self.liveness.stop()
         if self._bus is not None:
@@ -283,48 +308,55 @@ class Node:
         self.metrics.nats_connected.labels(node=self.node_id).set(0)
         log.info("node %s stopped", self.node_id)
 
+    async def _settle_presence(self, writer: PresenceWriter) -> None:
+        """Every connection is closed and announced: make sure none of its keys is left (only a failed
+        write leaves any), without announcing anything again, then stop the writer."""
+        await writer.flush()
+        if writer.dirty:
+            try:
+                await asyncio.wait_for(writer.repair(list), self.config.close_timeout + 5)
+            except TimeoutError:
+                log.warning("could not remove this node's leftover presence keys (survivors will sweep them)")
+        await writer.stop()
+
     # -- callbacks -------------------------------------------------------------------------------------
     async def _on_nats_state(self, connected: bool) -> None:
         self.metrics.nats_connected.labels(node=self.node_id).set(1 if connected else 0)
+        if self.liveness is not None:
+            self.liveness.link(connected)
         if connected:
             self.metrics.nats_reconnects.labels(node=self.node_id).inc()
             self._schedule_repair(0.0)
 
     def _schedule_repair(self, delay: float = 1.0) -> None:
-        """Make the bucket match this node's connections soon: after NATS comes back, or after a presence
-        write failed (a KV write that timed out during a NATS failover may or may not have landed).
-        Failures within ``delay`` share one repair."""
+        """Make the registry match this node's connections soon: after NATS comes back, or after presence
+        writes failed for ``presence_retry`` seconds. Requests while one waits to start share it."""
         if self.state is not State.READY:
             return
         if self._repairing is None or self._repairing.done():
             self._repairing = asyncio.ensure_future(self._repair_presence(delay))
-        else:
-            self._repair_again = True  # a failure after the running repair read the bucket
 
     async def _repair_presence(self, delay: float) -> None:
-        """Beat, make sure this node was not swept (a survivor may have, if an outage outlasted its
-        heartbeat), and purge or rewrite keys until the bucket matches the open connections."""
-        if self.liveness is None or self._sessions is None or self._bus is None:
+        """Make sure the buckets exist (a NATS with in-memory storage may have come back empty) and that
+        this node was not swept meanwhile, then have the writer repair its keys."""
+        if self.liveness is None or self._sessions is None or self._bus is None or self.writer is None:
             return
         await asyncio.sleep(delay)
-        self._repair_again = False
-        for attempt in range(10):
+        js = self._bus.nc.jetstream()
+        schedule = Backoff(base=0.5, cap=5.0).schedule()
+        while True:
             try:
-                # A NATS that lost its memory (in-memory storage, a new server) no longer has the bucket.
-                await open_bucket(self._bus.jetstream, self._bucket)
-                await self.liveness.beat()
-                await self.liveness.rewatch()
+                await open_layout(js, self._bucket)
                 await self.liveness.check_not_swept()
-                rewritten, purged = await self.liveness.repair(self._sessions.local_state())
-                self.metrics.presence_repairs.labels(node=self.node_id, action="rewrite").inc(rewritten)
-                self.metrics.presence_repairs.labels(node=self.node_id, action="purge").inc(purged)
-                if not self._repair_again:
-                    return
-                self._repair_again = False
-                await asyncio.sleep(1.0)
+                break
             except Exception as exc:  # JetStream may need a moment after a cluster election
-                log.warning("presence repair failed (attempt %d): %s", attempt + 1, exc)
-                await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+                delay = schedule.next_delay() or 5.0
+                log.warning("presence repair waits for JetStream (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+        self._repairing = None  # a failure from here on schedules a new repair, queued behind this one
+        rewritten, purged = await self.writer.repair(self._sessions.local_state)
+        self.metrics.presence_repairs.labels(node=self.node_id, action="rewrite").inc(rewritten)
+        self.metrics.presence_repairs.labels(node=self.node_id, action="purge").inc(purged)
 
     def _stats(self) -> dict[str, int]:
         return {

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -26,6 +26,7 @@ from gateway.core.auth import Refresh
 from gateway.core.hub import Hub, JoinOutcome
 from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame, ref_of
 from gateway.core.limits import InboundGuard, Reason, Verdict
+from gateway.core.presence_writes import ConnRecord, LocalState
 from gateway.io.admission import Rejections, rate_policy
 from gateway.io.auth import Access
 from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
@@ -33,7 +34,7 @@ from gateway.io.http import split_path, user_from_query
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
 from gateway.io.outbox import Flusher, LocalConn, Outgoing
-from gateway.io.presence_store import ConnRecord, PresenceStore, utc_now
+from gateway.io.presence_writer import PresenceOps, PresenceUnavailable
 from gateway.io.requests import RequestMux
 from gateway.io.room_presence import RoomPresence
 from gateway.metrics import GatewayMetrics
@@ -42,6 +43,7 @@ from shared import headers as h
 from shared.close_codes import CloseCode
 from shared.errors import FrameError
 from shared.frames import ErrorCode, Ref
+from shared.timestamps import utc_now
 
 log = logging.getLogger("prism.session")
 
@@ -70,7 +72,7 @@ class Sessions:
         hub: Hub[LocalConn],
         flusher: Flusher,
         bus: Bus,
-        presence: PresenceStore,
+        presence: PresenceOps,
         interests: InterestSync,
         requests: RequestMux,
         metrics: GatewayMetrics,
@@ -89,10 +91,11 @@ class Sessions:
         self.access: Access | None = None  # set by the node when authentication is on
         self.keepalive: Keepalive | None = None  # set by the node when keepalive pings are on
         self.tasks: set[asyncio.Task[Any]] = set()
-        # Called when a presence write fails, so the node can bring the bucket back in line later.
-        self.on_presence_error: Callable[[], None] = lambda: None
-        self.idle = asyncio.Event()  # set while no connection is registered (drain waits on it)
+        # Set while no connection is between its registration and its disconnect event (drain waits on
+        # it): once set, every close has been written to the registry and announced.
+        self.idle = asyncio.Event()
         self.idle.set()
+        self._active = 0
         # Inbound limits: the message rate (per connection, state made on its first message) and the
         # idle timeout (a timer per connection, only when it is on).
         self.rejections = Rejections(metrics, node_id)
@@ -159,18 +162,19 @@ class Sessions:
     async def _open(self, conn: LocalConn) -> bool:
         conn.header_lines = encode_header_lines(self._headers(conn))  # once, for all it will publish
         changes = self.hub.add(conn.conn_id, conn.user, conn)
+        self._active += 1
         self.idle.clear()
         try:
             await self.interests.apply(changes)
             await self.presence.register(record_of(conn, self.node_id))
-        except Exception as exc:
+        except (PresenceUnavailable, BusUnavailable) as exc:
+            # Whatever of it landed is purged by the repair the writer scheduled (it is not in the hub).
             log.warning("could not register %s: %s", conn.conn_id, exc)
             self.metrics.presence_errors.labels(node=self.node_id, op="register").inc()
-            self.on_presence_error()
             _, changes = self.hub.remove(conn.conn_id)
-            self._set_idle()
             await self.interests.apply(changes)
             await self._bounded_close(conn, CloseCode.TRY_AGAIN_LATER, "presence registry unavailable")
+            self._done()
             return False
         await self._lifecycle(self.subjects.client_connect, conn, {})
         if self.keepalive is not None:
@@ -191,6 +195,9 @@ class Sessions:
             self.access.closed(conn)
         member, changes = self.hub.remove(conn.conn_id)
         rooms = member.rooms if member else set()
+        # Queued now, before anything can run in between: a join still in flight either sees the
+        # connection closing, or was queued before this and is purged by it.
+        removed = self.presence.unregister(record_of(conn, self.node_id), rooms)
         if self.room_presence is not None:
             for room in rooms:
                 self.room_presence.left(conn, room)
@@ -199,39 +206,37 @@ class Sessions:
         reason = ws.close_reason or ""
         await self.interests.apply(changes)
         try:
-            await self.presence.unregister(record_of(conn, self.node_id), rooms)
-        except Exception as exc:
+            await removed
+        except PresenceUnavailable as exc:  # the writer scheduled a repair, which purges the keys
             log.warning("could not unregister %s: %s", conn.conn_id, exc)
             self.metrics.presence_errors.labels(node=self.node_id, op="unregister").inc()
-            self.on_presence_error()
         extra: dict[str, object] = {"code": code, "reason": reason, "rooms": sorted(rooms)}
         extra["disconnected_at"] = utc_now()
         await self._lifecycle(self.subjects.client_disconnect, conn, extra)
         self._route_metrics(conn.route)[1].dec()
         self.metrics.disconnects.labels(node=self.node_id, code=str(code)).inc()
-        self._set_idle()
+        self._done()
 
-    def local_state(self) -> dict[str, tuple[ConnRecord, frozenset[str]]]:
-        """conn id -> (presence record, rooms) for every open connection: what the bucket should hold."""
-        return {
-            conn_id: (record_of(member.handle, self.node_id), frozenset(member.rooms))
-            for conn_id, member in self.hub.conns.items()
+    def local_state(self) -> list[LocalState]:
+        """Every open connection with its rooms: what the registry should hold for this node."""
+        return [
+            LocalState(record_of(member.handle, self.node_id), frozenset(member.rooms))
+            for member in self.hub.conns.values()
             if not member.handle.closing
-        }
+        ]
 
-    async def restore_presence(self, rewrite: bool = True) -> None:
-        """After this node was swept while alive: write every connection's keys again and announce each
-        on ``client.connect`` (``"restored": true``), since backends were told it had disconnected."""
-        for record, rooms in self.local_state().values():
-            conn = self.hub.conns[record.conn].handle
-            if rewrite:
-                await self.presence.rewrite(record, set(rooms))
-            await self._lifecycle(
-                self.subjects.client_connect, conn, {"restored": True, "rooms": sorted(rooms)}
-            )
+    async def announce_restored(self) -> None:
+        """After this node was swept while alive and its keys were written back: announce each open
+        connection on ``client.connect`` (``"restored": true``), since backends were told it had gone."""
+        for member in list(self.hub.conns.values()):
+            conn = member.handle
+            if not conn.closing:
+                extra = {"restored": True, "rooms": sorted(member.rooms)}
+                await self._lifecycle(self.subjects.client_connect, conn, extra)
 
-    def _set_idle(self) -> None:
-        if not self.hub.conns:
+    def _done(self) -> None:
+        self._active -= 1
+        if not self._active:
             self.idle.set()
 
     def close(self, conn: LocalConn, code: int, reason: str) -> None:
@@ -340,7 +345,12 @@ class Sessions:
             if self.access is not None and (denied := await self.access.deny_join(conn, command.room)):
                 self.send_error(conn, command.ref, ErrorCode.FORBIDDEN, denied)
                 return
-            outcome = await self.join(conn, command.room)
+            try:
+                outcome = await self.join(conn, command.room)
+            except PresenceUnavailable:
+                text = "the presence registry is unavailable: not joined, try again later"
+                self.send_error(conn, command.ref, ErrorCode.UNAVAILABLE, text)
+                return
             if outcome is JoinOutcome.TOO_MANY_ROOMS:
                 limit = self.config.max_rooms_per_conn
                 self.rejections.count(Reason.TOO_MANY_ROOMS)
@@ -366,34 +376,40 @@ class Sessions:
             await self._publish(conn, self.subjects.client_message, block, command.payload, None)
 
     async def join(self, conn: LocalConn, room: str) -> JoinOutcome:
+        """Join ``room``; returns once the subscription and the room key are in place (raises
+        :class:`PresenceUnavailable`, with the join undone, if the key could not be written)."""
         outcome, changes = self.hub.join(conn.conn_id, room)
-        if outcome is JoinOutcome.JOINED:
-            # The subscription is sent before the KV put on the same NATS connection, so once the put is
-            # acknowledged the server has the subscription too: "ok" means deliveries will arrive.
-            await self.interests.apply(changes)
-            try:
-                await self.presence.joined(record_of(conn, self.node_id), room)
-            except Exception as exc:
-                log.warning("presence join %s %s failed: %s", conn.conn_id, room, exc)
-                self.metrics.presence_errors.labels(node=self.node_id, op="join").inc()
-            self.on_presence_error()
-            if self.room_presence is not None:
-                self.room_presence.joined(conn, room)
+        if outcome is not JoinOutcome.JOINED:
+            return outcome
+        # The subscription is sent before the KV put on the same NATS connection, so once the put is
+        # acknowledged the server has the subscription too: "ok" means deliveries will arrive.
+        await self.interests.apply(changes)
+        if conn.closing or not self.hub.is_member(conn.conn_id, room):
+            return outcome  # a leave or a close overtook it, and queued its purge: nothing to write
+        try:
+            await self.presence.joined(record_of(conn, self.node_id), room)
+        except PresenceUnavailable:
+            self.metrics.presence_errors.labels(node=self.node_id, op="join").inc()
+            await self.leave(conn, room)
+            raise
+        if self.room_presence is not None:
+            self.room_presence.joined(conn, room)
         return outcome
 
     async def leave(self, conn: LocalConn, room: str) -> bool:
         was_member, changes = self.hub.leave(conn.conn_id, room)
-        if was_member and self.room_presence is not None:
+        if not was_member:
+            return False
+        removed = self.presence.left(record_of(conn, self.node_id), room)  # queued before any await
+        if self.room_presence is not None:
             self.room_presence.left(conn, room)
-        if was_member:
-            await self.interests.apply(changes)
-            try:
-                await self.presence.left(record_of(conn, self.node_id), room)
-            except Exception as exc:
-                log.warning("presence leave %s %s failed: %s", conn.conn_id, room, exc)
-                self.metrics.presence_errors.labels(node=self.node_id, op="leave").inc()
-            self.on_presence_error()
-        return was_member
+        await self.interests.apply(changes)
+        try:
+            await removed
+        except PresenceUnavailable as exc:  # the writer scheduled a repair, which purges the key
+            log.warning("presence leave %s %s failed: %s", conn.conn_id, room, exc)
+            self.metrics.presence_errors.labels(node=self.node_id, op="leave").inc()
+        return True
 
     async def _on_event(self, conn: LocalConn, event: Event) -> None:
         tracer = tracing.tracer

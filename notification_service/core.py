@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from typing import Any
 
@@ -18,6 +17,7 @@ import orjson
 
 from shared.errors import InvalidName
 from shared.subjects import Subjects, validate_room, validate_user_id
+from shared.timestamps import iso
 
 MAX_ID_LENGTH = 128
 _ID_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: it travels in NATS headers
@@ -92,10 +92,6 @@ class Malformed:
     problem: Problem
     reason: str
     kind: str  # "user", "room", "broadcast", or "invalid" when the subject says nothing usable
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_target(subject: str, subjects: Subjects) -> Target | Malformed:

@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"  # the token (or the authorization callout) does not allow it
     INVALID_TOKEN = "invalid_token"  # a refresh token was refused; the current one stays in force
     RATE_LIMITED = "rate_limited"  # over the connection's message rate: this message was dropped
+    UNAVAILABLE = "unavailable"  # the node cannot do it now (its presence registry is unreachable)
 
 
 def welcome(conn: str, node: str, user: str | None, route: str) -> bytes:

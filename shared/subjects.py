@@ -227,6 +227,27 @@ class Subjects:
     def presence_queries(self) -> str:
         return f"{self.prefix}presence.>"
 
+    # Node liveness (gateway <-> gateway, core NATS; anyone may listen).
+    def node_beat(self, node_id: str) -> str:
+        """Where node ``node_id`` publishes its heartbeat."""
+        return f"{self.prefix}node.{validate_node_id(node_id)}.beat"
+
+    @property
+    def node_beats(self) -> str:
+        return f"{self.prefix}node.*.beat"
+
+    def node_ping(self, node_id: str) -> str:
+        """A request answered by node ``node_id`` while it runs ("no responders" once it is gone)."""
+        return f"{self.prefix}node.{validate_node_id(node_id)}.ping"
+
+    def node_swept(self, node_id: str) -> str:
+        """Announces that ``node_id``'s presence keys were swept (it died, or was cut off too long)."""
+        return f"{self.prefix}node.{validate_node_id(node_id)}.swept"
+
+    @property
+    def nodes_swept(self) -> str:
+        return f"{self.prefix}node.*.swept"
+
     # Authorization callout (gateway -> a backend), when PRISM_AUTHZ_SUBJECT is set.
     def authz(self, subject: str) -> str:
         """The callout subject ``subject`` (dot-separated tokens, e.g. ``authz.prism``) under the prefix."""

@@ -110,6 +110,10 @@ class Hub(Generic[C]):
     def user_conn_ids(self, user: str) -> list[str]:
         return list(self.users.get(user, {}))
 
+    def is_member(self, conn_id: str, room: str) -> bool:
+        member = self.conns.get(conn_id)
+        return member is not None and room in member.rooms
+
     def rooms_of(self, conn_id: str) -> set[str]:
         member = self.conns.get(conn_id)
         return set(member.rooms) if member is not None else set()

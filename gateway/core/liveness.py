@@ -1,7 +1,13 @@
-"""Decisions about node liveness and presence repair, with no I/O: which nodes are dead, what a dead
-node's leftover keys say about the connections it lost, and how a node's own keys differ from its hub.
+"""Decisions about node liveness, with no I/O: which nodes have gone silent, whether this node may judge
+them, and what a dead node's leftover keys say about the connections it lost.
 
-The I/O shell is :mod:`gateway.io.liveness`; the key layout is :mod:`shared.presence_keys`.
+Nodes beat on core NATS (``node.<id>.beat``), not in JetStream: a JetStream leader election or a stream
+that lost its quorum does not stop core NATS, so it cannot make a live node look dead. A node is only
+*silent* here; the I/O shell (:mod:`gateway.io.liveness`) then pings it before calling it dead.
+
+An observer judges nobody unless it is itself *healthy*: connected to NATS for at least one TTL, and
+hearing its own beats come back. A node that was cut off, or that just reconnected, has missed beats
+that the others sent, and would mistake them for silence.
 """
 
 from __future__ import annotations
@@ -16,11 +22,65 @@ from shared import presence_keys as keys
 # itself saw (the TCP connection dropped without a close frame).
 LOST_CLOSE_CODE = 1006
 LOST_REASON = "node lost"
+# A node beats this many times per TTL: several beats may be lost (a NATS server failing over) before
+# it goes silent.
+BEATS_PER_TTL = 6
 
 
-def dead_nodes(registered: Iterable[str], alive: Iterable[str], me: str) -> set[str]:
-    """Nodes with entries in the bucket (an ``info`` key) but no heartbeat, other than this one."""
-    return set(registered) - set(alive) - {me}
+def beat_interval(ttl: float) -> float:
+    return ttl / BEATS_PER_TTL
+
+
+@dataclass(slots=True)
+class Peer:
+    ttl: float
+    last_heard: float
+    beat: dict[str, Any]
+
+
+class BeatTable:
+    """What this node has heard of every node's heartbeat. Time (``now``, monotonic seconds) is passed
+    in, so tests drive the clock."""
+
+    def __init__(self, me: str, ttl: float) -> None:
+        self.me = me
+        self.ttl = ttl
+        self.peers: dict[str, Peer] = {}
+        self._linked_since: float | None = None
+
+    def heard(self, node: str, beat: Mapping[str, Any], now: float) -> None:
+        """A heartbeat of ``node`` arrived (its own TTL is in it; a missing or bad one counts as ours)."""
+        ttl = beat.get("ttl")
+        ttl = float(ttl) if isinstance(ttl, int | float) and ttl > 0 else self.ttl
+        self.peers[node] = Peer(ttl, now, dict(beat))
+
+    def forget(self, node: str) -> None:
+        """``node`` stopped cleanly or was swept: it is not silent, it is gone."""
+        self.peers.pop(node, None)
+
+    def link_up(self, now: float) -> None:
+        if self._linked_since is None:
+            self._linked_since = now
+
+    def link_down(self) -> None:
+        self._linked_since = None
+
+    def healthy(self, now: float) -> bool:
+        """Whether this node has watched long enough, and hears its own beats, to judge the others."""
+        if self._linked_since is None or now - self._linked_since < self.ttl:
+            return False
+        own = self.peers.get(self.me)
+        return own is not None and now - own.last_heard <= 2 * beat_interval(self.ttl) + 1.0
+
+    def silent(self, now: float) -> list[str]:
+        """Other nodes not heard from for longer than their TTL; none while this node is not healthy."""
+        if not self.healthy(now):
+            return []
+        return sorted(n for n, p in self.peers.items() if n != self.me and now - p.last_heard > p.ttl)
+
+    def alive(self) -> dict[str, dict[str, Any]]:
+        """node -> its latest beat, for every node heard from and not forgotten."""
+        return {node: peer.beat for node, peer in self.peers.items()}
 
 
 @dataclass(slots=True)
@@ -52,65 +112,31 @@ class LostConn:
         }
 
 
-def lost_connections(node: str, entries: Mapping[str, Any]) -> list[LostConn]:
-    """Group a dead node's ``conn.``, ``user.`` and ``room.`` keys (key -> decoded value) by connection.
+def lost_connections(node: str, conns: Mapping[str, Any], room_keys: Iterable[str]) -> list[LostConn]:
+    """The connections a dead node lost: one per ``conn.`` key (key -> decoded value), with the rooms its
+    ``room.`` keys name.
 
-    A connection may have lost some keys already (a half-finished close): whatever is left names it, and
-    the ``conn.`` value, when present, fills in the details.
+    Only a conn key makes a connection count: a node writes it last when a connection opens (before
+    ``client.connect``) and purges it last when one closes (before ``client.disconnect``), so a room or
+    user key without it belongs to a connection that was never announced, or whose close already was.
     """
     found: dict[str, LostConn] = {}
-    for key, value in entries.items():
+    for key, value in conns.items():
         conn_id = keys.conn_id_from_key(key)
         if not conn_id.startswith(node + "."):
             continue  # not this node's (filters make this impossible; cheap to be sure)
-        lost = found.get(conn_id)
-        if lost is None:
-            lost = found[conn_id] = LostConn(conn_id, node)
         data = value if isinstance(value, dict) else {}
-        kind = key.split(".", 1)[0]
-        if kind == "conn":
-            lost.user = data.get("user", lost.user)
-            lost.route = str(data.get("route", lost.route))
-            lost.remote = str(data.get("remote", lost.remote))
-            lost.connected_at = str(data.get("connected_at", lost.connected_at))
-        elif kind == "user":
-            lost.user = key.split(".")[1]
-            lost.connected_at = lost.connected_at or str(data.get("connected_at", ""))
-        elif kind == "room":
+        user = data.get("user")
+        found[conn_id] = LostConn(
+            conn_id,
+            node,
+            user if isinstance(user, str) else None,
+            str(data.get("route", "")),
+            str(data.get("remote", "")),
+            str(data.get("connected_at", "")),
+        )
+    for key in room_keys:
+        lost = found.get(keys.conn_id_from_key(key))
+        if lost is not None:
             lost.rooms.add(key.split(".")[1])
-            if lost.user is None and isinstance(data.get("user"), str):
-                lost.user = data["user"]
     return sorted(found.values(), key=lambda c: c.conn)
-
-
-@dataclass(frozen=True, slots=True)
-class LocalState:
-    """One open connection as this node's hub knows it."""
-
-    conn: str
-    user: str | None
-    rooms: frozenset[str]
-
-
-def expected_keys(conns: Iterable[LocalState]) -> dict[str, LocalState]:
-    """Every presence key this node's connections should have, with the connection each belongs to."""
-    expected: dict[str, LocalState] = {}
-    for conn in conns:
-        expected[keys.conn_key(conn.conn)] = conn
-        if conn.user is not None:
-            expected[keys.user_key(conn.user, conn.conn)] = conn
-        for room in conn.rooms:
-            expected[keys.room_key(room, conn.conn)] = conn
-    return expected
-
-
-@dataclass(frozen=True, slots=True)
-class Repair:
-    missing: list[str]  # keys to write
-    extra: list[str]  # keys to purge: connections or memberships that are gone
-
-
-def repair(expected: Iterable[str], actual: Iterable[str]) -> Repair:
-    """What to change so the bucket holds exactly ``expected`` of this node's keys."""
-    want, have = set(expected), set(actual)
-    return Repair(sorted(want - have), sorted(have - want))

@@ -209,6 +209,17 @@ class PresenceTracker(Generic[C]):
         else:
             self._remove(room, state, change.conn_id, now)
 
+    def node_swept(self, node: str, now: float) -> None:
+        """Every key of ``node`` was removed at once (its sweep), which no watch reports: each of its
+        connections left every room."""
+        prefix = node + "."
+        for room, state in self.rooms.items():
+            if state.loading is not None:
+                for conn_id in [c for c in state.loading if c.startswith(prefix)]:
+                    del state.loading[conn_id]
+            for conn_id in [c for c in state.conns if c.startswith(prefix)]:
+                self._remove(room, state, conn_id, now)
+
     def caught_up(self, room: str, now: float) -> None:
         """The watch has delivered every current key of ``room``; later entries are live changes."""
         state = self.rooms.get(room)

@@ -65,6 +65,10 @@ class Bus(Protocol):
 
     async def reply_no_responders(self, reply: str) -> None: ...
 
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """The first reply's payload; raises nats-py's ``NoRespondersError`` or ``TimeoutError``."""
+        ...
+
     async def flush(self, timeout: float = 5.0) -> None: ...
 
 
@@ -202,6 +206,12 @@ class NatsBus:
             raise BusUnavailable("NATS is reconnecting and the reconnect buffer is full")
         await nc._send_command(prot_command.hpub_cmd(subject, reply, header_block, payload))
         await self._kick_flusher()
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        if self.nc.is_closed or self.nc.is_draining:
+            raise BusUnavailable("NATS connection is closed")
+        msg = await self.nc.request(subject, payload, timeout=timeout)
+        return bytes(msg.data)
 
     def new_inbox(self) -> str:
         return str(self.nc.new_inbox())

@@ -1,19 +1,25 @@
-"""Node liveness in the presence bucket: this node's heartbeat, and the sweep of nodes that died.
+"""Node liveness: this node's heartbeat, and the sweep of nodes that died.
 
-Every node rewrites ``node.<id>.alive`` every ``node_ttl / 3`` seconds with a per-message TTL of
-``node_ttl``. A node that stops (SIGKILL, a lost machine, a partition) stops rewriting it; the server
-removes it after ``node_ttl`` and leaves a delete marker, and every survivor watching ``node.*.alive``
-sees the marker. Each survivor then tries to *claim* the sweep with an atomic create of
-``node.<id>.sweep``: the one that wins purges the dead node's ``conn.``, ``user.`` and ``room.`` keys,
-publishes a ``client.disconnect`` event for each lost connection, and removes ``node.<id>.info`` last.
-The losers do nothing, so there is exactly one sweep per death however many nodes survive.
+Every node publishes ``node.<id>.beat`` on core NATS every ``node_ttl / 6`` seconds and listens to every
+other node's. Core NATS keeps working while JetStream elects a leader or a stream has lost its quorum, so
+those never make a live node look dead. A node that has not been heard for ``node_ttl`` seconds is
+*silent* (:class:`~gateway.core.liveness.BeatTable`, which also keeps a node that is itself cut off from
+judging anyone). A silent node is then pinged (``node.<id>.ping``, a core NATS request): an answer means
+it lives; "no responders" or no answer within a second means it is dead. Then every survivor tries to
+*claim* the sweep with an atomic create of ``node.<id>.sweep`` in the entry bucket, and the one that wins:
 
-Nothing depends on the watch alone: a node starting up, and every node each ``sweep_interval``, compares
-the ``info`` keys (nodes that have entries) with the ``alive`` keys and sweeps the difference, which
-covers markers missed during a NATS outage and a sweeper that died mid-sweep (its claim expires).
+1. reads the dead node's connection and room keys (filtered reads of every shard),
+2. publishes a ``client.disconnect`` for each lost connection,
+3. removes every key of the node from every shard with one filtered stream purge per filter (no
+   per-key writes: a node of 50,000 connections is gone in a few requests, whatever a stream's intake),
+4. removes ``node.<id>.info`` and announces ``node.<id>.swept``.
 
-A node whose heartbeat lapsed while it was in fact alive (a long pause, a partition) may have been
-swept. It notices on its next beat (its ``info`` key is gone) and asks the node to restore its entries.
+Nothing depends on hearing every beat: a node starting up, and every node each ``sweep_interval``, reads
+the ``info`` keys (nodes that have keys) and pings those it has not heard from, which covers nodes that
+died while no one was running and a sweeper that died mid-sweep (its claim expires).
+
+A node that was swept while in fact alive (cut off from NATS for longer than its TTL) notices within a
+third of its TTL (its ``info`` key is gone, or it hears ``node.<id>.swept``) and writes everything back.
 """
 
 from __future__ import annotations
@@ -21,31 +27,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 import orjson
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
-from nats.js.kv import KeyValue
 
-from gateway.core.liveness import LocalState, dead_nodes, expected_keys, lost_connections, repair
-from gateway.io.bus import Bus, BusUnavailable
-from gateway.io.presence_store import PURGE_MARKER_TTL, ConnRecord, KvPresenceStore, utc_now
+from gateway.core.liveness import BeatTable, beat_interval, lost_connections
+from gateway.core.presence_writes import LocalState
+from gateway.io.bus import Bus, BusUnavailable, Headers
+from gateway.io.presence_store import PURGE_MARKER_TTL, TRANSIENT_ERRORS, PresenceStore, drop_node, read_node
+from gateway.io.presence_writer import PresenceWriter
 from gateway.io.tasks import cancel_and_wait
 from shared import headers as h
 from shared import presence_keys as keys
-from shared.presence import is_removal, snapshot
+from shared.errors import ConfigError
+from shared.presence import get_value, is_removal, read_values
 from shared.subjects import Subjects
+from shared.timestamps import utc_now
 
 log = logging.getLogger("prism.liveness")
 
 # A claim outlives any sweep it guards; if its holder dies, the next periodic check sweeps again.
 CLAIM_TTL = 30.0
-_KV_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError, BusUnavailable)
+# A silent node that does not answer a ping within this many seconds is dead.
+PING_TIMEOUT = 1.0
+_ERRORS = (*TRANSIENT_ERRORS, BusUnavailable)
 
 
 class Liveness:
@@ -53,212 +63,248 @@ class Liveness:
         self,
         *,
         node_id: str,
-        kv: KeyValue,
-        js: JetStreamContext,
-        store: KvPresenceStore,
         bus: Bus,
+        js: JetStreamContext,
+        store: PresenceStore,
+        writer: PresenceWriter,
         subjects: Subjects,
         ttl: float,
         sweep_interval: float,
         stats: Callable[[], dict[str, int]],
-        on_swept: Callable[[], Awaitable[None]],
+        local_state: Callable[[], Iterable[LocalState]],
+        on_restored: Callable[[], Awaitable[None]],
+        on_node_swept: Callable[[str], None] = lambda node: None,
         on_sweep: Callable[[str, int], None] = lambda node, conns: None,
         on_error: Callable[[str], None] = lambda op: None,
     ) -> None:
         self.node_id = node_id
-        self.kv = kv
+        self.bus = bus
         self.js = js
         self.store = store
-        self.bus = bus
+        self.layout = store.layout
+        self.writer = writer
         self.subjects = subjects
         self.ttl = ttl
+        self.interval = beat_interval(ttl)
         self.sweep_interval = sweep_interval
+        self.table = BeatTable(node_id, ttl)
         self._stats = stats
-        self._on_swept = on_swept
+        self._local_state = local_state
+        self._on_restored = on_restored
+        self._on_node_swept = on_node_swept
         self._on_sweep = on_sweep
         self._on_error = on_error  # "heartbeat", "check" or "sweep" failed (counted in the metrics)
         self.started_at = utc_now()
         self._tasks: list[asyncio.Task[None]] = []
-        self._watcher: Any = None
+        self._subs: list[Any] = []
         self._stopping = False
         self._sweeping: set[str] = set()
+        self._kv_beat_failing = False
+        self._swept_signal = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Sweep what an earlier process with this node id left, announce this one, start watching."""
+        """Refuse a node id that a live node has, sweep what an earlier process with this id left,
+        announce this one, and start beating and listening."""
+        if await self.answers_ping(self.node_id):
+            raise ConfigError(f"node id {self.node_id!r} is taken by a running node; give each node its own")
         await self.sweep(self.node_id, own=True)
         await self._put_info()
-        await self.beat()
-        await self.rewatch()
+        loop = asyncio.get_running_loop()
+        self._subs = [
+            await self.bus.subscribe(self.subjects.node_beats, self._on_beat),
+            await self.bus.subscribe(self.subjects.nodes_swept, self._on_swept),
+            await self.bus.subscribe(self.subjects.node_ping(self.node_id), self._on_ping),
+        ]
+        self.table.link_up(loop.time())
+        await self._beat()
+        await self._kv_beat()
         self._tasks = [
             asyncio.ensure_future(self._beat_forever()),
+            asyncio.ensure_future(self._kv_beat_forever()),
+            asyncio.ensure_future(self._judge_forever()),
             asyncio.ensure_future(self._check_forever()),
         ]
 
-    async def rewatch(self) -> None:
-        """(Re)start the watch on heartbeats: after a NATS restart its consumer may be gone.
-
-        A callback on an ordered consumer rather than nats-py's ``KeyWatcher`` loop: its ``updates()``
-        waits with ``asyncio.wait_for``, which on Python 3.11 can swallow the cancellation that stops
-        the node, and it takes the server's TTL markers for values."""
-        await self._unwatch()
-        self._watcher = await self.js.subscribe(
-            self.store.prefix + keys.NODES_ALIVE_FILTER,
-            stream=self.store.stream,
-            cb=self._on_heartbeat_change,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-        )
-
-    async def _unwatch(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            with contextlib.suppress(Exception):
-                await watcher.unsubscribe()
+    def link(self, connected: bool) -> None:
+        """NATS went away or came back: beats heard so far no longer prove anything about silence."""
+        if connected:
+            self.table.link_up(asyncio.get_running_loop().time())
+        else:
+            self.table.link_down()
 
     async def stop(self) -> None:
-        """Stop beating and watching, and remove this node's own keys (its connections are gone)."""
+        """Stop beating; remove this node's ``info`` and KV heartbeat, and tell the others it is gone.
+        (Its connections are closed and their keys removed by then.)"""
         self._stopping = True
-        await self._unwatch()
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
         try:
-            # Whatever a failed close left behind goes now (the sweep also removes the info key); the
-            # heartbeat goes last, so a survivor that sees it vanish finds nothing left to sweep.
-            await self.sweep(self.node_id, own=True)
-            await self.store.purge_keys([keys.node_alive_key(self.node_id)])
-        except _KV_ERRORS as exc:
+            await self._purge(keys.node_info_key(self.node_id))
+            await self._purge(keys.node_alive_key(self.node_id))
+        except _ERRORS as exc:
             log.warning(
                 "could not remove node %s from presence (survivors will sweep it): %s", self.node_id, exc
             )
+            return
+        with contextlib.suppress(*_ERRORS):
+            await self.bus.publish(self.subjects.node_beat(self.node_id), self._beat_body(stopped=True))
 
-    # -- heartbeat -------------------------------------------------------------------------------------
-    async def beat(self) -> None:
-        value = {"node": self.node_id, "started_at": self.started_at, **self._stats()}
-        subject = self.store.prefix + keys.node_alive_key(self.node_id)
-        await self.js.publish(subject, orjson.dumps(value), msg_ttl=self.ttl)
+    # -- heartbeats ------------------------------------------------------------------------------------
+    def _beat_body(self, stopped: bool = False) -> bytes:
+        body: dict[str, Any] = {"node": self.node_id, "started_at": self.started_at, "ttl": self.ttl}
+        body.update(self._stats())
+        if stopped:
+            body["stopped"] = True
+        return orjson.dumps(body)
 
-    async def _put_info(self) -> None:
-        info = {"node": self.node_id, "started_at": self.started_at}
-        await self.kv.put(keys.node_info_key(self.node_id), orjson.dumps(info))
+    async def _beat(self) -> None:
+        await self.bus.publish(self.subjects.node_beat(self.node_id), self._beat_body())
 
     async def _beat_forever(self) -> None:
         while True:
+            await asyncio.sleep(self.interval)
+            with contextlib.suppress(*_ERRORS):  # NATS is reconnecting: nobody hears a beat anyway
+                await self._beat()
+
+    async def _kv_beat(self) -> None:
+        """``node.<id>.alive`` in the entry bucket, for readers of KV (``presence.cluster``-style
+        counts). Only informative: a JetStream outage that lets it expire sweeps nobody."""
+        value = {"node": self.node_id, "started_at": self.started_at, **self._stats()}
+        subject = keys.kv_subject(self.layout.bucket, keys.node_alive_key(self.node_id))
+        await self.js.publish(subject, orjson.dumps(value), msg_ttl=self.ttl)
+
+    async def _kv_beat_forever(self) -> None:
+        while True:
             await asyncio.sleep(self.ttl / 3)
             try:
-                await self.beat()
+                await self._kv_beat()
                 await self.check_not_swept()
-            except _KV_ERRORS as exc:
+            except _ERRORS as exc:
                 _reraise_if_cancelled()
                 self._on_error("heartbeat")
-                log.warning("heartbeat failed: %s", exc)
+                if not self._kv_beat_failing:
+                    log.warning("JetStream unavailable for the KV heartbeat (retrying quietly): %s", exc)
+                self._kv_beat_failing = True
+                continue
+            if self._kv_beat_failing:
+                log.info("JetStream available again for the KV heartbeat")
+                self._kv_beat_failing = False
 
-    async def check_not_swept(self) -> None:
-        """If a survivor swept this node while it was alive (its heartbeat lapsed), restore its entries."""
-        if await self._exists(keys.node_info_key(self.node_id)):
+    async def _on_beat(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        try:
+            beat = orjson.loads(data)
+            node = str(beat["node"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
             return
-        if await self._exists(keys.node_sweep_key(self.node_id)):
-            return  # a sweep is still running: restore after it, on a later beat
-        log.warning("node %s was swept while alive (heartbeat lapsed); restoring its presence", self.node_id)
-        await self._put_info()
-        await self._on_swept()
+        if beat.get("stopped"):
+            self.table.forget(node)
+        else:
+            self.table.heard(node, beat, asyncio.get_running_loop().time())
 
-    async def repair(self, local: dict[str, tuple[ConnRecord, frozenset[str]]]) -> tuple[int, int]:
-        """Make this node's keys match its open connections (``conn id -> (record, rooms)``), after an
-        outage in which closes could not be written. Returns (connections rewritten, keys purged)."""
-        actual: dict[str, Any] = {}
-        for key_filter in keys.node_filters(self.node_id):
-            actual.update(await snapshot(self.kv, key_filter))
-        states = [LocalState(conn, record.user, rooms) for conn, (record, rooms) in local.items()]
-        expected = expected_keys(states)
-        fix = repair(expected, actual)
-        await self.store.purge_keys(fix.extra)
-        stale = sorted({expected[key].conn for key in fix.missing})
-        for conn in stale:
-            record, rooms = local[conn]
-            await self.store.rewrite(record, set(rooms))
-        if stale or fix.extra:
-            log.info(
-                "repaired presence: %d connections rewritten, %d stale keys purged",
-                len(stale),
-                len(fix.extra),
-            )
-        return len(stale), len(fix.extra)
+    async def _on_ping(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        if reply:
+            with contextlib.suppress(*_ERRORS):
+                await self.bus.publish(reply, orjson.dumps({"node": self.node_id}))
 
-    # -- detecting deaths --------------------------------------------------------------------------------
-    async def _on_heartbeat_change(self, msg: Msg) -> None:
-        if not is_removal(msg.headers):
-            return  # a beat
-        node = keys.node_of_node_key(msg.subject[len(self.store.prefix) :])
-        if node != self.node_id and not self._stopping:
-            log.info("node %s stopped beating", node)
-            self._spawn_sweep(node)
+    async def answers_ping(self, node: str) -> bool:
+        """Whether ``node`` answers on core NATS now. Only "no responders" or silence say no: if NATS
+        itself cannot be asked, the node counts as alive (nobody is swept on a guess)."""
+        try:
+            await self.bus.request(self.subjects.node_ping(node), b"", PING_TIMEOUT)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+            return False
+        except _ERRORS:
+            return True
+        return True
+
+    # -- finding the dead ------------------------------------------------------------------------------
+    async def _judge_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            for node in self.table.silent(asyncio.get_running_loop().time()):
+                self._spawn_sweep(node)
 
     async def _check_forever(self) -> None:
-        if not self.sweep_interval:
-            await self.check()
-            return
-        while not self._stopping:
+        """Once this node has listened for a TTL, and then every ``sweep_interval``: ping the nodes that
+        have keys (an ``info``) but were never heard, and sweep those that do not answer."""
+        while not self.table.healthy(asyncio.get_running_loop().time()):  # noqa: ASYNC110 (a clock)
+            await asyncio.sleep(self.interval)
+        while True:
             try:
                 await self.check()
-            except _KV_ERRORS as exc:
+            except _ERRORS as exc:
                 _reraise_if_cancelled()
                 self._on_error("check")
                 log.warning("dead-node check failed: %s", exc)
+            if not self.sweep_interval:
+                return
             await asyncio.sleep(self.sweep_interval)
 
     async def check(self) -> set[str]:
-        """Sweep every node that has entries but no heartbeat; returns the nodes found dead."""
-        registered = await snapshot(self.kv, keys.NODES_INFO_FILTER)
-        alive = await snapshot(self.kv, keys.NODES_ALIVE_FILTER)
-        dead = dead_nodes(
-            (keys.node_of_node_key(k) for k in registered),
-            (keys.node_of_node_key(k) for k in alive),
-            self.node_id,
-        )
+        """Sweep every node that has keys but is neither heard nor answering; returns the nodes swept."""
+        registered = {
+            keys.node_of_node_key(k)
+            for k in await read_values(self.js, self.layout.bucket, keys.NODES_INFO_FILTER)
+        }
+        unheard = sorted(registered - set(self.table.alive()) - {self.node_id})
+        found = await asyncio.gather(*(self.answers_ping(node) for node in unheard))
+        dead = {node for node, alive in zip(unheard, found, strict=True) if not alive}
         for node in dead:
             self._spawn_sweep(node)
         return dead
 
     def _spawn_sweep(self, node: str) -> None:
-        if node in self._sweeping:
+        if node in self._sweeping or self._stopping:
             return
         self._sweeping.add(node)
 
         async def run() -> None:
             try:
-                await self.sweep(node)
-            except _KV_ERRORS as exc:
+                swept = await self.sweep(node)
+                if swept is not None or not await self._exists(keys.node_info_key(node)):
+                    self.table.forget(node)  # gone (by this sweep or another's): no longer silent
+            except _ERRORS as exc:
                 _reraise_if_cancelled()
                 self._on_error("sweep")
-                log.warning("sweep of node %s failed (the next check retries): %s", node, exc)
+                log.warning("sweep of node %s failed (retried): %s", node, exc)
             finally:
                 self._sweeping.discard(node)
 
-        self._tasks.append(asyncio.ensure_future(run()))
         self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.ensure_future(run()))
 
-    # -- sweeping ----------------------------------------------------------------------------------------
+    # -- sweeping --------------------------------------------------------------------------------------
     async def sweep(self, node: str, own: bool = False) -> int | None:
-        """Purge a dead node's entries and publish its connections' disconnect events.
+        """Remove a dead node's keys and publish its connections' disconnect events.
 
-        Returns how many connections were swept, or None when another node holds the claim or the node
+        Returns how many connections were swept, or None when another node holds the claim, or the node
         turned out alive or already swept. ``own`` is this node's start: leftovers of an earlier process
-        with the same id are swept whatever its heartbeat says, once any other sweeper is done.
+        with the same id are swept whatever else is true, once any other sweeper is done.
         """
         if not await self._claim(node, wait=own):
             return None
+        started = time.monotonic()
         try:
             if not own:
                 if not await self._exists(keys.node_info_key(node)):
                     return None  # swept already
-                if await self._exists(keys.node_alive_key(node)):
-                    return None  # it came back
-            entries: dict[str, Any] = {}
-            for key_filter in keys.node_filters(node):
-                entries.update(await snapshot(self.kv, key_filter))
-            lost = lost_connections(node, entries)
-            await self.store.purge_keys(list(entries))
+                if await self.answers_ping(node):
+                    log.info("node %s was silent but answers: not swept", node)
+                    self.table.heard(
+                        node, self.table.alive().get(node, {}), asyncio.get_running_loop().time()
+                    )
+                    return None
+            conns, rooms = await asyncio.gather(
+                read_node(self.store, node, (keys.node_conns_filter(node),)),
+                read_node(self.store, node, (keys.node_rooms_filter(node),)),
+            )
+            decoded = {key: orjson.loads(value) for (_, key), value in conns.items()}
+            lost = lost_connections(node, decoded, (key for _, key in rooms))
             now = utc_now()
             for conn in lost:
                 headers = {h.CONN: conn.conn, h.NODE: node, h.ROUTE: conn.route or "/", h.REMOTE: conn.remote}
@@ -266,20 +312,68 @@ class Liveness:
                     headers[h.USER] = conn.user
                 body = orjson.dumps(conn.disconnect_event(now, self.node_id))
                 await self.bus.publish(self.subjects.client_disconnect, body, headers)
-            await self.store.purge_keys([keys.node_info_key(node)])
+            await self.bus.flush()
+            await drop_node(self.store, node)
+            await self._purge(keys.node_info_key(node))
+            announcement = {"node": node, "by": self.node_id, "connections": len(lost), "at": now}
+            await self.bus.publish(self.subjects.node_swept(node), orjson.dumps(announcement))
             if lost or not own:
-                log.info("swept node %s: %d connections, %d keys", node, len(lost), len(entries))
+                log.info(
+                    "swept node %s: %d connections in %.2fs", node, len(lost), time.monotonic() - started
+                )
             self._on_sweep(node, len(lost))
             return len(lost)
         finally:
-            with contextlib.suppress(*_KV_ERRORS):
-                await self.kv.purge(keys.node_sweep_key(node), msg_ttl=PURGE_MARKER_TTL)
+            with contextlib.suppress(*_ERRORS):
+                await self._purge(keys.node_sweep_key(node))
+
+    async def _on_swept(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        try:
+            node = str(orjson.loads(data)["node"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if node == self.node_id:
+            if not self._stopping:
+                self._tasks = [t for t in self._tasks if not t.done()]
+                self._tasks.append(asyncio.ensure_future(self._restore_soon()))
+            return
+        self.table.forget(node)
+        self._on_node_swept(node)
+
+    async def _restore_soon(self) -> None:
+        with contextlib.suppress(*_ERRORS):
+            await self.check_not_swept()
+
+    async def check_not_swept(self) -> None:
+        """If a survivor swept this node while it was alive (cut off from NATS longer than its TTL),
+        write all its keys back and announce its connections again."""
+        if await self._exists(keys.node_info_key(self.node_id)):
+            return
+        if await self._exists(keys.node_sweep_key(self.node_id)):
+            return  # a sweep is still running: restore after it, on a later beat
+        log.warning("node %s was swept while alive; restoring its presence", self.node_id)
+        await self._put_info()
+        await self.writer.repair(self._local_state, rewrite_all=True)
+        await self._on_restored()
+
+    # -- the entry bucket ------------------------------------------------------------------------------
+    async def _put_info(self) -> None:
+        info = {"node": self.node_id, "started_at": self.started_at}
+        await self.js.publish(
+            keys.kv_subject(self.layout.bucket, keys.node_info_key(self.node_id)), orjson.dumps(info)
+        )
+
+    async def _purge(self, key: str) -> None:
+        headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
+        subject = keys.kv_subject(self.layout.bucket, key)
+        await self.js.publish(subject, b"", headers=headers, msg_ttl=PURGE_MARKER_TTL)
 
     async def _claim(self, node: str, wait: bool) -> bool:
         """Create ``node.<node>.sweep`` if it does not exist (or is deleted): an atomic compare-and-set."""
         claim = orjson.dumps({"by": self.node_id, "at": utc_now()})
-        subject = self.store.prefix + keys.node_sweep_key(node)
-        deadline = asyncio.get_running_loop().time() + CLAIM_TTL
+        subject = keys.kv_subject(self.layout.bucket, keys.node_sweep_key(node))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLAIM_TTL
         while True:
             seq, live = await self._latest(keys.node_sweep_key(node))
             if not live:
@@ -289,24 +383,21 @@ class Liveness:
                     return True
                 except nats.js.errors.BadRequestError:
                     pass  # another node claimed it between our read and our write
-            if not wait or asyncio.get_running_loop().time() > deadline:
+            if not wait or loop.time() > deadline:
                 return False
             await asyncio.sleep(0.2)
 
     async def _latest(self, key: str) -> tuple[int, bool]:
-        """The stream sequence of ``key``'s last message (0 if none) and whether it holds a value.
-
-        nats-py's ``KeyValue.get`` mistakes the marker the server leaves when a TTL runs out for a value
-        (it only knows the ``KV-Operation`` header), so this reads the message and its headers itself.
-        """
+        """The stream sequence of ``key``'s last message (0 if none) and whether it holds a value."""
+        stream, subject = keys.kv_stream(self.layout.bucket), keys.kv_subject(self.layout.bucket, key)
         try:
-            msg = await self.js.get_msg(self.store.stream, subject=self.store.prefix + key)
+            msg = await self.js.get_msg(stream, subject=subject)
         except nats.js.errors.NotFoundError:
             return 0, False
-        return int(msg.seq or 0), not is_removal(msg.headers)
+        return int(msg.seq or 0), not is_removal(msg.headers) and bool(msg.data)
 
     async def _exists(self, key: str) -> bool:
-        return (await self._latest(key))[1]
+        return await get_value(self.js, self.layout.bucket, key) is not None
 
 
 def _reraise_if_cancelled() -> None:

@@ -1,61 +1,70 @@
-"""The presence registry in the JetStream KV bucket, as the gateway writes it.
+"""Where the presence registry's keys are stored: JetStream KV buckets of the layout in
+:mod:`shared.presence_keys`, or memory (for tests of what sits above).
 
-Key layout and value formats are defined in :mod:`shared.presence_keys`. Removal purges a key with a
-short TTL on the purge marker, so watchers see the removal but the bucket does not keep a marker for
-every connection that ever existed.
+A :class:`PresenceStore` does three things, each tested by one contract suite against both
+implementations (``tests/contract/test_presence_store.py``):
+
+- ``apply(writes)``: store a batch of puts and purges, in order, and return once every one is
+  acknowledged (or raise :class:`PresenceWriteError`; some may have landed, and applying the same batch
+  again is safe);
+- ``read(bucket, filter)``: the current value of every key matching a server-side filter;
+- ``drop(bucket, filter)``: remove every key matching a filter at once (a sweep of a dead node's keys).
+  Unlike a purge per key, this leaves no marker, so a live KV watch does not see those keys go.
+
+Removal purges a key with a short TTL on the purge marker, so watchers see it go but the bucket does not
+keep a marker for every connection that ever existed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import nats.errors
 import nats.js.errors
-import orjson
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from gateway.core.presence_writes import Write
 from shared import presence_keys as keys
+from shared.backoff import Backoff
+from shared.presence import read_values
+from shared.presence_keys import Layout
 
 log = logging.getLogger("prism.presence")
 
 PURGE_MARKER_TTL = 60.0
-# How long the server keeps the marker it leaves when a key's TTL runs out (a node's heartbeat).
+# How long the server keeps the marker it leaves when a key's TTL runs out (a node's KV heartbeat).
 MARKER_TTL = 60.0
+# Seconds one batch waits for its acknowledgements before it counts as failed (and is sent again).
+ACK_TIMEOUT = 2.0
+# Writes in flight at once, over every shard: enough to keep the stream leaders busy, few enough that
+# a sweep or a reconnect storm never overflows a stream's intake.
+WINDOW = 1000
+# What nats-py's KeyValue.purge(key, msg_ttl=...) sends.
+_PURGE_HEADERS = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": str(int(PURGE_MARKER_TTL))}
+# The JetStream errors that mean "not now": no leader yet, no quorum, a timeout, no stream responding.
+TRANSIENT_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class ConnRecord:
-    conn: str
-    node: str
-    user: str | None
-    route: str
-    remote: str
-    connected_at: str
+class PresenceWriteError(Exception):
+    """Some writes of a batch were not acknowledged; the batch may be applied again."""
 
 
 class PresenceStore(Protocol):
-    async def register(self, record: ConnRecord) -> None: ...
+    layout: Layout
 
-    async def unregister(self, record: ConnRecord, rooms: set[str]) -> None: ...
+    async def apply(self, writes: Sequence[Write]) -> None: ...
 
-    async def rewrite(self, record: ConnRecord, rooms: set[str]) -> None: ...
+    async def read(self, bucket: str, key_filter: str) -> dict[str, bytes]: ...
 
-    async def purge_keys(self, names: list[str]) -> None: ...
-
-    async def joined(self, record: ConnRecord, room: str) -> None: ...
-
-    async def left(self, record: ConnRecord, room: str) -> None: ...
+    async def drop(self, bucket: str, key_filter: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,119 +72,213 @@ class BucketOptions:
     name: str = keys.BUCKET
     replicas: int = 1
     storage: str = "file"
+    shards: int = keys.DEFAULT_SHARDS
 
 
-async def open_bucket(js: JetStreamContext, options: BucketOptions) -> KeyValue:
-    """Bind to the presence bucket, creating it if no node has yet (safe when many nodes race).
+class KvPresenceStore:
+    """:class:`PresenceStore` over JetStream: writes are KV puts and purges sent without waiting one by
+    one (``publish_async``), at most :data:`WINDOW` in flight, then awaited together."""
 
-    A bucket made before heartbeats existed gets expiry markers switched on (a stream update)."""
+    def __init__(self, js: JetStreamContext, layout: Layout, ack_timeout: float = ACK_TIMEOUT) -> None:
+        self.js = js
+        self.layout = layout
+        self.ack_timeout = ack_timeout
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        if not writes:
+            return
+        pending: list[asyncio.Future[Any]] = []
+        try:
+            for write in writes:
+                subject = keys.kv_subject(write.bucket, write.key)
+                if write.value is None:
+                    ack = await self.js.publish_async(
+                        subject, b"", headers=_PURGE_HEADERS, wait_stall=self.ack_timeout
+                    )
+                else:
+                    ack = await self.js.publish_async(subject, write.value, wait_stall=self.ack_timeout)
+                pending.append(ack)
+        except TRANSIENT_ERRORS as exc:
+            _cancel(pending)
+            raise PresenceWriteError(f"could not send presence writes: {exc!r}") from None
+        done, late = await asyncio.wait(pending, timeout=self.ack_timeout)
+        _cancel(late)
+        failed = [f.exception() for f in done if f.exception() is not None]
+        if late or failed:
+            why = repr(failed[0]) if failed else f"{len(late)} not acknowledged within {self.ack_timeout}s"
+            raise PresenceWriteError(
+                f"{len(late) + len(failed)} of {len(writes)} presence writes failed: {why}"
+            )
+
+    async def read(self, bucket: str, key_filter: str) -> dict[str, bytes]:
+        return await read_values(self.js, bucket, key_filter)
+
+    async def drop(self, bucket: str, key_filter: str) -> None:
+        await self.js.purge_stream(keys.kv_stream(bucket), subject=keys.kv_subject(bucket, key_filter))
+
+
+def _cancel(futures: Sequence[asyncio.Future[Any]] | set[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        future.cancel()  # nats-py forgets a cancelled publish and frees its window slot
+
+
+class MemoryPresenceStore:
+    """:class:`PresenceStore` in memory: the contract suite's reference, and a fake for core tests.
+    ``fail_next`` makes that many following ``apply`` calls fail after applying half their writes, as a
+    batch cut off by a NATS failover would. With ``shuffle`` (a seeded ``random.Random``), each call lets
+    other tasks run a random number of times first, as a real store's varying latency would."""
+
+    def __init__(self, layout: Layout | None = None, shuffle: random.Random | None = None) -> None:
+        self.layout = layout or Layout()
+        self.buckets: dict[str, dict[str, bytes]] = {}
+        self.fail_next = 0
+        self.applied = 0  # writes applied, failed batches included
+        self._shuffle = shuffle
+
+    async def _answer_later(self) -> None:
+        for _ in range(1 + (self._shuffle.randrange(8) if self._shuffle else 0)):
+            await asyncio.sleep(0)
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        await self._answer_later()
+        cut = len(writes) // 2 if self.fail_next else len(writes)
+        for write in writes[:cut]:
+            bucket = self.buckets.setdefault(write.bucket, {})
+            if write.value is None:
+                bucket.pop(write.key, None)
+            else:
+                bucket[write.key] = write.value
+            self.applied += 1
+        if self.fail_next:
+            self.fail_next -= 1
+            raise PresenceWriteError(
+                f"{len(writes) - cut} of {len(writes)} presence writes failed (injected)"
+            )
+
+    async def read(self, bucket: str, key_filter: str) -> dict[str, bytes]:
+        await self._answer_later()
+        match = _filter_regex(key_filter)
+        return {k: v for k, v in self.buckets.get(bucket, {}).items() if match.fullmatch(k)}
+
+    async def drop(self, bucket: str, key_filter: str) -> None:
+        for key in await self.read(bucket, key_filter):
+            self.buckets[bucket].pop(key, None)
+
+
+def _filter_regex(key_filter: str) -> re.Pattern[str]:
+    """NATS subject matching: ``*`` is one token, a final ``>`` one or more tokens."""
+    parts = ["[^.]+" if t == "*" else ".+" if t == ">" else re.escape(t) for t in key_filter.split(".")]
+    return re.compile(r"\.".join(parts))
+
+
+async def drop_node(store: PresenceStore, node: str) -> None:
+    """Remove every connection, user and room key of ``node`` from every shard, a request per filter."""
+    await asyncio.gather(
+        *(store.drop(bucket, f) for bucket in store.layout.shard_buckets for f in keys.node_filters(node))
+    )
+
+
+async def read_node(store: PresenceStore, node: str, filters: Sequence[str]) -> dict[tuple[str, str], bytes]:
+    """(bucket, key) -> value of every key of ``node`` matching ``filters`` (of :func:`keys.node_filters`),
+    read from every shard at once."""
+    buckets = store.layout.shard_buckets
+    reads = [(bucket, f) for bucket in buckets for f in filters]
+    found = await asyncio.gather(*(store.read(bucket, f) for bucket, f in reads))
+    return {
+        (bucket, key): value
+        for (bucket, _), values in zip(reads, found, strict=True)
+        for key, value in values.items()
+    }
+
+
+# -- opening the buckets ---------------------------------------------------------------------------------
+async def open_layout(js: JetStreamContext, options: BucketOptions) -> tuple[Layout, dict[str, KeyValue]]:
+    """Bind to the entry bucket and every shard bucket, creating what no node has yet (safe when many
+    nodes race), and return the layout the entry bucket's ``layout`` key holds with a KeyValue per bucket.
+
+    The first node writes the layout (``options.shards`` shards); every later node takes it from there,
+    whatever its own setting says, so a cluster always agrees on where keys live."""
+    entry = await _open_bucket(js, options.name, options)
+    layout = await _agree_layout(js, entry, options)
+    if layout.shards != options.shards:
+        log.warning(
+            "the presence bucket %s has %d shards; using them (PRISM_PRESENCE_SHARDS=%d applies only to a "
+            "new registry)",
+            options.name,
+            layout.shards,
+            options.shards,
+        )
+    opened = {options.name: entry}
+    for bucket in layout.shard_buckets:
+        opened[bucket] = await _open_bucket(js, bucket, options)
+    return layout, opened
+
+
+async def open_layout_when_ready(
+    js: JetStreamContext, options: BucketOptions, backoff: Backoff | None = None
+) -> tuple[Layout, dict[str, KeyValue]]:
+    """:func:`open_layout`, retried with backoff while JetStream cannot serve it yet (a NATS cluster
+    that is still electing its leaders, or too few servers up for the replicas asked for)."""
+    schedule = (backoff or Backoff(base=0.5, cap=5.0)).schedule()
+    while True:
+        try:
+            return await open_layout(js, options)
+        except (*TRANSIENT_ERRORS, nats.errors.NoRespondersError) as exc:
+            delay = schedule.next_delay() or 5.0
+            log.warning(
+                "presence buckets not available yet (%s); retrying in %.1fs", exc or type(exc).__name__, delay
+            )
+            await asyncio.sleep(delay)
+
+
+async def _agree_layout(js: JetStreamContext, entry: KeyValue, options: BucketOptions) -> Layout:
+    proposed = Layout(options.name, options.shards)
     try:
-        kv = await js.key_value(options.name)
+        await entry.create(keys.LAYOUT_KEY, proposed.to_json())
+    except nats.js.errors.KeyWrongLastSequenceError:
+        found = await entry.get(keys.LAYOUT_KEY)
+        return Layout.from_json(options.name, found.value or b"")
+    log.info(
+        "created presence layout %d with %d shards in bucket %s",
+        proposed.version,
+        proposed.shards,
+        options.name,
+    )
+    await _drop_layout_1_keys(js, options.name)
+    return proposed
+
+
+async def _drop_layout_1_keys(js: JetStreamContext, bucket: str) -> None:
+    """Layout 1 kept connection, user and room keys in the entry bucket itself. They belong to nodes of an
+    older Prism that a layout-2 cluster does not sweep, so the node that creates layout 2 removes them."""
+    for key_filter in ("conn.>", "user.>", "room.>"):
+        await js.purge_stream(keys.kv_stream(bucket), subject=keys.kv_subject(bucket, key_filter))
+
+
+async def _open_bucket(js: JetStreamContext, name: str, options: BucketOptions) -> KeyValue:
+    try:
+        kv = await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
-        return await _create_bucket(js, options)
-    stream = f"KV_{options.name}"
-    info = await js.stream_info(stream)
+        return await _create_bucket(js, name, options)
+    info = await js.stream_info(keys.kv_stream(name))
     if not info.config.subject_delete_marker_ttl or not info.config.allow_msg_ttl:
-        log.info("switching on TTL expiry markers for the existing presence bucket %s", options.name)
+        log.info("switching on TTL expiry markers for the existing presence bucket %s", name)
         await js.update_stream(replace(info.config, subject_delete_marker_ttl=MARKER_TTL, allow_msg_ttl=True))
     return kv
 
 
-async def open_bucket_when_ready(js: JetStreamContext, options: BucketOptions) -> KeyValue:
-    """:func:`open_bucket`, retried with backoff while JetStream cannot serve it yet (a NATS cluster
-    that is still electing its leaders, or too few servers up for the replicas asked for)."""
-    delay = 0.5
-    while True:
-        try:
-            return await open_bucket(js, options)
-        except (nats.js.errors.Error, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            log.warning(
-                "presence bucket %s not available yet (%s); retrying in %.1fs", options.name, exc, delay
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-async def _create_bucket(js: JetStreamContext, options: BucketOptions) -> KeyValue:
+async def _create_bucket(js: JetStreamContext, name: str, options: BucketOptions) -> KeyValue:
     config = KeyValueConfig(
-        bucket=options.name,
+        bucket=name,
         history=1,
-        # The server leaves a marker when a heartbeat's TTL runs out, so watchers see a node die.
+        # The server leaves a marker when a key's TTL runs out (a node's KV heartbeat), so watchers see it go.
         limit_marker_ttl=MARKER_TTL,
         replicas=options.replicas,
         storage=StorageType.MEMORY if options.storage == "memory" else StorageType.FILE,
-        description="Prism presence registry: conn., user., room. keys (see docs/protocol.md)",
+        description="Prism presence registry (layout: the entry bucket's 'layout' key, docs/protocol.md)",
     )
     try:
         return await js.create_key_value(config=config)
     except nats.js.errors.BadRequestError:
         # Another node created it first with the same or a compatible config.
-        return await js.key_value(options.name)
-
-
-class KvPresenceStore:
-    """:class:`PresenceStore` over a JetStream KV bucket.
-
-    One acknowledgement per operation, however many keys it writes: NATS keeps one connection's
-    publishes in order and the stream stores them in order, so every key but the last goes out as a
-    plain publish and the acknowledged last write proves all of them are stored. (A connect writes two
-    keys, a disconnect up to 2 + rooms: this halves the round trips on connect and disconnect.)
-    """
-
-    def __init__(self, kv: KeyValue, nc: NatsClient, bucket: str) -> None:
-        self.kv = kv
-        self.nc = nc
-        self.stream = f"KV_{bucket}"
-        self.prefix = f"$KV.{bucket}."
-
-    async def register(self, record: ConnRecord) -> None:
-        value: dict[str, Any] = {
-            "conn": record.conn,
-            "node": record.node,
-            "user": record.user,
-            "route": record.route,
-            "remote": record.remote,
-            "connected_at": record.connected_at,
-        }
-        if record.user is not None:
-            user_value = {"conn": record.conn, "node": record.node, "connected_at": record.connected_at}
-            await self.nc.publish(
-                self.prefix + keys.user_key(record.user, record.conn), orjson.dumps(user_value)
-            )
-        await self.kv.put(keys.conn_key(record.conn), orjson.dumps(value))
-
-    async def unregister(self, record: ConnRecord, rooms: set[str]) -> None:
-        names = [keys.room_key(room, record.conn) for room in rooms]
-        if record.user is not None:
-            names.append(keys.user_key(record.user, record.conn))
-        await self.purge_keys([*names, keys.conn_key(record.conn)])
-
-    async def rewrite(self, record: ConnRecord, rooms: set[str]) -> None:
-        """Write every key of one open connection again (repair after an outage or a mistaken sweep)."""
-        for room in rooms:
-            await self.nc.publish(self.prefix + keys.room_key(room, record.conn), self._room_value(record))
-        await self.register(record)
-
-    async def purge_keys(self, names: list[str]) -> None:
-        """Purge ``names`` with one acknowledgement (the last one), as :meth:`unregister` does."""
-        if not names:
-            return
-        *rest, last = names
-        for name in rest:
-            await self.nc.publish(self.prefix + name, b"", headers=_PURGE_HEADERS)
-        await self.kv.purge(last, msg_ttl=PURGE_MARKER_TTL)
-
-    def _room_value(self, record: ConnRecord) -> bytes:
-        return orjson.dumps(
-            {"conn": record.conn, "node": record.node, "user": record.user, "joined_at": utc_now()}
-        )
-
-    async def joined(self, record: ConnRecord, room: str) -> None:
-        await self.kv.put(keys.room_key(room, record.conn), self._room_value(record))
-
-    async def left(self, record: ConnRecord, room: str) -> None:
-        await self.kv.purge(keys.room_key(room, record.conn), msg_ttl=PURGE_MARKER_TTL)
-
-
-# What nats-py's KeyValue.purge(key, msg_ttl=...) sends, for purges published without waiting for an ack.
-_PURGE_HEADERS = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": str(int(PURGE_MARKER_TTL))}
+        return await js.key_value(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nats.js.kv import KeyValue
@@ -32,14 +32,14 @@ _RETRY_MAX = 5.0
 class RoomPresence:
     def __init__(
         self,
-        kv: KeyValue,
+        kv_of: Callable[[str], KeyValue],
         flusher: Flusher,
         hub: Hub[LocalConn],
         patterns: Iterable[str],
         debounce: float,
         batch: float,
     ) -> None:
-        self.kv = kv
+        self.kv_of = kv_of  # the shard bucket that holds a room's keys
         self.flusher = flusher
         self.hub = hub
         self.matcher = RoomMatcher(patterns)
@@ -71,6 +71,11 @@ class RoomPresence:
             if task is not None:
                 task.cancel()
 
+    def node_swept(self, node: str) -> None:
+        """``node``'s keys were removed by a sweep, which a watch does not see: its members left."""
+        self.tracker.node_swept(node, self._loop.time())
+        self._arm()
+
     async def stop(self) -> None:
         tasks = list(self._watches.values())
         self._watches.clear()
@@ -87,7 +92,7 @@ class RoomPresence:
         while True:
             watcher: Any = None
             try:
-                watcher = await self.kv.watch(keys.room_filter(room))
+                watcher = await self.kv_of(room).watch(keys.room_filter(room))
                 async for entry in watcher:
                     if self._watches.get(room) is not me:
                         return

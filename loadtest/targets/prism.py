@@ -16,7 +16,6 @@ from loadtest.procstat import machine_cores
 from loadtest.rawnats import RawPublisher
 from loadtest.targets.base import ConnSend, Publisher, ServerProcess, Target, free_port, python, wait_for_port
 from shared.headers import SENT_AT
-from shared.presence import snapshot
 
 
 class NatsPublisher:
@@ -136,8 +135,3 @@ class PrismTarget(Target):
 
         await nc.subscribe("client.event.bench.echo", queue="bench-echo", cb=echo)
         await nc.flush()
-
-    async def presence_count(self, key_filter: str = "conn.bench.*") -> int:
-        nc = await self.nats_client()
-        kv = await nc.jetstream().key_value("presence")
-        return len(await snapshot(kv, key_filter))

@@ -11,9 +11,9 @@ from nats.aio.client import Client as NatsClient
 
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from shared.presence import snapshot, user_connections
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
+from tests.presence_support import reader, registry
 
 
 async def test_backend_closes_one_connection_with_its_code_and_reason(
@@ -85,8 +85,7 @@ async def test_control_for_a_gone_connection_gets_no_responders(
 
 async def presence_keys(nc: NatsClient, key_filter: str = ">") -> dict[str, Any]:
     """Connection keys (the nodes' own ``node.`` keys left out)."""
-    found = await snapshot(await nc.jetstream().key_value("presence"), key_filter)
-    return {k: v for k, v in found.items() if not k.startswith("node.")}
+    return await registry(nc, key_filter)
 
 
 async def test_presence_keys_appear_and_disappear_with_the_connection(
@@ -121,8 +120,7 @@ async def test_presence_keys_appear_and_disappear_with_the_connection(
         return set(await presence_keys(nc)) == {f"conn.{a.conn_id}", f"user.alice.{a.conn_id}"}
 
     await eventually(only_a_left, what="b's presence keys to be removed")
-    kv = await nc.jetstream().key_value("presence")
-    assert set(await user_connections(kv, "alice")) == {a.conn_id}
+    assert set(await (await reader(nc)).user_connections("alice")) == {a.conn_id}
     await a.close()
 
     async def empty() -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Collection
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -10,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.io.outbox import LocalConn
-from gateway.io.presence_store import ConnRecord, PresenceStore
+from gateway.core.presence_writes import ConnRecord
+from gateway.io.presence_writer import PresenceUnavailable
 from gateway.metrics import NAMES, GatewayMetrics, TimedPresence, watch_outbound
 from shared import headers as h
 from shared.backend import PrismBackend
@@ -30,35 +33,40 @@ def test_backend_stamps_sent_at_only_when_asked() -> None:
     assert before <= float(stamped[h.SENT_AT]) <= time.time()
 
 
-class FailingStore:
-    async def register(self, record: ConnRecord) -> None:
-        pass
+class FailingOps:
+    """Presence operations that succeed at once, but for ``unregister``, which fails."""
 
-    async def unregister(self, record: ConnRecord, rooms: set[str]) -> None:
-        raise TimeoutError("kv timeout")
+    def _done(self, error: Exception | None = None) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+        return future
 
-    async def rewrite(self, record: ConnRecord, rooms: set[str]) -> None:
-        pass
+    def register(self, record: ConnRecord) -> asyncio.Future[None]:
+        return self._done()
 
-    async def purge_keys(self, names: list[str]) -> None:
-        pass
+    def unregister(self, record: ConnRecord, rooms: Collection[str]) -> asyncio.Future[None]:
+        return self._done(PresenceUnavailable("kv timeout"))
 
-    async def joined(self, record: ConnRecord, room: str) -> None:
-        pass
+    def joined(self, record: ConnRecord, room: str) -> asyncio.Future[None]:
+        return self._done()
 
-    async def left(self, record: ConnRecord, room: str) -> None:
-        pass
+    def left(self, record: ConnRecord, room: str) -> asyncio.Future[None]:
+        return self._done()
 
 
 async def test_presence_operations_are_timed_failed_ones_too() -> None:
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry, "n1")
-    store = TimedPresence(cast(PresenceStore, FailingStore()), metrics, "n1")
+    ops = TimedPresence(FailingOps(), metrics, "n1")
     record = ConnRecord("n1.a", "n1", "alice", "/ws", "127.0.0.1:1", "2026-01-01T00:00:00Z")
-    await store.register(record)
-    await store.joined(record, "lobby")
-    with pytest.raises(TimeoutError):
-        await store.unregister(record, set())
+    await ops.register(record)
+    await ops.joined(record, "lobby")
+    with pytest.raises(PresenceUnavailable):
+        await ops.unregister(record, set())
+    await asyncio.sleep(0)  # futures done before they were awaited run their callbacks on the next pass
     count = NAMES["presence_op_latency"] + "_count"
     assert value(registry, count, node="n1", op="register") == 1
     assert value(registry, count, node="n1", op="join") == 1

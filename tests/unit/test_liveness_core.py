@@ -1,31 +1,59 @@
-"""Tests for gateway.core.liveness: dead nodes, what a dead node's keys say, repairing a node's keys."""
+"""Tests for gateway.core.liveness: who is silent and who may judge, and what a dead node's keys say."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from gateway.core.liveness import (
-    LOST_CLOSE_CODE,
-    LocalState,
-    dead_nodes,
-    expected_keys,
-    lost_connections,
-    repair,
-)
+from gateway.core.liveness import LOST_CLOSE_CODE, BeatTable, beat_interval, lost_connections
 from shared import presence_keys as keys
 
-
-def test_dead_nodes_are_registered_without_heartbeat_and_never_this_one() -> None:
-    assert dead_nodes({"a", "b", "c", "me"}, {"a"}, "me") == {"b", "c"}
-    assert dead_nodes({"a"}, {"a", "b"}, "me") == set()
-    assert dead_nodes({"me"}, set(), "me") == set()
+TTL = 6.0
 
 
-def test_lost_connections_groups_keys_by_connection() -> None:
-    entries: dict[str, Any] = {
+def linked_table(now: float = 0.0) -> BeatTable:
+    table = BeatTable("me", TTL)
+    table.link_up(now)
+    return table
+
+
+def test_a_node_is_silent_once_unheard_for_longer_than_its_ttl() -> None:
+    table = linked_table()
+    table.heard("a", {"node": "a", "ttl": TTL}, 0.0)
+    table.heard("b", {"node": "b", "ttl": 20}, 0.0)  # its own, longer TTL counts
+    for t in range(0, 10):
+        table.heard("me", {"node": "me"}, float(t))
+    assert table.silent(TTL) == []
+    assert table.silent(9.0) == ["a"]
+    table.heard("a", {"node": "a"}, 9.0)
+    assert table.silent(9.0) == []
+
+
+def test_nobody_is_judged_by_a_node_that_just_linked_or_no_longer_hears_itself() -> None:
+    table = linked_table(now=100.0)
+    table.heard("a", {"node": "a"}, 0.0)  # heard long ago
+    table.heard("me", {"node": "me"}, 100.0)
+    assert table.silent(101.0) == []  # linked for 1 s only: it may have missed a's beats
+    table.heard("me", {"node": "me"}, 106.5)
+    assert table.silent(107.0) == ["a"]
+    # Its own beats stop coming back (its link to NATS is broken): it judges nobody.
+    assert table.silent(107.0 + 2 * beat_interval(TTL) + 2) == []
+    table.link_down()
+    table.heard("me", {"node": "me"}, 120.0)
+    assert table.silent(120.0) == []
+
+
+def test_a_node_that_stopped_or_was_swept_is_forgotten() -> None:
+    table = linked_table()
+    table.heard("a", {"node": "a", "connections": 3}, 0.0)
+    assert table.alive()["a"]["connections"] == 3
+    table.forget("a")
+    assert "a" not in table.alive()
+    table.heard("me", {"node": "me"}, 20.0)
+    assert table.silent(20.0) == []
+
+
+def test_lost_connections_come_from_conn_keys_with_the_rooms_of_room_keys() -> None:
+    conns: dict[str, Any] = {
         keys.conn_key("n1.a"): {
             "conn": "n1.a",
             "node": "n1",
@@ -34,12 +62,10 @@ def test_lost_connections_groups_keys_by_connection() -> None:
             "remote": "127.0.0.1:5000",
             "connected_at": "2026-11-22T10:00:00.000Z",
         },
-        keys.user_key("alice", "n1.a"): {"conn": "n1.a", "node": "n1", "connected_at": "x"},
-        keys.room_key("lobby", "n1.a"): {"conn": "n1.a", "user": "alice"},
-        keys.room_key("vip", "n1.a"): {"conn": "n1.a", "user": "alice"},
         keys.conn_key("n1.b"): {"conn": "n1.b", "node": "n1", "user": None, "route": "/ws"},
     }
-    lost = lost_connections("n1", entries)
+    rooms = [keys.room_key("lobby", "n1.a"), keys.room_key("vip", "n1.a"), keys.room_key("x", "n1.gone")]
+    lost = lost_connections("n1", conns, rooms)
     assert [c.conn for c in lost] == ["n1.a", "n1.b"]
     alice, anonymous = lost
     assert alice.user == "alice"
@@ -54,42 +80,11 @@ def test_lost_connections_groups_keys_by_connection() -> None:
     assert event["node"] == "n1"
 
 
-def test_a_half_closed_connection_is_still_reported() -> None:
-    # The conn key went, the room key did not: the connection is still named, with its user.
-    lost = lost_connections("n1", {keys.room_key("lobby", "n1.a"): {"user": "bob"}})
-    assert len(lost) == 1
-    assert lost[0].user == "bob"
-    assert lost[0].rooms == {"lobby"}
+def test_room_keys_without_a_conn_key_name_no_connection() -> None:
+    # The conn key is written last on open and purged last on close: without it, the connection was
+    # never announced, or its close already was.
+    assert lost_connections("n1", {}, [keys.room_key("lobby", "n1.a")]) == []
 
 
 def test_keys_of_other_nodes_are_ignored() -> None:
-    assert lost_connections("n1", {keys.conn_key("n10.a"): {}}) == []
-
-
-def test_expected_keys_and_repair() -> None:
-    states = [
-        LocalState("n1.a", "alice", frozenset({"lobby"})),
-        LocalState("n1.b", None, frozenset()),
-    ]
-    expected = expected_keys(states)
-    assert set(expected) == {
-        keys.conn_key("n1.a"),
-        keys.user_key("alice", "n1.a"),
-        keys.room_key("lobby", "n1.a"),
-        keys.conn_key("n1.b"),
-    }
-    actual = {keys.conn_key("n1.a"), keys.conn_key("n1.gone"), keys.user_key("carol", "n1.gone")}
-    fix = repair(expected, actual)
-    assert fix.missing == sorted(set(expected) - actual)
-    assert fix.extra == sorted([keys.conn_key("n1.gone"), keys.user_key("carol", "n1.gone")])
-
-
-names = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=8)
-
-
-@given(st.sets(names, max_size=6), st.sets(names, max_size=6))
-def test_repair_makes_actual_equal_expected(expected: set[str], actual: set[str]) -> None:
-    fix = repair(expected, actual)
-    assert (actual - set(fix.extra)) | set(fix.missing) == expected
-    assert not set(fix.missing) & actual
-    assert not set(fix.extra) & expected
+    assert lost_connections("n1", {keys.conn_key("n10.a"): {}}, []) == []

@@ -55,3 +55,38 @@ def test_node_conns_filter_matches_only_that_nodes_conn_keys() -> None:
     assert filter_matches(pattern, keys.conn_key("n1.abc"))
     assert not filter_matches(pattern, keys.conn_key("n2.abc"))
     assert not filter_matches(pattern, keys.user_key("n1", "n1.abc"))
+
+
+def test_fnv1a32_matches_the_published_test_vectors() -> None:
+    # From the FNV reference (http://www.isthe.com/chongo/tech/comp/fnv/): any language can check its own.
+    assert keys.fnv1a32("") == 0x811C9DC5
+    assert keys.fnv1a32("a") == 0xE40C292C
+    assert keys.fnv1a32("foobar") == 0xBF9CF968
+
+
+def test_each_name_lives_in_the_shard_of_its_hash() -> None:
+    layout = keys.Layout("presence", 16)
+    assert layout.shard_buckets[0] == "presence-0"
+    assert layout.shard_buckets[-1] == "presence-15"
+    assert layout.bucket_of("alice") == f"presence-{keys.fnv1a32('alice') % 16}"
+    assert layout.bucket_of_key(keys.conn_key("n1.abc")) == layout.bucket_of("n1.abc")
+    assert layout.bucket_of_key(keys.user_key("alice", "n1.abc")) == layout.bucket_of("alice")
+    assert layout.bucket_of_key(keys.room_key("lobby", "n1.abc")) == layout.bucket_of("lobby")
+    assert layout.bucket_of_key(keys.node_info_key("n1")) == "presence"
+
+
+def test_names_spread_evenly_over_the_shards() -> None:
+    layout = keys.Layout("presence", 16)
+    counts = [0] * 16
+    for i in range(16_000):
+        counts[layout.shard_buckets.index(layout.bucket_of(f"user{i}"))] += 1
+    assert max(counts) < 1.15 * 1000 and min(counts) > 0.85 * 1000
+
+
+def test_the_layout_round_trips_and_refuses_what_it_cannot_read() -> None:
+    layout = keys.Layout("presence", 8)
+    assert keys.Layout.from_json("presence", layout.to_json()) == layout
+    with pytest.raises(ValueError, match="not one this version reads"):
+        keys.Layout.from_json("presence", b'{"version":3,"shards":8,"hash":"fnv1a32"}')
+    with pytest.raises(ValueError, match="not one this version reads"):
+        keys.Layout.from_json("presence", b'{"version":2,"shards":0,"hash":"fnv1a32"}')
