@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -152,3 +153,63 @@ def _wait_for_port(process: subprocess.Popen[bytes], ports_dir: Path, timeout: f
         except (FileNotFoundError, json.JSONDecodeError, KeyError, IndexError):
             time.sleep(0.02)  # waiting on another process's file: no event to wait on
     raise TimeoutError(f"nats-server did not report its port within {timeout}s")
+
+
+@dataclass
+class NatsCluster:
+    """Several nats-servers with JetStream, routed to each other on loopback (tests and benchmarks).
+    A server that was killed can be started again on its ports and store with :meth:`restart`."""
+
+    workdir: Path
+    servers: list[NatsServer]
+    names: list[str]
+    routes: list[str]
+    cluster: str
+    log_dir: Path | None = None
+
+    @property
+    def urls(self) -> str:
+        return ",".join(s.url for s in self.servers)
+
+    @classmethod
+    def start(
+        cls, workdir: Path, size: int = 3, cluster: str = "prism", log_dir: Path | None = None
+    ) -> NatsCluster:
+        cluster_ports = [_free_port() for _ in range(size)]
+        routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports]
+        made = cls(workdir, [], [f"n{i}" for i in range(size)], routes, cluster, log_dir)
+        try:
+            for i in range(size):
+                made.servers.append(made._launch(i, cluster_ports[i]))
+        except BaseException:
+            made.stop()
+            raise
+        return made
+
+    def _launch(self, i: int, cluster_port: int, client_port: int = -1) -> NatsServer:
+        return NatsServer.start(
+            self.workdir / f"nats{i}",
+            name=self.names[i],
+            cluster=self.cluster,
+            cluster_port=cluster_port,
+            routes=[r for j, r in enumerate(self.routes) if j != i],
+            client_port=client_port,
+            log_file=self.log_dir / f"nats{i}.log" if self.log_dir else None,
+        )
+
+    def restart(self, i: int) -> NatsServer:
+        """Start server ``i`` again (after :meth:`NatsServer.kill`) on the same ports and store."""
+        old = self.servers[i]
+        assert old.cluster_port is not None
+        self.servers[i] = self._launch(i, old.cluster_port, old.client_port)
+        return self.servers[i]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

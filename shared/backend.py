@@ -127,9 +127,44 @@ class PrismBackend:
         """``{"user","online","connections":[{"conn","node","connected_at"}]}``."""
         return await self._query(self.subjects.presence_user(user_id), b"", timeout)
 
-    async def room_presence(self, room: str, timeout: float = 5.0) -> dict[str, Any]:
-        """``{"room","count","users","members":[{"conn","node","user","joined_at"}]}``."""
-        return await self._query(self.subjects.presence_room(room), b"", timeout)
+    async def room_presence(
+        self, room: str, timeout: float = 5.0, page_size: int | None = None
+    ) -> dict[str, Any]:
+        """``{"room","count","users","members":[{"conn","node","user","joined_at"}],"pages"}``: every page
+        of the answer (a large room's comes as one message per ``page_size`` members) put together.
+        ``timeout`` bounds the wait for each page."""
+        body = orjson.dumps({"page_size": page_size}) if page_size is not None else b""
+        inbox = self.nc.new_inbox()
+        pages: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_page(msg: Msg) -> None:
+            pages.put_nowait(msg.data)
+
+        sub = await self.nc.subscribe(inbox, cb=on_page)
+        try:
+            await self.nc.publish(self.subjects.presence_room(room), body, reply=inbox)
+            members: list[Any] = []
+            users: set[str] = set()
+            while True:
+                try:
+                    answer: dict[str, Any] = orjson.loads(await asyncio.wait_for(pages.get(), timeout))
+                except TimeoutError:
+                    raise nats.errors.TimeoutError from None
+                if "error" in answer:
+                    raise PresenceQueryError(str(answer["error"]), str(answer.get("message", "")))
+                members += answer["members"]
+                users.update(answer["users"])
+                if answer.get("page", 1) >= answer.get("pages", 1):
+                    break
+        finally:
+            await sub.unsubscribe()
+        return {
+            "room": room,
+            "count": answer["count"],
+            "users": sorted(users),
+            "members": members,
+            "pages": answer.get("pages", 1),
+        }
 
     async def online(self, user_ids: list[str], timeout: float = 5.0) -> dict[str, bool]:
         """Which of (at most 100) users have at least one open connection."""

@@ -7,11 +7,16 @@ permissions. ``python -m shared.nats_permissions [PREFIX] [BUCKET]`` prints the 
 Roles:
 
 - ``gateway``: a gateway node. Subscribes to deliveries, control and presence queries; publishes client
-  traffic and lifecycle events; writes the presence bucket and manages its own watches on it; answers
-  requests (receipts, control replies, presence answers) through ``allow_responses``.
+  traffic and lifecycle events; beats, pings and announces sweeps on ``node.>``; writes the presence
+  buckets (the entry bucket and every shard), purges a dead node's keys from them, and manages its own
+  watches on them; answers requests (receipts, control replies, presence answers, pings) through
+  ``allow_responses``.
 - ``backend``: a service that reaches clients. Publishes deliveries, control and presence queries, and
   notifications (``notify.user.*``, ``notify.room.*``, ``notify.broadcast``); subscribes to client traffic
-  and lifecycle events; may read the presence bucket (filtered watches, direct gets) but never write it.
+  and lifecycle events; may read the presence buckets (filtered watches, direct gets) but never write them.
+
+The presence registry is one entry bucket and ``shards`` shard buckets (:mod:`shared.presence_keys`);
+stream names cannot be matched by part of a token, so each bucket is listed.
 - ``notification``: the notification service. Creates and updates its three streams, pulls from its
   durable consumer and acks, publishes deliveries (with receipts), inbox copies and dead letters, reads
   and deletes inbox messages, and takes ``client.connect`` events. Nothing else: it does not read the
@@ -25,6 +30,8 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+
+from shared.presence_keys import DEFAULT_SHARDS, Layout
 
 INBOX = "_INBOX.>"
 
@@ -64,27 +71,45 @@ def _kv_read(bucket: str) -> tuple[str, ...]:
     )
 
 
-def gateway(prefix: str = "", bucket: str = "presence") -> Permissions:
+def _buckets(bucket: str, shards: int) -> tuple[str, ...]:
+    return (bucket, *Layout(bucket, shards).shard_buckets)
+
+
+def _kv_write(bucket: str) -> tuple[str, ...]:
+    """What a gateway publishes to write a presence bucket: keys, the stream's creation and update, and
+    filtered purges (a dead node's keys, at once)."""
     stream = f"KV_{bucket}"
+    return (
+        f"$KV.{bucket}.>",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.UPDATE.{stream}",
+        f"$JS.API.STREAM.PURGE.{stream}",
+    )
+
+
+def gateway(prefix: str = "", bucket: str = "presence", shards: int = DEFAULT_SHARDS) -> Permissions:
+    buckets = _buckets(bucket, shards)
     return Permissions(
         publish=(
             f"{prefix}client.>",
-            f"$KV.{bucket}.>",
-            f"$JS.API.STREAM.CREATE.{stream}",
-            f"$JS.API.STREAM.UPDATE.{stream}",
-            *_kv_read(bucket),
+            f"{prefix}node.>",
+            *(s for b in buckets for s in _kv_write(b)),
+            *(s for b in buckets for s in _kv_read(b) if s != "$JS.API.INFO"),
+            "$JS.API.INFO",
         ),
         subscribe=(
             *_deliveries(prefix),
             f"{prefix}control.conn.*.*.*",
             f"{prefix}control.user.*.*",
             f"{prefix}presence.>",
+            f"{prefix}node.>",
             INBOX,
         ),
     )
 
 
-def backend(prefix: str = "", bucket: str = "presence") -> Permissions:
+def backend(prefix: str = "", bucket: str = "presence", shards: int = DEFAULT_SHARDS) -> Permissions:
+    buckets = _buckets(bucket, shards)
     return Permissions(
         publish=(
             *_deliveries(prefix),
@@ -93,7 +118,8 @@ def backend(prefix: str = "", bucket: str = "presence") -> Permissions:
             f"{prefix}notify.user.*",
             f"{prefix}notify.room.*",
             f"{prefix}notify.broadcast",
-            *_kv_read(bucket),
+            *(s for b in buckets for s in _kv_read(b) if s != "$JS.API.INFO"),
+            "$JS.API.INFO",
         ),
         subscribe=(f"{prefix}client.>", INBOX),
     )
@@ -138,13 +164,21 @@ def notification(
 
 
 ROLES = {"gateway": gateway, "backend": backend, "notification": notification}
+ROLES_WITH_PRESENCE = {"gateway": gateway, "backend": backend}
 
 
-def render_users(passwords: dict[str, str], prefix: str = "", bucket: str = "presence") -> str:
+def render_users(
+    passwords: dict[str, str], prefix: str = "", bucket: str = "presence", shards: int = DEFAULT_SHARDS
+) -> str:
     """A nats-server ``authorization`` block with one user per role (user name = role name)."""
     lines = ["authorization {", "  users = ["]
-    for role, make in ROLES.items():
-        permissions = json.dumps(make(prefix, bucket).as_config(), indent=2)
+    for role in ROLES:
+        made = (
+            notification(prefix, bucket)
+            if role == "notification"
+            else ROLES_WITH_PRESENCE[role](prefix, bucket, shards)
+        )
+        permissions = json.dumps(made.as_config(), indent=2)
         body = permissions.replace("\n", "\n    ")
         lines.append(f'    {{user: "{role}", password: "{passwords[role]}", permissions: {body}}}')
     lines += ["  ]", "}"]
@@ -154,4 +188,7 @@ def render_users(passwords: dict[str, str], prefix: str = "", bucket: str = "pre
 if __name__ == "__main__":
     args = sys.argv[1:]
     placeholder = {role: f"<{role} password>" for role in ROLES}
-    print(render_users(placeholder, *args[:2]), end="")
+    prefix = args[0] if args else ""
+    bucket = args[1] if len(args) > 1 else "presence"
+    shards = int(args[2]) if len(args) > 2 else DEFAULT_SHARDS
+    print(render_users(placeholder, prefix, bucket, shards), end="")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -38,3 +39,22 @@ async def node_keys(nc: NatsClient, node: str, bucket: str = keys.BUCKET) -> dic
         found.update(await registry(nc, key_filter, bucket))
     found.update(await entry(nc, f"node.{node}.*", bucket))
     return found
+
+
+def expected_keys(conns: Iterable[tuple[str, str | None, Iterable[str]]]) -> set[str]:
+    """The connection, user and room keys that open connections (conn id, user, rooms) must have."""
+    found: set[str] = set()
+    for conn, user, rooms in conns:
+        found.add(keys.conn_key(conn))
+        if user is not None:
+            found.add(keys.user_key(user, conn))
+        found.update(keys.room_key(room, conn) for room in rooms)
+    return found
+
+
+async def put_keys(nc: NatsClient, values: dict[str, bytes], bucket: str = keys.BUCKET) -> None:
+    """Write keys straight into the bucket that holds each (a dead node's leftovers, a forged entry)."""
+    layout = (await reader(nc, bucket)).layout
+    js = nc.jetstream()
+    for key, value in values.items():
+        await js.publish(keys.kv_subject(layout.bucket_of_key(key), key), value)

@@ -108,7 +108,7 @@ class Liveness:
         announce this one, and start beating and listening."""
         if await self.answers_ping(self.node_id):
             raise ConfigError(f"node id {self.node_id!r} is taken by a running node; give each node its own")
-        await self.sweep(self.node_id, own=True)
+        await self.sweep(self.node_id, force=True)
         await self._put_info()
         loop = asyncio.get_running_loop()
         self._subs = [
@@ -203,8 +203,13 @@ class Liveness:
             return
         if beat.get("stopped"):
             self.table.forget(node)
-        else:
-            self.table.heard(node, beat, asyncio.get_running_loop().time())
+            return
+        new = node not in self.table.peers
+        self.table.heard(node, beat, asyncio.get_running_loop().time())
+        if new and node != self.node_id and not self._stopping:
+            # A node that just started knows nobody yet: beat now, so it need not wait a beat interval.
+            with contextlib.suppress(*_ERRORS):
+                await self._beat()
 
     async def _on_ping(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
         if reply:
@@ -279,18 +284,19 @@ class Liveness:
         self._tasks.append(asyncio.ensure_future(run()))
 
     # -- sweeping --------------------------------------------------------------------------------------
-    async def sweep(self, node: str, own: bool = False) -> int | None:
+    async def sweep(self, node: str, force: bool = False) -> int | None:
         """Remove a dead node's keys and publish its connections' disconnect events.
 
         Returns how many connections were swept, or None when another node holds the claim, or the node
-        turned out alive or already swept. ``own`` is this node's start: leftovers of an earlier process
-        with the same id are swept whatever else is true, once any other sweeper is done.
+        turned out alive or already swept. ``force`` sweeps whatever the node's ``info`` key and pings
+        say, once any other sweeper is done: this node's start uses it for the leftovers of an earlier
+        process with its id.
         """
-        if not await self._claim(node, wait=own):
+        if not await self._claim(node, wait=force):
             return None
         started = time.monotonic()
         try:
-            if not own:
+            if not force:
                 if not await self._exists(keys.node_info_key(node)):
                     return None  # swept already
                 if await self.answers_ping(node):
@@ -317,7 +323,7 @@ class Liveness:
             await self._purge(keys.node_info_key(node))
             announcement = {"node": node, "by": self.node_id, "connections": len(lost), "at": now}
             await self.bus.publish(self.subjects.node_swept(node), orjson.dumps(announcement))
-            if lost or not own:
+            if lost or node != self.node_id:
                 log.info(
                     "swept node %s: %d connections in %.2fs", node, len(lost), time.monotonic() - started
                 )

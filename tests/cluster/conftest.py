@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.embedded_nats import NatsServer
+from gateway.embedded_nats import NatsCluster
 from loadtest.targets.base import free_port
 from tests.helpers import alive, kill_process_tree
 
@@ -98,34 +98,11 @@ async def gateway_process(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
             await kill_process_tree(gateway.proc)
 
 
-@dataclass
-class NatsCluster:
-    servers: list[NatsServer]
-
-    @property
-    def urls(self) -> str:
-        return ",".join(s.url for s in self.servers)
-
-
 @pytest.fixture
 def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     """Three nats-servers with JetStream, routed to each other on loopback."""
-    cluster_ports = [free_port() for _ in range(3)]
-    routes = [f"nats://127.0.0.1:{p}" for p in cluster_ports]
-    servers: list[NatsServer] = []
+    cluster = NatsCluster.start(tmp_path, 3, "prism-test", log_dir=tmp_path)
     try:
-        for i, port in enumerate(cluster_ports):
-            servers.append(
-                NatsServer.start(
-                    tmp_path / f"nats{i}",
-                    name=f"n{i}",
-                    cluster="prism-test",
-                    cluster_port=port,
-                    routes=[r for j, r in enumerate(routes) if j != i],
-                    log_file=tmp_path / f"nats{i}.log",
-                )
-            )
-        yield NatsCluster(servers)
+        yield cluster
     finally:
-        for server in servers:
-            server.stop()
+        cluster.stop()

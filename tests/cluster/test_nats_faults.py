@@ -16,31 +16,26 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from gateway.config import GatewayConfig
-from gateway.core.liveness import LocalState, expected_keys
-from gateway.embedded_nats import NatsServer
-from gateway.io.presence_store import BucketOptions, open_bucket_when_ready
+from gateway.embedded_nats import NatsCluster, NatsServer
 from gateway.node import Node
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from shared.presence import snapshot
-from tests.cluster.conftest import NatsCluster
 from tests.helpers import eventually
+from tests.presence_support import expected_keys, registry
 
 pytestmark = pytest.mark.cluster
 
 
 def expected(nodes: list[Node]) -> set[str]:
-    states = [
-        LocalState(conn_id, member.handle.user, frozenset(member.rooms))
+    return expected_keys(
+        (conn_id, member.handle.user, member.rooms)
         for node in nodes
         for conn_id, member in node.hub.conns.items()
-    ]
-    return set(expected_keys(states))
+    )
 
 
 async def connection_keys(nc: NatsClient) -> set[str]:
-    kv = await open_bucket_when_ready(nc.jetstream(), BucketOptions())
-    return {k for k in await snapshot(kv) if not k.startswith("node.")}
+    return set(await registry(nc))
 
 
 async def start_node(urls: str, node_id: str, **settings: Any) -> Node:

@@ -14,24 +14,16 @@ import pytest
 from nats.aio.msg import Msg
 
 from gateway.core.liveness import LOST_CLOSE_CODE
-from gateway.io.presence_store import BucketOptions, open_bucket
 from shared import presence_keys as keys
 from shared.backend import PresenceQueryError, PrismBackend
 from shared.client import PrismClient
 from shared.close_codes import CloseCode
-from shared.presence import snapshot
 from tests.cluster.conftest import GatewayFactory
 from tests.conftest import NodeFactory
 from tests.helpers import eventually
+from tests.presence_support import node_keys, put_keys, registry
 
 pytestmark = pytest.mark.cluster
-
-
-async def node_keys(kv: Any, node: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key_filter in (*keys.node_filters(node), f"node.{node}.*"):
-        found.update(await snapshot(kv, key_filter))
-    return found
 
 
 async def connect_clients(url: str, count: int) -> list[PrismClient]:
@@ -57,17 +49,15 @@ async def test_sigkilled_node_is_swept_once_within_the_bound(
         events.append(orjson.loads(msg.data))
 
     await nc.subscribe("client.disconnect", cb=on_disconnect)
-    kv = await open_bucket(nc.jetstream(), BucketOptions())
     clients = await connect_clients(victim.url, 30)
     conns = {c.conn_id for c in clients}
-    await eventually(lambda: node_keys(kv, "victim"), what="the victim's keys")
-    assert len([k for k in await node_keys(kv, "victim") if k.startswith("conn.")]) == 30
+    assert len([k for k in await node_keys(nc, "victim") if k.startswith("conn.")]) == 30
 
     await victim.kill()
     killed = time.monotonic()
 
     async def swept() -> bool:
-        return not await node_keys(kv, "victim") and {e["conn"] for e in events} >= conns
+        return not await node_keys(nc, "victim") and {e["conn"] for e in events} >= conns
 
     await eventually(swept, timeout=10, what="the survivors to sweep the dead node")
     elapsed = time.monotonic() - killed
@@ -100,7 +90,7 @@ async def test_sigkilled_node_is_swept_once_within_the_bound(
 async def test_sigterm_drains_and_leaves_nothing_behind(
     nats_server: Any, make_node: NodeFactory, gateway_process: GatewayFactory
 ) -> None:
-    await make_node()
+    survivor = await make_node()
     gateway = await gateway_process(nats_server.url, "leaving", drain_seconds=1)
     nc = await nats.connect(nats_server.url)
     events: list[dict[str, Any]] = []
@@ -109,15 +99,20 @@ async def test_sigterm_drains_and_leaves_nothing_behind(
         events.append(orjson.loads(msg.data))
 
     await nc.subscribe("client.disconnect", cb=on_disconnect)
-    kv = await open_bucket(nc.jetstream(), BucketOptions())
     clients = await connect_clients(gateway.url, 10)
     started = time.monotonic()
     assert await gateway.terminate() == 0
     print(f"drained 10 clients and exited in {time.monotonic() - started:.2f}s")
     for client in clients:
         assert await client.wait_closed() == CloseCode.SERVICE_RESTART
-    assert await node_keys(kv, "leaving") == {}
+    assert await node_keys(nc, "leaving") == {}
     await eventually(lambda: len(events) == 10, what="a disconnect event per client")
+    # Nobody sweeps a node that stopped cleanly: no second event, ever.
+    assert survivor.liveness is not None
+    assert "leaving" not in survivor.liveness.table.alive()
+    assert await survivor.liveness.check() == set()
+    await nc.flush()
+    assert sorted(e["conn"] for e in events) == sorted(c.conn_id for c in clients)
     assert {e["code"] for e in events} == {CloseCode.SERVICE_RESTART}
     await nc.close()
 
@@ -125,27 +120,33 @@ async def test_sigterm_drains_and_leaves_nothing_behind(
 async def test_leftovers_of_dead_nodes_are_swept_by_a_starting_node(
     nats_server: Any, make_node: NodeFactory
 ) -> None:
+    first = await make_node(node_id="first")  # creates the registry, then stops: nobody is watching
+    await first.stop()
     nc = await nats.connect(nats_server.url)
-    kv = await open_bucket(nc.jetstream(), BucketOptions(storage="memory"))
-    # A node that died while no other node was running: entries and an info key, no heartbeat.
-    await kv.put(keys.node_info_key("ghost"), b'{"node":"ghost"}')
+    # A node that died while no other node was running: keys and an info key, no heartbeat.
     conn = {"conn": "ghost.a", "node": "ghost", "user": "zoe", "route": "/ws", "remote": ""}
-    await kv.put(keys.conn_key("ghost.a"), orjson.dumps(conn))
-    await kv.put(keys.user_key("zoe", "ghost.a"), b"{}")
-    await kv.put(keys.room_key("lobby", "ghost.a"), b'{"user":"zoe"}')
-    # ... and an earlier process with the id the new node will take.
-    await kv.put(keys.node_info_key("node1"), b'{"node":"node1"}')
-    await kv.put(keys.conn_key("node1.old"), b'{"conn":"node1.old","node":"node1","user":null}')
+    await put_keys(
+        nc,
+        {
+            keys.node_info_key("ghost"): b'{"node":"ghost"}',
+            keys.conn_key("ghost.a"): orjson.dumps(conn),
+            keys.user_key("zoe", "ghost.a"): b"{}",
+            keys.room_key("lobby", "ghost.a"): b'{"user":"zoe"}',
+            # ... and an earlier process with the id the new node will take.
+            keys.node_info_key("node1"): b'{"node":"node1"}',
+            keys.conn_key("node1.old"): b'{"conn":"node1.old","node":"node1","user":null}',
+        },
+    )
     events: list[dict[str, Any]] = []
 
     async def on_disconnect(msg: Msg) -> None:
         events.append(orjson.loads(msg.data))
 
     await nc.subscribe("client.disconnect", cb=on_disconnect)
-    await make_node(node_id="node1")
+    await make_node(node_id="node1", node_ttl=2)  # judges others once it has listened for a TTL
     await eventually(lambda: len(events) == 2, what="disconnect events for both leftovers")
-    assert await node_keys(kv, "ghost") == {}
-    assert keys.conn_key("node1.old") not in await snapshot(kv, "conn.>")
+    assert await node_keys(nc, "ghost") == {}
+    assert keys.conn_key("node1.old") not in await registry(nc)
     by_conn = {e["conn"]: e for e in events}
     assert by_conn["ghost.a"]["user"] == "zoe"
     assert by_conn["ghost.a"]["rooms"] == ["lobby"]
@@ -156,10 +157,7 @@ async def test_leftovers_of_dead_nodes_are_swept_by_a_starting_node(
 async def test_a_node_swept_while_alive_restores_its_presence(
     nats_server: Any, make_node: NodeFactory
 ) -> None:
-    # node_ttl long enough that node1 does not beat again during the test on its own.
-    lapsed = await make_node(node_ttl=120)
-    other = await make_node()
-    assert lapsed.liveness is not None
+    lapsed, other = await make_node(), await make_node()
     assert other.liveness is not None
     nc = await nats.connect(nats_server.url)
     connects: list[dict[str, Any]] = []
@@ -168,26 +166,22 @@ async def test_a_node_swept_while_alive_restores_its_presence(
         connects.append(orjson.loads(msg.data))
 
     await nc.subscribe("client.connect", cb=on_connect)
-    kv = await open_bucket(nc.jetstream(), BucketOptions())
     client = await PrismClient.connect(f"ws://127.0.0.1:{lapsed.port}/ws", user="ada")
     await client.join("lab")
-    before = await node_keys(kv, "node1")
-    # Its heartbeat lapses (a long pause, a partition) and a survivor sweeps it.
-    await kv.purge(keys.node_alive_key("node1"))
-
-    async def swept() -> bool:  # the survivor saw the heartbeat go and swept node1 on its own
-        return not [k for k in await node_keys(kv, "node1") if k != keys.node_alive_key("node1")]
-
-    await eventually(swept, what="the survivor to sweep the lapsed node")
+    before = await node_keys(nc, "node1")
+    # As if node1 had been cut off from NATS for longer than its TTL: a survivor sweeps it.
+    assert await other.liveness.sweep("node1", force=True) == 1
     assert other.registry.get_sample_value("prism_presence_swept_connections_total", {"node": "node2"}) == 1
-    # On its next beat it finds itself swept and writes everything back, announcing the connection again.
-    await lapsed.liveness.beat()
-    await lapsed.liveness.check_not_swept()
-    assert set(await node_keys(kv, "node1")) >= set(before)
+    # It hears of its sweep and writes everything back, announcing the connection again.
+
+    async def restored() -> bool:
+        return set(await node_keys(nc, "node1")) >= set(before)
+
+    await eventually(restored, what="node1 to write its keys back")
     await eventually(lambda: any(e.get("restored") for e in connects), what="a restored connect event")
-    restored = next(e for e in connects if e.get("restored"))
-    assert restored["conn"] == client.conn_id
-    assert restored["rooms"] == ["lab"]
+    restored_event = next(e for e in connects if e.get("restored"))
+    assert restored_event["conn"] == client.conn_id
+    assert restored_event["rooms"] == ["lab"]
     await client.close()
     await nc.close()
 
@@ -224,10 +218,7 @@ async def test_presence_queries_answer_from_the_whole_cluster(
         answer = await ask("presence.cluster")
         return answer if answer["totals"] == {"nodes": 2, "connections": 3} else None
 
-    for node in (first, second):  # heartbeats carry the counts; beat now rather than wait
-        assert node.liveness is not None
-        await node.liveness.beat()
-    cluster = await eventually(totals, what="cluster totals")
+    cluster = await eventually(totals, what="cluster totals (heartbeats carry the counts)")
     assert [n["node"] for n in cluster["nodes"]] == ["node1", "node2"]
     assert (await ask("presence.user.bad*name"))["error"] == "invalid_name"
     assert (await ask("presence.online", {"users": "ann"}))["error"] == "invalid_query"

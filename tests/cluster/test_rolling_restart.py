@@ -11,14 +11,12 @@ from typing import Any
 import nats
 import pytest
 
-from gateway.core.liveness import LocalState, expected_keys
-from gateway.io.presence_store import BucketOptions, open_bucket
 from shared.backend import PrismBackend
 from shared.backoff import Backoff
 from shared.client import ConnState, PrismClient
-from shared.presence import snapshot
 from tests.cluster.conftest import GatewayFactory
 from tests.helpers import eventually
+from tests.presence_support import expected_keys, registry
 
 pytestmark = pytest.mark.cluster
 
@@ -44,15 +42,13 @@ async def test_rolling_restart_of_three_nodes_with_300_clients(
         clients.append(client)
 
     nc = await nats.connect(nats_server.url)
-    kv = await open_bucket(nc.jetstream(), BucketOptions())
     backend = PrismBackend(nc)
 
     def expected() -> set[str]:
-        states = [LocalState(c.conn_id, c.user, frozenset(c.rooms)) for c in clients]
-        return set(expected_keys(states))
+        return expected_keys((c.conn_id, c.user, c.rooms) for c in clients)
 
     async def bucket() -> set[str]:
-        return {k for k in await snapshot(kv) if not k.startswith("node.")}
+        return set(await registry(nc))
 
     async def settled() -> bool:
         if any(c.state is not ConnState.CONNECTED for c in clients):

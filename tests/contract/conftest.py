@@ -9,7 +9,14 @@ from typing import Any
 import nats
 import pytest
 
-from gateway.io.presence_store import WINDOW, BucketOptions, KvPresenceStore, MemoryPresenceStore, PresenceStore, open_layout
+from gateway.io.presence_store import (
+    WINDOW,
+    BucketOptions,
+    KvPresenceStore,
+    MemoryPresenceStore,
+    PresenceStore,
+    open_layout,
+)
 from shared.presence_keys import Layout
 
 SHARDS = 4

@@ -26,7 +26,10 @@ async def test_puts_are_read_back_by_filter_in_their_bucket(store: PresenceStore
     a, b = keys.user_key("alice", "n1.a"), keys.user_key("alice", "n2.b")
     other = keys.user_key("alice2", "n1.c")
     await store.apply([put(store, a, b'{"n":1}'), put(store, b), put(store, other)])
-    assert await store.read(store.layout.bucket_of("alice"), keys.user_filter("alice")) == {a: b'{"n":1}', b: b"{}"}
+    assert await store.read(store.layout.bucket_of("alice"), keys.user_filter("alice")) == {
+        a: b'{"n":1}',
+        b: b"{}",
+    }
     assert await store.read(store.layout.bucket_of("nobody"), keys.user_filter("nobody")) == {}
 
 
@@ -39,7 +42,9 @@ async def test_a_purge_removes_the_key_and_purging_nothing_is_fine(store: Presen
 
 async def test_writes_of_a_batch_apply_in_order(store: PresenceStore) -> None:
     first, second = keys.room_key("lobby", "n1.a"), keys.room_key("lobby", "n1.b")
-    await store.apply([put(store, first), purge(store, first), purge(store, second), put(store, second, b"2")])
+    await store.apply(
+        [put(store, first), purge(store, first), purge(store, second), put(store, second, b"2")]
+    )
     assert await everything(store) == {second: b"2"}
 
 
@@ -68,7 +73,9 @@ async def test_node_filters_select_exactly_one_nodes_keys(store: PresenceStore) 
 
 
 async def test_dropping_a_node_removes_its_keys_in_every_shard_and_nothing_else(store: PresenceStore) -> None:
-    mine = [keys.conn_key(f"n1.c{i}") for i in range(50)] + [keys.room_key(f"r{i}", f"n1.c{i}") for i in range(50)]
+    mine = [keys.conn_key(f"n1.c{i}") for i in range(50)] + [
+        keys.room_key(f"r{i}", f"n1.c{i}") for i in range(50)
+    ]
     mine += [keys.user_key(f"u{i}", f"n1.c{i}") for i in range(50)]
     theirs = [keys.conn_key("n2.a"), keys.room_key("r1", "n2.a"), keys.user_key("u1", "n2.a")]
     await store.apply([put(store, k) for k in mine + theirs])

@@ -45,9 +45,16 @@ async def expected_keys(store: PresenceStore, hub: Hub) -> set[str]:
     return {key for _, key in pw.expected_writes(store.layout, hub.state(), "t")}
 
 
-async def test_changes_are_stored_in_the_order_they_were_handed_over(store: PresenceStore, writer: PresenceWriter) -> None:
+async def test_changes_are_stored_in_the_order_they_were_handed_over(
+    store: PresenceStore, writer: PresenceWriter
+) -> None:
     alice = record(1)
-    done = [writer.register(alice), writer.joined(alice, "lobby"), writer.left(alice, "lobby"), writer.joined(alice, "vip")]
+    done = [
+        writer.register(alice),
+        writer.joined(alice, "lobby"),
+        writer.left(alice, "lobby"),
+        writer.joined(alice, "vip"),
+    ]
     await asyncio.gather(*done)
     assert set(await everything(store)) == {
         keys.conn_key(alice.conn),
@@ -74,7 +81,11 @@ async def test_writes_that_keep_failing_fail_the_change_and_ask_for_a_repair() -
     store = MemoryPresenceStore()
     asked: list[bool] = []
     writer = PresenceWriter(
-        store, "n1", retry_for=0.05, on_failure=lambda: asked.append(True), backoff=Backoff(base=0.001, cap=0.01)
+        store,
+        "n1",
+        retry_for=0.05,
+        on_failure=lambda: asked.append(True),
+        backoff=Backoff(base=0.001, cap=0.01),
     )
     writer.start()
     store.fail_next = 1_000_000

@@ -31,10 +31,12 @@ from gateway.node import Node
 from notification_service.config import NotifyConfig
 from notification_service.publisher import Notifier
 from notification_service.service import NotifyService
-from shared import presence
+from shared import presence_keys as keys
 from shared.backend import PrismBackend
 from shared.client import PrismClient
 from shared.nats_permissions import render_users
+from shared.presence import PresenceReader
+from shared.presence_keys import Layout
 from tests.helpers import eventually
 
 PASSWORDS = {
@@ -119,21 +121,17 @@ async def test_gateway_and_backend_work_under_least_privilege(
     assert (await backend.user_presence("ada"))["online"] is True
     assert (await backend.room_presence("lab"))["count"] == 2
     assert (await backend.cluster_presence())["totals"]["nodes"] == 2
-    kv = await nc.jetstream().key_value("presence")
-    assert set(await presence.user_connections(kv, "bob")) == {bob.conn_id}  # backends may read it
-    # A sweep and a self-restore, as after a death that was not one (a gateway's own credentials).
-    gw = await nats.connect(least_privilege_nats.url, user="gateway", password=PASSWORDS["gateway"])
-    await (await gw.jetstream().key_value("presence")).purge("node.node1.alive")
-    await gw.close()
+    registry = await PresenceReader.open(nc)
+    assert set(await registry.user_connections("bob")) == {bob.conn_id}  # backends may read it
+    # A sweep and a self-restore, as after a death that was not one (with a gateway's own credentials).
     assert nodes[0].liveness is not None
     assert nodes[1].liveness is not None
-    metric = "prism_presence_swept_connections_total"
-    await eventually(
-        lambda: nodes[1].registry.get_sample_value(metric, {"node": "node2"}) == 1,
-        what="node2 to sweep node1 when its heartbeat went",
-    )
-    await nodes[0].liveness.check_not_swept()
-    assert set(await presence.user_connections(kv, "ada")) == {ada.conn_id}
+    assert await nodes[1].liveness.sweep("node1", force=True) == 1
+
+    async def restored() -> bool:
+        return set(await registry.user_connections("ada")) == {ada.conn_id}
+
+    await eventually(restored, what="node1 to write its keys back after the sweep")
     await backend.close_conn(bob.conn_id)
     await eventually(lambda: bob.close_code is not None, what="the control close")
     await eventually(lambda: lifecycle.count("client.disconnect") == 1, what="bob's disconnect event")
@@ -202,12 +200,11 @@ async def test_a_backend_cannot_write_presence_or_pose_as_a_gateway(
     nc = await nats.connect(
         least_privilege_nats.url, user="backend", password=PASSWORDS["backend"], error_cb=on_error
     )
-    await nc.publish("$KV.presence.conn.node1.forged", b"{}")
+    await nc.publish(keys.kv_subject(Layout().bucket_of("node1.forged"), "conn.node1.forged"), b"{}")
     await nc.publish("client.connect", b"{}")
     await nc.subscribe("conn.node1.*")  # refused asynchronously: the server reports it
     await eventually(lambda: len(violations(tmp_path)) >= 3, what="the server to refuse all three")
-    kv = await nc.jetstream().key_value("presence")
-    assert "conn.node1.forged" not in await presence.snapshot(kv, "conn.>")
+    assert await (await PresenceReader.open(nc)).connection("node1.forged") is None
     await nc.close()
 
 

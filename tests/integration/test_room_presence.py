@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client as NatsClient
-from nats.js.kv import KeyValue
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -21,9 +20,10 @@ from gateway.node import Node
 from shared import frames
 from shared import presence_keys as keys
 from shared.backend import PrismBackend
-from shared.presence import room_members
+from shared.presence import PresenceReader
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
+from tests.presence_support import put_keys
 
 FAST = {"presence_batch": 0.05}
 
@@ -107,10 +107,6 @@ class Member:
 
     def sees(self, room: str, *users: str) -> bool:
         return self.views.get(room) == set(users)
-
-
-async def presence_kv(nc: NatsClient) -> KeyValue:
-    return await nc.jetstream().key_value(keys.BUCKET)
 
 
 async def test_a_joiner_gets_a_snapshot_that_lists_itself_and_the_others(make_node: NodeFactory) -> None:
@@ -205,7 +201,7 @@ async def test_a_leave_is_announced_only_after_the_debounce(make_node: NodeFacto
 async def _reconnect_case(make_node: NodeFactory, nc: NatsClient, drain_node: bool) -> None:
     settings = {"room_presence": ("lobby",), "presence_debounce": 2.0, **FAST}
     one, two = await make_node(**settings), await make_node(**settings)
-    kv = await presence_kv(nc)
+    registry = await PresenceReader.open(nc)
     watcher = await Member.connect(two, "watcher")
     await watcher.join("lobby")
     alice = await Member.connect(one, "alice")
@@ -221,7 +217,7 @@ async def _reconnect_case(make_node: NodeFactory, nc: NatsClient, drain_node: bo
         await alice.close()
 
     async def alice_gone() -> bool:
-        return alice.conn_id not in await room_members(kv, "lobby")
+        return alice.conn_id not in await registry.room_members("lobby")
 
     await eventually(alice_gone, what="alice's membership key purged")
     # Erin's join comes after alice's purge in the bucket, so the frame announcing it is flushed after
@@ -256,17 +252,18 @@ async def test_a_node_restart_whose_clients_reconnect_elsewhere_announces_nothin
     await _reconnect_case(make_node, nc, drain_node=True)
 
 
-async def test_keys_purged_by_a_sweep_become_leaves(make_node: NodeFactory, nc: NatsClient) -> None:
-    """The bucket is the source of truth: a member on a node that died shows up, and leaves when the
-    survivors' sweep purges its key."""
+async def test_keys_removed_by_a_sweep_become_leaves(make_node: NodeFactory, nc: NatsClient) -> None:
+    """The registry is the source of truth: a member on a node that died shows up, and leaves when a
+    survivor's sweep removes its keys (a filtered purge, which the room's watch does not see: the sweep's
+    announcement tells the node)."""
     node = await make_node(room_presence=("lobby",), presence_debounce=0.2, **FAST)
-    kv = await presence_kv(nc)
     ghost = {"conn": "ghost.c1", "node": "ghost", "user": "gus", "joined_at": "2025-01-15T09:30:00.000Z"}
-    await kv.put(keys.room_key("lobby", "ghost.c1"), orjson.dumps(ghost))
+    await put_keys(nc, {keys.room_key("lobby", "ghost.c1"): orjson.dumps(ghost)})
     alice = await Member.connect(node, "alice")
     await alice.join("lobby")
     await eventually(lambda: alice.sees("lobby", "alice", "gus"), what="the snapshot with gus")
-    await kv.purge(keys.room_key("lobby", "ghost.c1"))
+    assert node.liveness is not None
+    await node.liveness.sweep("ghost", force=True)
     await eventually(lambda: alice.sees("lobby", "alice"), what="gus's leave")
     await alice.close()
 

@@ -11,8 +11,8 @@ from typing import Any, cast
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.io.outbox import LocalConn
 from gateway.core.presence_writes import ConnRecord
+from gateway.io.outbox import LocalConn
 from gateway.io.presence_writer import PresenceUnavailable
 from gateway.metrics import NAMES, GatewayMetrics, TimedPresence, watch_outbound
 from shared import headers as h

@@ -66,7 +66,9 @@ names = st.text("abcdefghij", min_size=1, max_size=3)
 
 
 @given(st.sets(names, max_size=5), st.sets(st.tuples(names, names), max_size=8))
-def test_repair_makes_the_buckets_equal_what_is_expected(users: set[str], actual: set[tuple[str, str]]) -> None:
+def test_repair_makes_the_buckets_equal_what_is_expected(
+    users: set[str], actual: set[tuple[str, str]]
+) -> None:
     states = [LocalState(ConnRecord(f"n1.{u}", "n1", u, "/", "", ""), frozenset({u})) for u in users]
     expected = pw.expected_writes(LAYOUT, states, "t")
     fix = pw.repair(expected, actual)
