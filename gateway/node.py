@@ -365,7 +365,7 @@ class Node:
             "rooms": len(self.hub.rooms),
         }
 
-    def _on_sweep(self, node: str, conns: int) -> None:
+    def _on_sweep(self, node: str, conns: int, seconds: float) -> None:
         if node != self.node_id:
             self.metrics.presence_sweeps.labels(node=self.node_id).inc()
             self.metrics.presence_swept_connections.labels(node=self.node_id).inc(conns)

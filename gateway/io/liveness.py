@@ -74,7 +74,7 @@ class Liveness:
         local_state: Callable[[], Iterable[LocalState]],
         on_restored: Callable[[], Awaitable[None]],
         on_node_swept: Callable[[str], None] = lambda node: None,
-        on_sweep: Callable[[str, int], None] = lambda node, conns: None,
+        on_sweep: Callable[[str, int, float], None] = lambda node, conns, seconds: None,
         on_error: Callable[[str], None] = lambda op: None,
     ) -> None:
         self.node_id = node_id
@@ -132,6 +132,12 @@ class Liveness:
             self.table.link_up(asyncio.get_running_loop().time())
         else:
             self.table.link_down()
+
+    async def halt(self) -> None:
+        """Stop beating and judging at once, leaving every key as it is (a forced exit)."""
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(tasks)
 
     async def stop(self) -> None:
         """Stop beating; remove this node's ``info`` and KV heartbeat, and tell the others it is gone.
@@ -323,11 +329,10 @@ class Liveness:
             await self._purge(keys.node_info_key(node))
             announcement = {"node": node, "by": self.node_id, "connections": len(lost), "at": now}
             await self.bus.publish(self.subjects.node_swept(node), orjson.dumps(announcement))
+            took = time.monotonic() - started
             if lost or node != self.node_id:
-                log.info(
-                    "swept node %s: %d connections in %.2fs", node, len(lost), time.monotonic() - started
-                )
-            self._on_sweep(node, len(lost))
+                log.info("swept node %s: %d connections in %.2fs", node, len(lost), took)
+            self._on_sweep(node, len(lost), took)
             return len(lost)
         finally:
             with contextlib.suppress(*_ERRORS):

@@ -85,19 +85,22 @@ class KvPresenceStore:
         self.ack_timeout = ack_timeout
 
     async def apply(self, writes: Sequence[Write]) -> None:
-        if not writes:
-            return
+        for start in range(0, len(writes), WINDOW):
+            await self._apply_window(writes[start : start + WINDOW], len(writes))
+
+    async def _apply_window(self, writes: Sequence[Write], total: int) -> None:
+        """Send ``writes`` (at most :data:`WINDOW`) back to back, then wait for their acknowledgements.
+
+        No await in between can yield: the semaphore of ``publish_async`` always has room (the window
+        before this one is settled) and nats-py only buffers, so they leave in one socket write."""
         pending: list[asyncio.Future[Any]] = []
         try:
             for write in writes:
                 subject = keys.kv_subject(write.bucket, write.key)
                 if write.value is None:
-                    ack = await self.js.publish_async(
-                        subject, b"", headers=_PURGE_HEADERS, wait_stall=self.ack_timeout
-                    )
+                    pending.append(await self.js.publish_async(subject, b"", headers=_PURGE_HEADERS))
                 else:
-                    ack = await self.js.publish_async(subject, write.value, wait_stall=self.ack_timeout)
-                pending.append(ack)
+                    pending.append(await self.js.publish_async(subject, write.value))
         except TRANSIENT_ERRORS as exc:
             _cancel(pending)
             raise PresenceWriteError(f"could not send presence writes: {exc!r}") from None
@@ -106,9 +109,7 @@ class KvPresenceStore:
         failed = [f.exception() for f in done if f.exception() is not None]
         if late or failed:
             why = repr(failed[0]) if failed else f"{len(late)} not acknowledged within {self.ack_timeout}s"
-            raise PresenceWriteError(
-                f"{len(late) + len(failed)} of {len(writes)} presence writes failed: {why}"
-            )
+            raise PresenceWriteError(f"presence writes failed ({len(late) + len(failed)} of {total}): {why}")
 
     async def read(self, bucket: str, key_filter: str) -> dict[str, bytes]:
         return await read_values(self.js, bucket, key_filter)

@@ -34,8 +34,8 @@ from shared.timestamps import utc_now
 
 log = logging.getLogger("prism.presence_writer")
 
-# Writes sent as one pipelined batch at most; more wait for the next batch.
-MAX_BATCH = 2000
+# Writes sent as one batch at most (the store pipelines them a window at a time); more wait their turn.
+MAX_BATCH = 4000
 
 
 class PresenceUnavailable(Exception):
@@ -110,6 +110,12 @@ class PresenceWriter:
         await self.flush()
         task, self._task = self._task, None
         await cancel_and_wait([task])
+
+    async def halt(self) -> None:
+        """Stop at once; whatever is queued is dropped (a forced exit)."""
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait([task])
 
     async def flush(self) -> None:
         """Return once everything handed over so far is done."""

@@ -1,15 +1,18 @@
 """A rolling restart of 3 gateway processes under 300 reconnecting Python clients: at the end every
 client is connected, every room membership is restored, and the presence bucket matches reality exactly
-(no ghost, none missing)."""
+(no ghost, none missing), and every connection was announced once and disconnected once."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 import nats
+import orjson
 import pytest
+from nats.aio.msg import Msg
 
 from shared.backend import PrismBackend
 from shared.backoff import Backoff
@@ -29,6 +32,21 @@ async def test_rolling_restart_of_three_nodes_with_300_clients(
 ) -> None:
     settings = {"drain_seconds": 2, "presence_storage": "memory"}
     gateways = [await gateway_process(nats_server.url, f"g{i}", **settings) for i in (1, 2, 3)]
+    # Every lifecycle event, to check that each connection is announced once and disconnected once.
+    nc = await nats.connect(nats_server.url)
+    connects: Counter[str] = Counter()
+    disconnects: Counter[str] = Counter()
+    swept: list[dict[str, Any]] = []
+
+    async def on_event(msg: Msg) -> None:
+        event = orjson.loads(msg.data)
+        (connects if msg.subject == "client.connect" else disconnects)[event["conn"]] += 1
+        if "swept_by" in event:
+            swept.append(event)
+
+    await nc.subscribe("client.connect", cb=on_event)
+    await nc.subscribe("client.disconnect", cb=on_event)
+    await nc.flush()
     urls = [g.url for g in gateways]
     backoff = Backoff(base=0.05, cap=1.0)
     clients: list[PrismClient] = []
@@ -41,7 +59,6 @@ async def test_rolling_restart_of_three_nodes_with_300_clients(
             await client.join("everyone-even")
         clients.append(client)
 
-    nc = await nats.connect(nats_server.url)
     backend = PrismBackend(nc)
 
     def expected() -> set[str]:
@@ -82,4 +99,13 @@ async def test_rolling_restart_of_three_nodes_with_300_clients(
         return not await bucket()
 
     await eventually(empty, what="the bucket to empty")
+    await eventually(
+        lambda: set(disconnects) == set(connects), what="a disconnect event for every connection"
+    )
+    await nc.flush()
+    print(f"{len(connects)} connections over the restart, {sum(disconnects.values())} disconnect events")
+    assert len(connects) >= 2 * CLIENTS
+    assert set(connects.values()) == {1}
+    assert set(disconnects.values()) == {1}, {c: n for c, n in disconnects.items() if n != 1}
+    assert swept == []  # draining nodes sweep nobody, themselves included
     await nc.close()

@@ -1,0 +1,297 @@
+"""The presence registry benchmark: KV writes per connect and reconnect, connect and reconnect rates,
+the per-leader write ceiling, sweep times, and a projection for a million connections.
+
+    python -m loadtest.registry_bench                 # 3 nats-servers (R3, file storage) on loopback
+    python -m loadtest.registry_bench --quick         # smaller counts, for a smoke run
+
+Everything runs against a NATS cluster this command starts in a temp dir and stops. Nodes are
+:class:`~loadtest.registry.RegistryNode`: a gateway node's writer, heartbeats and sweeps without its
+WebSocket server, so that tens of thousands of connections can be registered without sockets. The
+ceiling of one stream leader is measured with a raw NATS client (acknowledged KV puts pipelined in a
+window), so that Python's cost per write is not what is measured. Figures go to stdout as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlparse
+
+import nats
+
+from gateway.embedded_nats import NatsCluster
+from gateway.io.presence_store import BucketOptions, open_layout_when_ready
+from loadtest.registry import RegistryNode
+from shared import presence_keys as keys
+
+# A conn key's value, as large as a real one.
+VALUE = (
+    b'{"conn":"bench.c1","node":"bench","user":"u1","route":"/ws","remote":"127.0.0.1:1",'
+    b'"connected_at":"2026-01-01T00:00:00.000Z"}'
+)
+
+
+# -- the raw writer for the ceiling -----------------------------------------------------------------------
+class _AckCounter(asyncio.Protocol):
+    """Counts the JetStream acknowledgements that come back on ``_INBOX.kvbench.*``, without parsing
+    more than the MSG line and a search for ``"error"``."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.acks = 0
+        self.errors = 0
+        self.pong = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        start = 0
+        while True:
+            end = buf.find(b"\r\n", start)
+            if end < 0:
+                break
+            line = bytes(buf[start:end])
+            if line.startswith(b"MSG "):
+                size = int(line.rsplit(b" ", 1)[1])
+                if len(buf) < end + 2 + size + 2:
+                    break
+                payload = bytes(buf[end + 2 : end + 2 + size])
+                if b'"error"' in payload:
+                    self.errors += 1
+                else:
+                    self.acks += 1
+                start = end + 2 + size + 2
+                self.changed.set()
+                continue
+            if line == b"PING" and self.transport is not None:
+                self.transport.write(b"PONG\r\n")
+            elif line == b"PONG":
+                self.pong.set()
+            start = end + 2
+        del buf[:start]
+
+
+async def raw_put_rate(url: str, buckets: list[str], seconds: float, window: int) -> dict[str, float]:
+    """Acknowledged KV puts per second into ``buckets`` (round robin), at most ``window`` in flight."""
+    parsed = urlparse(url)
+    loop = asyncio.get_running_loop()
+    transport, counter = await loop.create_connection(
+        _AckCounter, parsed.hostname or "127.0.0.1", parsed.port or 4222
+    )
+    transport.write(
+        b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\nSUB _INBOX.kvbench.* 1\r\nPING\r\n'
+    )
+    await counter.pong.wait()
+    subjects = [f"$KV.{b}.conn.bench.".encode() for b in buckets]
+    sent = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        room = window - (sent - counter.acks - counter.errors)
+        if room <= 0:
+            counter.changed.clear()
+            await counter.changed.wait()
+            continue
+        chunk = []
+        for i in range(sent, sent + room):
+            subject = subjects[i % len(subjects)] + b"c%d" % (i % 100_000)
+            chunk.append(b"PUB %s _INBOX.kvbench.%d %d\r\n%s\r\n" % (subject, i, len(VALUE), VALUE))
+        transport.write(b"".join(chunk))
+        sent += room
+        await asyncio.sleep(0)
+    while counter.acks + counter.errors < sent and time.perf_counter() < deadline + 10:
+        counter.changed.clear()
+        await asyncio.wait_for(counter.changed.wait(), 10)
+    elapsed = time.perf_counter() - started
+    transport.close()
+    return {
+        "acks": counter.acks,
+        "errors": counter.errors,
+        "seconds": elapsed,
+        "rate": counter.acks / elapsed,
+    }
+
+
+# -- scenarios -------------------------------------------------------------------------------------------
+@dataclass
+class Bench:
+    urls: str
+    options: BucketOptions
+    quick: bool
+
+    async def node(self, node_id: str, options: BucketOptions | None = None) -> RegistryNode:
+        return await RegistryNode.start(self.urls, node_id, options or self.options)
+
+    async def writes_per_change(self) -> dict[str, float]:
+        node = await self.node("wpc")
+        count = 500
+        named = await node.connect([f"user{i}" for i in range(count)], rooms=("lobby",))
+        per_connect = node.writes / count
+        before = node.writes
+        await node.close(named)
+        await node.connect([f"user{i}" for i in range(count)], rooms=("lobby",))
+        per_reconnect = (node.writes - before) / count
+        anon_before = node.writes
+        await node.connect([None] * count)
+        per_anonymous = (node.writes - anon_before) / count
+        await node.stop()
+        return {
+            "connect_1_room": per_connect,
+            "reconnect_1_room": per_reconnect,
+            "connect_anonymous": per_anonymous,
+        }
+
+    async def connect_rates(self, count: int, options: BucketOptions, label: str) -> dict[str, float]:
+        """One node's connect storm and reconnect storm through the real writer (Python included)."""
+        node = await self.node(f"rate-{label}", options)
+        users = [f"user{i}" for i in range(count)]
+        started = time.perf_counter()
+        records = await node.connect(users, rooms=("lobby",))
+        connects = count / (time.perf_counter() - started)
+        started = time.perf_counter()
+        await node.close(records)
+        await node.connect(users, rooms=("lobby",))
+        reconnects = count / (time.perf_counter() - started)
+        await node.stop()
+        return {"connects_per_s": connects, "reconnects_per_s": reconnects}
+
+    async def ceiling(self, buckets: list[str], workers: int, seconds: float) -> dict[str, float]:
+        """Acknowledged puts per second into ``buckets`` from ``workers`` processes at once."""
+        url = self.urls.split(",")[0]
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "loadtest.registry_bench",
+                "--worker",
+                url,
+                ",".join(buckets),
+                str(seconds),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for _ in range(workers)
+        ]
+        results = [json.loads((await p.communicate())[0]) for p in procs]
+        return {
+            "rate": sum(r["rate"] for r in results),
+            "errors": sum(r["errors"] for r in results),
+        }
+
+    async def sweep(self, count: int) -> dict[str, float]:
+        """A node of ``count`` connections (half named, one room each) dies; two survivors sweep it."""
+        survivors = [await self.node(f"survivor{i}") for i in (1, 2)]
+        victim = await self.node(f"victim{count}")
+        nc = await nats.connect(servers=self.urls.split(","))
+        seen: set[str] = set()
+
+        async def on_disconnect(msg: Any) -> None:
+            seen.add(json.loads(msg.data)["conn"])
+
+        await nc.subscribe("client.disconnect", cb=on_disconnect)
+        records = await victim.connect([f"u{i}" if i % 2 else None for i in range(count)], rooms=("lobby",))
+        conns = {r.conn for r in records}
+        await victim.kill()
+        died = time.perf_counter()
+        while not seen >= conns or not (survivors[0].sweeps or survivors[1].sweeps):
+            await asyncio.sleep(0.05)  # a benchmark's sampling interval, not a test's synchronisation
+            if time.perf_counter() - died > 120:
+                raise TimeoutError(f"sweep of {count} incomplete after 120 s ({len(seen)} events)")
+        events_done = time.perf_counter()
+        sweep_seconds = max(s for node in survivors for _, s in node.sweeps)
+        js = nc.jetstream()
+        layout, _ = await open_layout_when_ready(js, self.options)
+        leftover = 0
+        for bucket in layout.shard_buckets:
+            info = await js.stream_info(
+                keys.kv_stream(bucket), subjects_filter=keys.kv_subject(bucket, "*.*.victim*.>")
+            )
+            leftover += len(info.state.subjects or {})
+        await nc.close()
+        for node in survivors:
+            await node.stop()
+        return {
+            "connections": count,
+            "death_to_complete_s": events_done - died,
+            "sweep_s": sweep_seconds,
+            "leftover_keys": leftover,
+        }
+
+
+def projection(ceiling: float, writes_per_reconnect: float, shards: int) -> dict[str, float]:
+    """1,000,000 connections on 20-50 nodes, 10,000 reconnects/s (a deploy): the write load per leader."""
+    reconnects = 10_000
+    total = reconnects * writes_per_reconnect
+    per_leader = total / shards
+    return {"writes_per_s": total, "per_leader": per_leader, "headroom": ceiling / per_leader}
+
+
+async def run(quick: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="prism-registry-bench-") as tmp:
+        cluster = NatsCluster.start(Path(tmp), 3, "bench")
+        try:
+            options = BucketOptions(replicas=3, storage="file")
+            bench = Bench(cluster.urls, options, quick)
+            # Create the registry and every bucket before anything is timed.
+            first = await bench.node("setup")
+            await first.stop()
+            shards, cpus = options.shards, os.cpu_count()
+            print(f"# registry benchmark: 3 nats-servers, R3 file storage, {shards} shards, cpus={cpus}")
+            writes = await bench.writes_per_change()
+            print("writes per change:", json.dumps(writes))
+            one = BucketOptions(name="single", replicas=3, storage="file", shards=1)
+            await (await bench.node("setup-single", one)).stop()
+            seconds = 3.0 if quick else 8.0
+            ceiling_one = await bench.ceiling(["single-0"], 2, seconds)
+            print("ceiling, 1 bucket (1 leader), 2 writers:", json.dumps(ceiling_one))
+            ceiling_all = await bench.ceiling(
+                list(keys.Layout("presence", options.shards).shard_buckets), 2, seconds
+            )
+            print(f"ceiling, {options.shards} buckets, 2 writers:", json.dumps(ceiling_all))
+            count = 2_000 if quick else 10_000
+            for label, opts in (("16 shards", options), ("1 shard", one)):
+                print(
+                    f"connect/reconnect storm, one node, {label}:",
+                    json.dumps(await bench.connect_rates(count, opts, label.split()[0])),
+                )
+            for count in (2_000,) if quick else (10_000, 50_000):
+                print("sweep:", json.dumps(await bench.sweep(count)))
+            for shards in (1, options.shards):
+                print(
+                    f"projection, {shards} shard(s):",
+                    json.dumps(projection(ceiling_one["rate"], writes["reconnect_1_room"], shards)),
+                )
+        finally:
+            cluster.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.registry_bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts and shorter phases")
+    parser.add_argument("--worker", nargs=3, metavar=("URL", "BUCKETS", "SECONDS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        url, buckets, seconds = args.worker
+        result = asyncio.run(raw_put_rate(url, buckets.split(","), float(seconds), window=1000))
+        print(json.dumps(result))
+        return 0
+    asyncio.run(run(args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
