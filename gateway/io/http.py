@@ -1,5 +1,9 @@
 """Plain HTTP on the gateway's port: /healthz, /readyz, /metrics, the static files (the browser SDK and
-the console, gateway/io/static.py), and the checks made before an upgrade."""
+the console, gateway/io/static.py), and the checks made before an upgrade.
+
+One request per TCP connection: websockets closes the connection after any answer but ``101``, so every
+answer says ``Connection: close`` (RFC 9112 section 9.6) and keep-alive clients open a new connection for
+their next request instead of writing into a closed one ("socket hang up")."""
 
 from __future__ import annotations
 
@@ -55,6 +59,12 @@ class HttpRoutes:
         self.not_ready_reason = not_ready_reason
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._answer(connection, request)
+        if response is not None and "Connection" not in response.headers:
+            response.headers["Connection"] = "close"  # see the module docstring
+        return response
+
+    def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         route, query = split_path(request.path)
         if route in self.ws_routes:
             if not self.is_ready():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import urllib.error
 import urllib.request
 
@@ -18,6 +19,7 @@ from shared.close_codes import CloseCode
 from shared.lifecycle import State
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
+from tests.security.tokens import SECRET
 
 
 def metric_value(node: Node, name: str, **labels: str) -> float:
@@ -85,6 +87,56 @@ async def test_health_ready_metrics_and_unknown_paths(make_node: NodeFactory) ->
         status, body = await asyncio.to_thread(http_get, node, "/nope")
         assert status == 404
         assert "/ws" in body
+
+
+def etag_of(node: Node, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.port}{path}", timeout=5) as response:
+        return str(response.headers["ETag"])
+
+
+def twice_on_one_connection(port: int, path: str, headers: dict[str, str]) -> list[tuple[int, str | None]]:
+    """GET ``path`` twice through one keep-alive HTTP/1.1 client (http.client reuses its connection unless
+    the answer says ``Connection: close``): (status, Connection header) of each answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        answers = []
+        for _ in range(2):
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            answers.append((response.status, response.getheader("Connection")))
+        return answers
+    finally:
+        conn.close()
+
+
+async def test_every_http_answer_says_connection_close_so_keep_alive_clients_reconnect(
+    make_node: NodeFactory,
+) -> None:
+    """The node closes the TCP connection after every answer but 101, so it must say so: a keep-alive
+    client (Node's default agent, scrapers) would otherwise send its next request into a closed
+    connection and get "socket hang up"."""
+    node = await make_node(console=True, jwt_secret=SECRET, allowed_origins=("https://app.example.com",))
+    full = await make_node(max_connections=1)
+    etag = await asyncio.to_thread(etag_of, node, "/prism.js")
+    cases = [
+        (node, "/healthz", {}, 200),
+        (node, "/readyz", {}, 200),
+        (node, "/metrics", {}, 200),
+        (node, "/prism.js", {}, 200),
+        (node, "/prism.js", {"If-None-Match": etag}, 304),
+        (node, "/prism.d.ts", {}, 200),
+        (node, "/", {}, 200),
+        (node, "/console/config.json", {}, 200),
+        (node, "/nope", {}, 404),
+        (node, "/ws", {}, 401),
+        (node, "/ws", {"Origin": "https://evil.example"}, 403),
+        (full, "/ws", {}, 503),
+    ]
+    async with await PrismClient.connect(ws_url(full)):
+        for target, path, headers, status in cases:
+            answers = await asyncio.to_thread(twice_on_one_connection, target.port, path, headers)
+            assert answers == [(status, "close")] * 2, (path, headers)
 
 
 async def test_invalid_user_is_refused_before_the_upgrade(make_node: NodeFactory) -> None:
