@@ -57,7 +57,7 @@ class Node:
         self.node_id = config.node_id or random_node_id()
         self.subjects = config.subjects
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = GatewayMetrics(self.registry, self.node_id)
+        self.metrics = GatewayMetrics(self.registry, self.node_id, config.routes)
         self.metrics.build.info({"version": _version(), "node": self.node_id})
         watch_outbound(self.metrics, self.node_id, lambda: (m.handle for m in self.hub.conns.values()))
         self.hub: Hub[LocalConn] = Hub(config.max_rooms_per_conn)
