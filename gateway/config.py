@@ -40,8 +40,9 @@ class GatewayConfig(NatsSettings):
     # Limits against hostile or broken clients (gateway/core/limits.py, gateway/io/admission.py).
     allowed_origins: tuple[str, ...] = setting(
         (),
-        "browser origins allowed to connect, e.g. 'https://app.example.com,https://*.example.com' "
-        "(others: HTTP 403; requests without Origin pass; empty: any origin)",
+        "browser origins allowed to connect, e.g. 'https://app.example.com,https://*.example.com', or '*' "
+        "for any (others: HTTP 403; requests without Origin pass; empty: any origin with authentication "
+        "off, with it on only the node's own: an Origin whose host:port is the request's Host)",
     )
     handshake_timeout: float = setting(
         10.0, "seconds a client has to complete the opening handshake (slowloris), then TCP is dropped"
