@@ -137,6 +137,7 @@ class DevNode:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "gateway",
             "--host", self.host, "--port", str(self.port), "--node-id", self.name,
+            "--metrics-port", "0",  # /metrics on the node's port; PRISM_METRICS_PORT is notify's here
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=die_with_parent,

@@ -1,8 +1,9 @@
 """One gateway node: wires hub, outbox, NATS, presence and the WebSocket server, and owns the lifecycle.
 
-    start()  connect NATS, bind the presence bucket, subscribe, sweep leftovers, beat, listen -> ready
+    start()  open the metrics port (if any), connect NATS, bind the presence bucket, subscribe, sweep
+             leftovers, beat, listen -> ready
     drain()  unready, stop accepting, ask clients to reconnect (1012) over drain_seconds, wait for them
-    stop()   remove this node from presence, drain NATS and close it
+    stop()   remove this node from presence, drain NATS and close it, then close the metrics port
 
 :func:`run` adds signal handling for the ``prism gateway`` process: the first SIGTERM/SIGINT drains,
 a second one exits at once.
@@ -11,6 +12,7 @@ a second one exits at once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 
@@ -46,6 +48,8 @@ from gateway.session import Sessions
 from gateway.traces import TracedDelivery
 from shared import logs, tracing
 from shared.close_codes import CloseCode
+from shared.errors import ConfigError
+from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
 
 log = logging.getLogger("prism.node")
@@ -80,11 +84,14 @@ class Node:
         self._repair_again = False
         self._bucket = BucketOptions()
         self.port = config.port
+        # /metrics on a port of its own (PRISM_METRICS_PORT), so a public listener never exposes it.
+        self.metrics_server = HealthServer(self.registry, self.is_ready, self.not_ready_reason)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.state = State.STARTING
         keyring = KeyRing(self.config) if self.config.auth_enabled else None  # bad key files fail here
+        await self._open_metrics_port()  # first: a busy port fails before NATS is touched
         options = NatsOptions(
             servers=self.config.nats_servers,
             name=f"prism-gateway-{self.node_id}",
@@ -172,7 +179,7 @@ class Node:
         )
         routes = HttpRoutes(
             self.config.routes,
-            self.registry,
+            None if self.config.metrics_port else self.registry,  # /metrics: 404 on the public port
             self.is_ready,
             self.not_ready_reason,
             auth=authenticator,
@@ -210,6 +217,17 @@ class Node:
         self.state = State.READY
         self.metrics.ready.labels(node=self.node_id).set(1)
         log.info("node %s ready on port %d", self.node_id, self.port)
+
+    async def _open_metrics_port(self) -> None:
+        if not self.config.metrics_port:
+            return
+        try:
+            await self.metrics_server.start(self.config.host, self.config.metrics_port)
+        except OSError as exc:  # a user mistake (say, two nodes given one port): one line, no traceback
+            where = f"{self.config.host}:{self.config.metrics_port}"
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+            raise ConfigError(f"cannot serve /metrics on {where} (metrics_port): {why}") from None
+        log.info("node %s serves /metrics on port %d", self.node_id, self.metrics_server.port)
 
     def is_ready(self) -> bool:
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) is None
@@ -281,6 +299,7 @@ class Node:
         if self._bus is not None:
             await self._bus.drain()
         self.metrics.nats_connected.labels(node=self.node_id).set(0)
+        await self.metrics_server.stop()  # last: scrapes see the whole drain
         log.info("node %s stopped", self.node_id)
 
     # -- callbacks -------------------------------------------------------------------------------------

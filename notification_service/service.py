@@ -27,13 +27,13 @@ from gateway.io.bus import NatsBus, NatsOptions
 from notification_service import core
 from notification_service.client_requests import SelfNotifyListener
 from notification_service.config import NotifyConfig
-from notification_service.http import HealthServer
 from notification_service.inbox import Inbox
 from notification_service.lifecycle import ConnectListener
 from notification_service.metrics import NotifyMetrics
 from notification_service.receipts import Receipts
 from notification_service.streams import ensure_streams
 from notification_service.worker import FETCH_TIMEOUT, Worker
+from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
 
 log = logging.getLogger("prism.notify")

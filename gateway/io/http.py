@@ -43,7 +43,7 @@ class HttpRoutes:
     def __init__(
         self,
         ws_routes: tuple[str, ...],
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None,
         is_ready: Callable[[], bool],
         not_ready_reason: Callable[[], str],
         auth: Authenticator | None = None,
@@ -54,7 +54,7 @@ class HttpRoutes:
         self.admission = admission  # origins, connection caps, accept rate (403/503/429)
         self.auth = auth  # with authentication on: the token check (401/403), instead of ?user=
         self.ws_routes = frozenset(ws_routes)
-        self.registry = registry
+        self.registry = registry  # None: /metrics is served on a separate port (PRISM_METRICS_PORT)
         self.is_ready = is_ready
         self.not_ready_reason = not_ready_reason
 
@@ -88,7 +88,7 @@ class HttpRoutes:
             if self.is_ready():
                 return connection.respond(200, "ready\n")
             return connection.respond(503, f"not ready: {self.not_ready_reason()}\n")
-        if route == "/metrics":
+        if route == "/metrics" and self.registry is not None:
             body = generate_latest(self.registry)
             headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
             return Response(200, "OK", headers, body)

@@ -254,3 +254,26 @@ def test_config_is_frozen() -> None:
     config = load_config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.port = 1  # type: ignore[misc]
+
+
+# -- the metrics port --------------------------------------------------------------------------------------
+
+
+def test_metrics_port_is_off_by_default_and_read_from_env_and_flag() -> None:
+    assert load_config().metrics_port == 0
+    assert load_config({"PRISM_METRICS_PORT": "9090"}).metrics_port == 9090
+    assert load_config({}, "--metrics-port", "9100").metrics_port == 9100
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PRISM_METRICS_PORT": "-1"}, "metrics_port must be a port number"),
+        ({"PRISM_METRICS_PORT": "65536"}, "metrics_port must be a port number"),
+        ({"PRISM_METRICS_PORT": "8080"}, r"metrics_port must differ from port \(8080\)"),
+        ({"PRISM_PORT": "9000", "PRISM_METRICS_PORT": "9000"}, "metrics_port must differ"),
+    ],
+)
+def test_unusable_metrics_ports_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env)

@@ -1,5 +1,9 @@
-"""``GET /metrics``, ``/healthz`` and ``/readyz`` on the service's own port: a minimal HTTP/1.1 server on
-asyncio streams (one request per connection), enough for Prometheus and Kubernetes probes."""
+"""``GET /metrics``, ``/healthz`` and ``/readyz`` on a port of their own: a minimal HTTP/1.1 server on
+asyncio streams (one request per connection), enough for Prometheus and Kubernetes probes.
+
+The notification service's only port, and a gateway node's internal metrics port (``PRISM_METRICS_PORT``).
+It runs on the process's event loop, not in a thread, so collectors that read live state (the gateway's
+outbound-buffer gauges walk its connections) never race the code that changes it."""
 
 from __future__ import annotations
 
