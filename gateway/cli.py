@@ -94,8 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadtest"]:  # its own options: hand them over untouched
-        from loadtest.cli import main as loadtest_main
+        try:
+            from loadtest.cli import main as loadtest_main
+        except ModuleNotFoundError as exc:
+            from loadtest.extra import needs_extra
 
+            print(needs_extra(exc, "prism loadtest"), file=sys.stderr)
+            return 1
         return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:

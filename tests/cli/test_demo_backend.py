@@ -1,6 +1,6 @@
 """What a new user tries first works against a plain ``prism dev``: the requests the web console, the SDK
 docs, the locustfile and the k6 script send are answered by the demo backend it runs; ``prism
-demo-backend`` runs on its own."""
+demo-backend`` runs on its own; the load-test commands say which extra they need."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import html
 import re
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,48 @@ async def test_prism_demo_backend_runs_on_its_own_and_drains_on_sigterm(nats_ser
             await nc.close()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+# -- the load-test commands without the loadtest extra -------------------------------------------------
+
+# Runs a command as after `pip install -e .` alone: the loadtest extra's modules cannot be imported.
+_WITHOUT_EXTRA = """
+import runpy, sys
+for name in ("rich", "picows", "matplotlib", "numpy", "locust", "gevent", "websocket"):
+    sys.modules[name] = None  # import fails with ModuleNotFoundError, as when it is not installed
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+async def run_without_extra(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WITHOUT_EXTRA, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (("gateway", "loadtest", "--help"), "prism loadtest"),
+        (("gateway", "loadtest", "--scenarios", "conn"), "prism loadtest"),
+        (("loadtest", "--help"), "python -m loadtest"),
+    ],
+)
+async def test_load_test_commands_without_the_extra_name_it_in_one_line(
+    args: tuple[str, ...], command: str
+) -> None:
+    code, output = await run_without_extra(*args)
+    assert code == 1, output
+    needs = f"{command} needs the loadtest extra (no module named 'rich')"
+    assert output == f"{needs}; install it with: pip install -e '.[loadtest]'\n"
+
+
+async def test_installing_a_peer_does_not_need_the_extra() -> None:
+    code, output = await run_without_extra("loadtest.peers", "install", "no-such-peer")
+    assert code == 2, output
+    assert output.startswith("usage: python -m loadtest.peers install")
