@@ -1,5 +1,5 @@
-"""The ``prism`` command: ``prism dev`` (everything, embedded), ``prism gateway`` (one node) and
-``prism notify`` (one notification service instance)."""
+"""The ``prism`` command: ``prism dev`` (everything, embedded), ``prism gateway`` (one node),
+``prism notify`` (one notification service instance) and ``prism demo-backend`` (the demo backend)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import uvloop
 
 from gateway.config import GatewayConfig
 from notification_service.config import NotifyConfig
-from shared import logs, tracing
+from shared import demo_backend, logs, tracing
 from shared.config import add_arguments, load
 from shared.errors import ConfigError
 
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--nodes", type=int, default=2, help="gateway nodes to start (default 2)")
     dev.add_argument("--port", type=int, default=8080, help="port of the first node (default 8080)")
     dev.add_argument("--host", default="127.0.0.1", help="address the nodes listen on (default 127.0.0.1)")
+    dev.add_argument(
+        "--no-demo-backend",
+        dest="demo_backend",
+        action="store_false",
+        help="do not run the demo backend (echo, chat.send, chat.history): your own backend answers them",
+    )
     _add_log_format(dev)
 
     gateway = commands.add_parser("gateway", help="run one gateway node against PRISM_NATS_URL")
@@ -69,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     notify = commands.add_parser("notify", help="run one notification service instance (PRISM_NATS_URL)")
     add_arguments(notify, NotifyConfig)
     _add_log_format(notify)
+
+    demo = commands.add_parser(
+        "demo-backend", help="run the demo backend: echo, chat.send, chat.history (PRISM_NATS_URL)"
+    )
+    add_arguments(demo, demo_backend.DemoConfig)
+    _add_log_format(demo)
 
     loadtest = commands.add_parser(
         "loadtest",
@@ -82,8 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadtest"]:  # its own options: hand them over untouched
-        from loadtest.cli import main as loadtest_main
+        try:
+            from loadtest.cli import main as loadtest_main
+        except ModuleNotFoundError as exc:
+            from loadtest.extra import needs_extra
 
+            print(needs_extra(exc, "prism loadtest"), file=sys.stderr)
+            return 1
         return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
@@ -99,11 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from notification_service.service import run as run_notify
 
             return run_on_uvloop(run_notify(notify_config))
+        if args.command == "demo-backend":
+            demo_config = load(demo_backend.DemoConfig, args)
+            setup_telemetry(args, demo_config.log_level, None)  # it makes no spans of its own
+            return run_on_uvloop(demo_backend.run(demo_config))
         if args.command == "dev":
             setup_telemetry(args, "info", None)
             from gateway.dev import run_dev
 
-            return run_on_uvloop(run_dev(args.nodes, args.port, args.host))
+            return run_on_uvloop(run_dev(args.nodes, args.port, args.host, demo_backend=args.demo_backend))
     except ConfigError as exc:
         print(f"prism: configuration error: {exc}", file=sys.stderr)
         return 2

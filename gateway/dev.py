@@ -1,5 +1,5 @@
-"""``prism dev``: NATS with JetStream, N gateway nodes and the notification service on this machine, in one
-command.
+"""``prism dev``: NATS with JetStream, N gateway nodes, the notification service and the demo backend
+(shared/demo_backend.py, unless ``--no-demo-backend``) on this machine, in one command.
 
 Every part is a child process started here and stopped here: Ctrl-C or SIGTERM stops the nodes (they
 drain), then NATS; children also die with this process if it is killed outright. A gateway node that exits
@@ -103,6 +103,31 @@ async def _notify_ready(proc: asyncio.subprocess.Process, deadline: float) -> st
     return line.rsplit(" ", 1)[-1].strip()
 
 
+async def _start_demo(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """The demo backend, so that the echo and chat requests the docs and load tests send are answered."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo-backend",
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,  # one line, "prism demo-backend ready: ..."
+        preexec_fn=die_with_parent,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+async def _ready_line(proc: asyncio.subprocess.Process, what: str, deadline: float) -> str:
+    """Wait for the first line ``proc`` prints, which says it is ready; return it."""
+    assert proc.stdout is not None
+    left = deadline - asyncio.get_running_loop().time()
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), max(0.1, left))).decode()
+    except TimeoutError:
+        raise TimeoutError(f"{what} was not ready within {READY_TIMEOUT}s") from None
+    if "ready" not in line:
+        raise RuntimeError(f"{what} exited with code {await proc.wait()} while starting")
+    return line
+
+
 def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
     """The environment of every child: the console on, every room with presence events and the
     notification service answering the console's "notify me" requests (what a developer wants to try),
@@ -200,7 +225,7 @@ async def _restart(node: DevNode, shown_host: str, stop: asyncio.Event) -> bool:
     return True
 
 
-async def run_dev(nodes: int, port: int, host: str) -> int:
+async def run_dev(nodes: int, port: int, host: str, demo_backend: bool = True) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -215,20 +240,24 @@ async def run_dev(nodes: int, port: int, host: str) -> int:
     env = dev_environment(nats_url, [f"ws://{shown_host}:{port + i}/ws" for i in range(nodes)])
     gateways = [DevNode(f"node{i + 1}", host, port + i, env) for i in range(nodes)]
     notify: asyncio.subprocess.Process | None = None
+    demo: asyncio.subprocess.Process | None = None
 
     def children() -> list[asyncio.subprocess.Process]:
         procs = [g.proc for g in gateways if g.proc is not None]
-        return procs + ([notify] if notify is not None else [])
+        return procs + [p for p in (notify, demo) if p is not None]
 
     try:
         for gateway in gateways:
             await gateway.start()
         notify = await _start_notify(host, env)
+        demo = await _start_demo(env) if demo_backend else None
         deadline = loop.time() + READY_TIMEOUT
-        ready = []
+        ready: list[Awaitable[object]] = []
         for g in gateways:
             assert g.proc is not None
             ready.append(_wait_ready(f"http://{shown_host}:{g.port}/readyz", g.proc, deadline))
+        if demo is not None:
+            ready.append(_ready_line(demo, "the demo backend", deadline))
         _, notify_url = await asyncio.gather(asyncio.gather(*ready), _notify_ready(notify, deadline))
         lines = ["", "Prism dev is running. Press Ctrl-C to stop.", f"  NATS      {nats_url}"]
         for g in gateways:
@@ -239,10 +268,12 @@ async def run_dev(nodes: int, port: int, host: str) -> int:
         if _truthy(env.get("PRISM_CONSOLE")):
             lines.append(f"  console   http://{shown_host}:{port}/")
         lines.append(f"  notify    {notify_url}  /healthz  /readyz   pid {notify.pid}")
+        if demo is not None:
+            lines.append(f"  demo      answers echo, chat.send, chat.history   pid {demo.pid}")
         lines.append(f"  try       python -m shared.client ws://{shown_host}:{port}/ws?user=alice")
         lines.append(f"            nats pub -s {nats_url} notify.user.alice '{_SAMPLE_NOTIFICATION}'")
         print("\n".join(lines) + "\n", flush=True)
-        return await _supervise(gateways, notify, shown_host, stop)
+        return await _supervise(gateways, notify, shown_host, stop, demo)
     finally:
         await _stop_all(children())
         if nats is not None:
@@ -251,16 +282,22 @@ async def run_dev(nodes: int, port: int, host: str) -> int:
 
 
 async def _supervise(
-    gateways: list[DevNode], notify: asyncio.subprocess.Process, shown_host: str, stop: asyncio.Event
+    gateways: list[DevNode],
+    notify: asyncio.subprocess.Process,
+    shown_host: str,
+    stop: asyncio.Event,
+    demo: asyncio.subprocess.Process | None = None,
 ) -> int:
     """Run until stopped (0); restart gateway nodes that die; stop everything (1) if the notification
-    service dies or a node keeps crashing."""
+    service or the demo backend dies or a node keeps crashing."""
+    services = {notify: "the notification service"} | ({demo: "the demo backend"} if demo else {})
     while True:
-        waits: dict[asyncio.Future[Any], DevNode | None] = {}
+        waits: dict[asyncio.Future[Any], DevNode | str] = {}
         for g in gateways:
             assert g.proc is not None
             waits[asyncio.ensure_future(g.proc.wait())] = g
-        waits[asyncio.ensure_future(notify.wait())] = None
+        for proc, name in services.items():
+            waits[asyncio.ensure_future(proc.wait())] = name
         stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
@@ -271,8 +308,8 @@ async def _supervise(
             return 0
         for future in done:
             node = waits[future]
-            if node is None:
-                log.error("the notification service exited unexpectedly; stopping everything")
+            if isinstance(node, str):
+                log.error("%s exited unexpectedly; stopping everything", node)
                 return 1
             if not await _restart(node, shown_host, stop):
                 return 0 if stop.is_set() else 1
