@@ -183,3 +183,28 @@ def http_body(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as response:
         body: bytes = response.read()
         return body
+
+
+async def run_to_exit(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
+    """Run ``python ARGS`` to its exit; its return code and output (stdout and stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        await kill_process_tree(proc)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_python_m_shared_client_has_a_help_and_refuses_a_bad_url_in_one_line() -> None:
+    code, out = await run_to_exit("-m", "shared.client", "--help", env=dict(os.environ))
+    assert code == 0
+    assert out.startswith("usage: python -m shared.client [-h] [--user USER] [--token TOKEN]")
+    assert "ws://localhost:8080/ws?user=alice" in out
+    code, out = await run_to_exit("-m", "shared.client", "localhost:8080", env=dict(os.environ))
+    assert code == 2
+    assert out.splitlines()[-1] == (
+        "python -m shared.client: error: URL must start with ws:// or wss://, got 'localhost:8080'"
+    )
