@@ -15,7 +15,7 @@ import uvloop
 from gateway.config import GatewayConfig
 from notification_service.config import NotifyConfig
 from shared import logs, tracing
-from shared.config import add_arguments, load
+from shared.config import add_arguments, env_name, load
 from shared.errors import ConfigError
 
 
@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--nodes", type=int, default=2, help="gateway nodes to start (default 2)")
     dev.add_argument("--port", type=int, default=8080, help="port of the first node (default 8080)")
     dev.add_argument("--host", default="127.0.0.1", help="address the nodes listen on (default 127.0.0.1)")
+    dev.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for NATS (PRISM_NATS_URL), then for each process, to be ready (default 30)",
+    )
     _add_log_format(dev)
 
     gateway = commands.add_parser("gateway", help="run one gateway node against PRISM_NATS_URL")
@@ -98,12 +105,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_telemetry(args, notify_config.log_level, "prism-notify")
             from notification_service.service import run as run_notify
 
-            return run_on_uvloop(run_notify(notify_config))
+            # The default metrics port gives way to a free one if taken (a second instance on this host);
+            # one the operator set does not: Prometheus scrapes it.
+            fallback = args.metrics_port is None and env_name("metrics_port") not in os.environ
+            return run_on_uvloop(run_notify(notify_config, fallback))
         if args.command == "dev":
             setup_telemetry(args, "info", None)
-            from gateway.dev import run_dev
+            from gateway.dev import StartFailed, run_dev
 
-            return run_on_uvloop(run_dev(args.nodes, args.port, args.host))
+            try:
+                return run_on_uvloop(run_dev(args.nodes, args.port, args.host, args.ready_timeout))
+            except StartFailed as exc:
+                print(f"prism dev: {exc}", file=sys.stderr)
+                return 1
     except ConfigError as exc:
         print(f"prism: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -45,14 +45,21 @@ def _convert(kind: Any, name: str, raw: str) -> Any:
                 return False
             raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
         if kind is int:
-            return int(raw)
+            return _number(int, raw, "a whole number")
         if kind is float:
-            return float(raw)
+            return _number(float, raw, "a number")
         if kind == tuple[str, ...]:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         return raw
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+
+def _number(kind: type[Any], raw: str, what: str) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:  # int()'s own message speaks Python ("invalid literal for int() with base 10")
+        raise ValueError(f"not {what}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], skip: Sequence[str] = ()) -> None:

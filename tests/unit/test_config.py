@@ -139,6 +139,15 @@ def test_unparseable_flag_value_names_the_flag(flag: str, raw: str) -> None:
         load_config({}, flag, raw)
 
 
+def test_a_number_that_is_not_one_is_named_in_words() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"PRISM_PORT": "8o80", "PRISM_PING_INTERVAL": "20"})
+    assert str(caught.value) == "PRISM_PORT='8o80': not a whole number"
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, "--ping-interval", "20s")
+    assert str(caught.value) == "--ping-interval='20s': not a number"
+
+
 def test_bool_error_lists_the_accepted_spellings() -> None:
     with pytest.raises(ConfigError, match="'true'"):
         load_config({"PRISM_COMPRESSION": "maybe"})
@@ -173,6 +182,9 @@ def test_bool_error_lists_the_accepted_spellings() -> None:
         ({"PRISM_CLOSE_TIMEOUT": "-3"}, "close_timeout"),
         ({"PRISM_CLOSE_TIMEOUT": "inf"}, "close_timeout"),
         ({"PRISM_DRAIN_SECONDS": "-0.5"}, "drain_seconds"),
+        ({"PRISM_PORT": "99999"}, "port must be from 1 to 65535"),
+        ({"PRISM_PORT": "65536"}, "port must be from 1 to 65535"),
+        ({"PRISM_PORT": "-1"}, "port must be from 1 to 65535"),
     ],
 )
 def test_validation_refuses_unusable_settings(env: dict[str, str], message: str) -> None:
@@ -189,6 +201,11 @@ def test_zero_ping_interval_and_drain_are_allowed() -> None:
     config = load_config({"PRISM_PING_INTERVAL": "0", "PRISM_PING_TIMEOUT": "0", "PRISM_DRAIN_SECONDS": "0"})
     assert config.ping_interval == 0
     assert config.drain_seconds == 0
+
+
+@pytest.mark.parametrize("port", ["0", "1", "65535"])
+def test_every_port_number_and_zero_for_any_free_port_are_allowed(port: str) -> None:
+    assert load_config({"PRISM_PORT": port}).port == int(port)
 
 
 def test_empty_node_id_is_allowed() -> None:
