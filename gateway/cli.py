@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -13,10 +14,13 @@ from typing import Any
 import uvloop
 
 from gateway.config import GatewayConfig
+from gateway.environment import misspelled
 from notification_service.config import NotifyConfig
 from shared import logs, tracing
 from shared.config import add_arguments, env_name, load
 from shared.errors import ConfigError
+
+log = logging.getLogger("prism.config")
 
 
 def setup_logging(level: str, log_format: str = "text") -> None:
@@ -93,16 +97,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
+    unknown = misspelled(os.environ)  # logged once logging is set up; printed if the config is refused
+
+    def warn_unknown() -> None:
+        for line in unknown:
+            log.warning("%s", line)
+        unknown.clear()
+
     try:
         if args.command == "gateway":
             config = load(GatewayConfig, args)
             setup_telemetry(args, config.log_level, "prism-gateway")
+            warn_unknown()
             from gateway.node import run
 
             return run_on_uvloop(run(config))
         if args.command == "notify":
             notify_config = load(NotifyConfig, args)
             setup_telemetry(args, notify_config.log_level, "prism-notify")
+            warn_unknown()
             from notification_service.service import run as run_notify
 
             # The default metrics port gives way to a free one if taken (a second instance on this host);
@@ -111,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_on_uvloop(run_notify(notify_config, fallback))
         if args.command == "dev":
             setup_telemetry(args, "info", None)
+            warn_unknown()  # only here: prism dev leaves these variables out of its processes' environment
             from gateway.dev import StartFailed, run_dev
 
             try:
@@ -119,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"prism dev: {exc}", file=sys.stderr)
                 return 1
     except ConfigError as exc:
+        for line in unknown:
+            print(f"prism: warning: {line}", file=sys.stderr)
         print(f"prism: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

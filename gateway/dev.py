@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.embedded_nats import NatsServer, die_with_parent
+from gateway.environment import without_unknown
 from gateway.io.bus import NatsBus, NatsOptions, NatsUnreachable
 from shared.config import load
 from shared.errors import ConfigError, PrismError
@@ -169,7 +170,7 @@ def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
     }
     return {
         **defaults,
-        **os.environ,
+        **without_unknown(os.environ),  # prism dev has warned about the rest (gateway/cli.py)
         "PRISM_NATS_URL": nats_url,
         "PRISM_DRAIN_SECONDS": os.environ.get("PRISM_DRAIN_SECONDS", "1"),
     }

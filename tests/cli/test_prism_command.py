@@ -95,10 +95,16 @@ async def test_prism_dev_serves_two_nodes_and_ctrl_c_leaves_no_process_behind() 
 async def test_prism_gateway_runs_one_node_and_drains_on_sigterm(nats_server: Any) -> None:
     port = free_port()
     env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_DRAIN_SECONDS": "0"}
+    env["PRISM_NATS_ULR"] = "nats://elsewhere:4222"  # a misspelling, named with the nearest setting
     args = ("gateway", "--port", str(port), "--host", "127.0.0.1", "--node-id", "solo")
     async with prism(*args, env=env) as proc:
         assert proc.stdout is not None
-        await read_until(proc.stdout, "listening on")
+        started = await read_until(proc.stdout, "listening on")
+        assert started.count("PRISM_NATS_ULR") == 1
+        assert (
+            "WARNING prism.config: PRISM_NATS_ULR is not a Prism setting and is ignored; "
+            "did you mean PRISM_NATS_URL?\n"
+        ) in started
         client = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws")
         assert client.node == "solo"
         proc.send_signal(signal.SIGTERM)
@@ -128,8 +134,14 @@ async def test_bad_configuration_is_a_clear_error() -> None:
 async def test_prism_dev_uses_an_external_nats_when_prism_nats_url_is_set(nats_server: Any) -> None:
     port = free_port()
     env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_DRAIN_SECONDS": "0"}
+    env["PRISM_ROOM_PRESENSE"] = "lobby"  # a misspelling: prism dev names it, and its children do not again
     async with prism("dev", "--nodes", "1", "--port", str(port), env=env) as proc:
-        assert nats_server.url in await read_banner(proc)
+        banner = await read_banner(proc)
+        assert nats_server.url in banner
+        assert banner.count("PRISM_ROOM_PRESENSE") == 1
+        assert (
+            "PRISM_ROOM_PRESENSE is not a Prism setting and is ignored; did you mean PRISM_ROOM_PRESENCE?"
+        ) in banner
         assert "nats-server" not in process_names(descendants(proc.pid))
         nc = await nats.connect(nats_server.url)
         client = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws", user="ext")

@@ -97,6 +97,7 @@ async def test_two_prism_notify_on_one_host_both_run_and_stop_without_warnings(n
     can, else by whoever holds it), so the README's "run as many as you like" holds on one host too."""
     env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_METRICS_HOST": "127.0.0.1"}
     env.pop("PRISM_METRICS_PORT", None)
+    env["PRISM_CONCURRENSY"] = "8"  # a misspelling, named with the nearest setting
     with contextlib.ExitStack() as holding:
         with contextlib.suppress(OSError):
             holding.enter_context(socket.create_server(("127.0.0.1", DEFAULT_METRICS_PORT)))
@@ -115,6 +116,10 @@ async def test_two_prism_notify_on_one_host_both_run_and_stop_without_warnings(n
                     f"WARNING prism.notify: metrics port {DEFAULT_METRICS_PORT} is in use (another prism "
                     f"notify?); serving /metrics, /healthz and /readyz on port {port} instead "
                     "(set PRISM_METRICS_PORT to choose one)\n"
+                ) in out
+                assert (
+                    "WARNING prism.config: PRISM_CONCURRENSY is not a Prism setting and is ignored; "
+                    "did you mean PRISM_CONCURRENCY?\n"
                 ) in out
                 assert await asyncio.to_thread(get, url.replace("/metrics", "/readyz")) == (200, b"ready\n")
             for proc in procs:

@@ -8,7 +8,9 @@ import dataclasses
 import pytest
 
 from gateway.config import GatewayConfig, random_node_id
-from shared.config import add_arguments, describe, env_name, flag_name, load
+from gateway.environment import known_variables, misspelled, without_unknown
+from notification_service.config import NotifyConfig
+from shared.config import add_arguments, describe, env_name, env_names, flag_name, load, unknown_variables
 from shared.errors import ConfigError
 from shared.subjects import Subjects, validate_node_id
 
@@ -271,3 +273,44 @@ def test_config_is_frozen() -> None:
     config = load_config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.port = 1  # type: ignore[misc]
+
+
+# -- PRISM_* variables that name no setting --------------------------------------------------------------
+
+
+def test_a_misspelled_variable_is_named_with_the_nearest_setting() -> None:
+    environ = {
+        "PRISM_NATS_ULR": "nats://a:4222",
+        "PRISM_METRIC_PORT": "9000",  # the notification service's setting: known to every command
+        "PRISM_port": "1",
+        "PRISM_FROBNICATE": "yes",
+        "PRISM_PORT": "8080",  # valid ones, and other variables, say nothing
+        "PRISM_LOG_FORMAT": "json",
+        "PRISM_ROOM": "lobby",  # the load tests'
+        "HOME": "/root",
+    }
+    assert misspelled(environ) == [
+        "PRISM_FROBNICATE is not a Prism setting and is ignored",
+        "PRISM_METRIC_PORT is not a Prism setting and is ignored; did you mean PRISM_METRICS_PORT?",
+        "PRISM_NATS_ULR is not a Prism setting and is ignored; did you mean PRISM_NATS_URL?",
+        "PRISM_port is not a Prism setting and is ignored; did you mean PRISM_PORT?",
+    ]
+
+
+def test_unknown_variables_compares_names_without_the_shared_prefix() -> None:
+    # With the prefix, "PRISM_X" would look like half of every name; without it, like none.
+    assert unknown_variables({"PRISM_X": "1"}, {"PRISM_PORT", "PRISM_HOST"}) == [
+        "PRISM_X is not a Prism setting and is ignored"
+    ]
+
+
+def test_every_setting_of_both_services_is_known() -> None:
+    known = known_variables()
+    assert env_names(GatewayConfig) <= known
+    assert env_names(NotifyConfig) <= known
+    assert misspelled({name: "" for name in known}) == []
+
+
+def test_prism_dev_hands_its_processes_only_variables_prism_reads() -> None:
+    environ = {"PRISM_NATS_ULR": "x", "PRISM_PORT": "1", "PATH": "/bin"}
+    assert without_unknown(environ) == {"PRISM_PORT": "1", "PATH": "/bin"}
