@@ -23,7 +23,10 @@ def random_node_id() -> str:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig(NatsSettings):
     host: str = setting("0.0.0.0", "address to listen on")
-    port: int = setting(8080, "port for WebSocket routes, /healthz, /readyz and /metrics")
+    port: int = setting(8080, "port for WebSocket routes, /healthz, /readyz and /metrics (see metrics_port)")
+    metrics_port: int = setting(
+        0, "separate port of /metrics (and /healthz, /readyz), off the public one, e.g. 9090; 0: on port"
+    )
     node_id: str = setting("", "node id, unique in the cluster (random when empty)")
     routes: tuple[str, ...] = setting(("/ws",), "WebSocket paths, comma-separated")
     subject_prefix: str = setting("", "prefix for every NATS subject, e.g. 'acme.'")
@@ -41,8 +44,9 @@ class GatewayConfig(NatsSettings):
     # Limits against hostile or broken clients (gateway/core/limits.py, gateway/io/admission.py).
     allowed_origins: tuple[str, ...] = setting(
         (),
-        "browser origins allowed to connect, e.g. 'https://app.example.com,https://*.example.com' "
-        "(others: HTTP 403; requests without Origin pass; empty: any origin)",
+        "browser origins allowed to connect, e.g. 'https://app.example.com,https://*.example.com', or '*' "
+        "for any (others: HTTP 403; requests without Origin pass; empty: any origin with authentication "
+        "off, with it on only the node's own: an Origin whose host:port is the request's Host)",
     )
     handshake_timeout: float = setting(
         10.0, "seconds a client has to complete the opening handshake (slowloris), then TCP is dropped"
@@ -138,6 +142,8 @@ class GatewayConfig(NatsSettings):
                 validate_node_id(self.node_id)
         except InvalidName as exc:
             raise ConfigError(str(exc)) from None
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be from 1 to 65535 (0: any free port), got {self.port}")
         if not self.routes or any(not r.startswith("/") for r in self.routes):
             raise ConfigError(f"routes must be paths starting with '/', got {self.routes!r}")
         if self.presence_storage not in ("file", "memory"):
@@ -168,8 +174,15 @@ class GatewayConfig(NatsSettings):
         for url in self.console_nodes:
             if not url.startswith(("ws://", "wss://")) or any(c.isspace() for c in url):
                 raise ConfigError(f"console_nodes must be ws:// or wss:// URLs, got {url!r}")
+        self._validate_metrics_port()
         self._validate_auth()
         self._validate_limits()
+
+    def _validate_metrics_port(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be a port number (0: off), got {self.metrics_port}")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError(f"metrics_port must differ from port ({self.port}), or be 0 to share it")
 
     def _validate_limits(self) -> None:
         for pattern in self.allowed_origins:

@@ -3,6 +3,11 @@
 Payloads are never parsed: they are framed once and queued to every local recipient. A message with a
 reply subject gets a receipt (``{"node","delivered"}``) from this node; a request for a connection this
 node does not have gets "no responders", exactly as if nobody listened.
+
+A connection that is closing counts as gone from the moment the node knows it: the client's close frame
+has arrived (its WebSocket is no longer OPEN) or the node has begun closing it (``closing``), even though
+the session has not ended and the hub still holds it. So ``conn.`` and ``control.conn.`` requests for it
+get "no responders", ``control.user.`` ignores it, and nothing joins it to a room.
 """
 
 from __future__ import annotations
@@ -117,7 +122,7 @@ class Delivery:
         self, subject: str, reply: str, data: bytes, headers: Headers | None
     ) -> Awaitable[None] | None:
         conn = self.hub.get(subject[self._conn_offset :])
-        if conn is None or conn.closing:
+        if conn is None or not is_open(conn):
             self._tally.outcomes["conn", "gone"] += 1
             return self.bus.reply_no_responders(reply) if reply else None
         sent = self.flusher.send_payload(conn, data, self._is_binary("conn", data, headers))
@@ -152,7 +157,7 @@ class Delivery:
     async def on_control_conn(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
         conn_id, _, action = subject[self._control_conn_offset :].rpartition(".")
         conn = self.hub.get(conn_id)
-        if conn is None or conn.closing:
+        if conn is None or not is_open(conn):
             if reply:
                 await self.bus.reply_no_responders(reply)
             return
@@ -162,7 +167,7 @@ class Delivery:
 
     async def on_control_user(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
         user, _, action = subject[self._control_user_offset :].rpartition(".")
-        conns = [c for c in self.hub.user_conns(user) if not c.closing]
+        conns = [c for c in self.hub.user_conns(user) if is_open(c)]
         if not conns:
             return  # nodes without the user stay silent; the one(s) that have it answer
         answer = await self._control(action, conns, data)
@@ -192,13 +197,14 @@ class Delivery:
             except InvalidName as exc:
                 return self._refuse(str(exc))
             if action == "join":
-                outcomes = [await self.ops.join(conn, room) for conn in conns]
+                # A connection may start closing while an earlier one's join awaits: never join it then.
+                outcomes = [await self.ops.join(conn, room) for conn in conns if is_open(conn)]
                 refused = [o for o in outcomes if o is JoinOutcome.TOO_MANY_ROOMS]
                 if refused:
                     return self._refuse(f"{len(refused)} connection(s) are in too many rooms")
-            else:
-                for conn in conns:
-                    await self.ops.leave(conn, room)
+                return {"ok": True, "node": self.node_id, "conns": len(outcomes)}
+            for conn in conns:
+                await self.ops.leave(conn, room)
             return {"ok": True, "node": self.node_id, "conns": len(conns)}
         return self._refuse(f"unknown control action {action!r}; expected close, join or leave")
 

@@ -1,5 +1,5 @@
-"""``prism dev``: NATS with JetStream, N gateway nodes and the notification service on this machine, in one
-command.
+"""``prism dev``: NATS with JetStream, N gateway nodes, the notification service and the demo backend
+(shared/demo_backend.py, unless ``--no-demo-backend``) on this machine, in one command.
 
 Every part is a child process started here and stopped here: Ctrl-C or SIGTERM stops the nodes (they
 drain), then NATS; children also die with this process if it is killed outright. A gateway node that exits
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import http.client
 import logging
+import math
 import os
 import signal
 import sys
@@ -24,6 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.embedded_nats import NatsServer, die_with_parent
+from gateway.environment import without_unknown
+from gateway.io.bus import NatsBus, NatsOptions, NatsUnreachable
+from shared.config import load
+from shared.errors import ConfigError, PrismError
+from shared.listen import Settings, check_can_listen
+from shared.nats_auth import NatsSettings
 
 log = logging.getLogger("prism.dev")
 
@@ -32,20 +39,53 @@ STOP_TIMEOUT = 15.0
 # A gateway node that dies is started again (same port, same node id), unless it crash-loops:
 RESTART_LIMIT = 5  # restarts allowed within RESTART_WINDOW seconds; one more stops everything
 RESTART_WINDOW = 60.0
+_DEV_LISTEN = Settings(host="--host", port="--port")
 _SAMPLE_NOTIFICATION = '{"id":"n1","payload":"hello"}'
 
 
-async def _wait_ready(url: str, proc: asyncio.subprocess.Process, deadline: float) -> None:
+class StartFailed(PrismError):
+    """Something ``prism dev`` started did not come up; the message says what, in one line."""
+
+
+def check_arguments(nodes: int, port: int, ready_timeout: float) -> None:
+    """Refuse ``--nodes`` and ``--port`` values that cannot give ``nodes`` ports from ``port`` up, and a
+    ``--ready-timeout`` that is not a positive number of seconds."""
+    if not 0 < ready_timeout < math.inf:
+        raise ConfigError(f"--ready-timeout must be a positive number of seconds, got {ready_timeout}")
+    if nodes < 1:
+        raise ConfigError(f"--nodes must be at least 1, got {nodes}")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be a port number from 1 to 65535, got {port}")
+    if port + nodes - 1 > 65535:
+        raise ConfigError(f"--nodes {nodes} from --port {port} would need ports above 65535")
+
+
+async def _wait_ready(name: str, url: str, proc: asyncio.subprocess.Process, deadline: float) -> None:
+    """Wait until ``proc`` itself answers ``url`` (its ``/readyz``) with 200. Another process that holds
+    the port (a second ``prism dev``, an old node) answers with its own ``Prism-Pid``: not ready."""
     loop = asyncio.get_running_loop()
+    timeout = deadline - loop.time()
     while True:
         if proc.returncode is not None:
-            raise RuntimeError(f"{url} exited with code {proc.returncode} before it was ready")
-        status = await asyncio.to_thread(http_status, url)
-        if status == 200:
+            raise StartFailed(f"{name} exited with code {proc.returncode} before it was ready")
+        status, pid = await asyncio.to_thread(readyz, url)
+        if status == 200 and pid == str(proc.pid):
             return
         if loop.time() > deadline:
-            raise TimeoutError(f"{url} not ready within {READY_TIMEOUT}s")
+            raise StartFailed(f"{name} was not ready within {timeout:.0f}s ({url})")
         await asyncio.sleep(0.1)  # polling another process's HTTP endpoint: there is no event to await
+
+
+def readyz(url: str) -> tuple[int, str | None]:
+    """The status of a GET of a node's ``/readyz`` and the ``Prism-Pid`` of the process that answered it;
+    ``(0, None)`` when nothing answers it with HTTP, as in :func:`http_status`."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status), response.headers.get("Prism-Pid")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.headers.get("Prism-Pid")
+    except (OSError, http.client.HTTPException):
+        return 0, None
 
 
 def http_status(url: str) -> int:
@@ -92,15 +132,47 @@ async def _start_notify(host: str, env: dict[str, str]) -> asyncio.subprocess.Pr
 
 async def _notify_ready(proc: asyncio.subprocess.Process, deadline: float) -> str:
     """Wait for the service's ready line; return its metrics URL."""
+    line = await _ready_line(proc, "the notification service", deadline)
+    return line.rsplit(" ", 1)[-1].strip()
+
+
+async def _start_demo(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """The demo backend, so that the echo and chat requests the docs and load tests send are answered."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo-backend",
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,  # one line, "prism demo-backend ready: ..."
+        preexec_fn=die_with_parent,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+async def _ready_line(proc: asyncio.subprocess.Process, what: str, deadline: float) -> str:
+    """Wait for the first line ``proc`` prints, which says it is ready; return it."""
     assert proc.stdout is not None
     left = deadline - asyncio.get_running_loop().time()
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), max(0.1, left))).decode()
     except TimeoutError:
-        raise TimeoutError(f"the notification service was not ready within {READY_TIMEOUT}s") from None
+        raise StartFailed(f"{what} was not ready within {left:.0f}s") from None
     if "ready" not in line:
-        raise RuntimeError(f"the notification service exited with code {await proc.wait()} while starting")
-    return line.rsplit(" ", 1)[-1].strip()
+        raise StartFailed(f"{what} exited with code {await proc.wait()} while starting")
+    return line
+
+
+async def _reach_nats(timeout: float) -> None:
+    """Connect once to the NATS the user named (``PRISM_NATS_URL``, with the ``PRISM_NATS_*`` credentials
+    the children will use) before starting anything on it: while it is not there, one line per attempt
+    comes from here rather than from every child, and after ``timeout`` seconds one line says so."""
+    settings = load(NatsSettings)
+    settings.nats_auth.validate()
+    options = NatsOptions(servers=settings.nats_servers, name="prism-dev", auth=settings.nats_auth)
+    try:
+        bus = await NatsBus.connect(options, give_up_after=timeout)
+    except NatsUnreachable as exc:
+        raise StartFailed(f"{exc}; gave up after {timeout:.0f}s: check PRISM_NATS_URL") from None
+    await bus.close()
 
 
 def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
@@ -116,7 +188,7 @@ def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
     }
     return {
         **defaults,
-        **os.environ,
+        **without_unknown(os.environ),  # prism dev has warned about the rest (gateway/cli.py)
         "PRISM_NATS_URL": nats_url,
         "PRISM_DRAIN_SECONDS": os.environ.get("PRISM_DRAIN_SECONDS", "1"),
     }
@@ -130,6 +202,7 @@ class DevNode:
     host: str
     port: int
     env: dict[str, str]
+    ready_timeout: float = READY_TIMEOUT
     proc: asyncio.subprocess.Process | None = None
     restarts: deque[float] = field(default_factory=deque)  # loop times of recent restarts
 
@@ -137,6 +210,7 @@ class DevNode:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "gateway",
             "--host", self.host, "--port", str(self.port), "--node-id", self.name,
+            "--metrics-port", "0",  # /metrics on the node's port; PRISM_METRICS_PORT is notify's here
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=die_with_parent,
@@ -189,8 +263,9 @@ async def _restart(node: DevNode, shown_host: str, stop: asyncio.Event) -> bool:
     print(f"  {node.name:<9} restarted (exit code {code})   pid {proc.pid}", flush=True)
     url = f"http://{shown_host}:{node.port}/readyz"
     try:
-        ready = await _unless_stopped(_wait_ready(url, proc, loop.time() + READY_TIMEOUT), stop)
-    except (RuntimeError, TimeoutError) as exc:
+        deadline = loop.time() + node.ready_timeout
+        ready = await _unless_stopped(_wait_ready(node.name, url, proc, deadline), stop)
+    except StartFailed as exc:
         log.error("%s did not come back: %s", node.name, exc)
         return True  # the main loop sees it exit (or stops it) and counts the next restart
     if not ready:
@@ -199,7 +274,14 @@ async def _restart(node: DevNode, shown_host: str, stop: asyncio.Event) -> bool:
     return True
 
 
-async def run_dev(nodes: int, port: int, host: str) -> int:
+async def run_dev(
+    nodes: int, port: int, host: str, ready_timeout: float = READY_TIMEOUT, demo_backend: bool = True
+) -> int:
+    """Start everything, print the banner, supervise until stopped. Raises :class:`ConfigError` (bad
+    layout, a port in use: before anything starts) or :class:`StartFailed`."""
+    check_arguments(nodes, port, ready_timeout)
+    for node_port in range(port, port + nodes):  # a taken port: one line now, not N failed nodes later
+        await check_can_listen(host, node_port, _DEV_LISTEN)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -207,27 +289,34 @@ async def run_dev(nodes: int, port: int, host: str) -> int:
 
     nats: NatsServer | None = None
     nats_url = os.environ.get("PRISM_NATS_URL")
+    if nats_url and not await _unless_stopped(_reach_nats(ready_timeout), stop):
+        print("prism dev stopped", flush=True)
+        return 0
     if not nats_url:
         nats = await asyncio.to_thread(NatsServer.start, name="prism-dev")
         nats_url = nats.url
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     env = dev_environment(nats_url, [f"ws://{shown_host}:{port + i}/ws" for i in range(nodes)])
-    gateways = [DevNode(f"node{i + 1}", host, port + i, env) for i in range(nodes)]
+    gateways = [DevNode(f"node{i + 1}", host, port + i, env, ready_timeout) for i in range(nodes)]
     notify: asyncio.subprocess.Process | None = None
+    demo: asyncio.subprocess.Process | None = None
 
     def children() -> list[asyncio.subprocess.Process]:
         procs = [g.proc for g in gateways if g.proc is not None]
-        return procs + ([notify] if notify is not None else [])
+        return procs + [p for p in (notify, demo) if p is not None]
 
     try:
         for gateway in gateways:
             await gateway.start()
         notify = await _start_notify(host, env)
-        deadline = loop.time() + READY_TIMEOUT
-        ready = []
+        demo = await _start_demo(env) if demo_backend else None
+        deadline = loop.time() + ready_timeout
+        ready: list[Awaitable[object]] = []
         for g in gateways:
             assert g.proc is not None
-            ready.append(_wait_ready(f"http://{shown_host}:{g.port}/readyz", g.proc, deadline))
+            ready.append(_wait_ready(g.name, f"http://{shown_host}:{g.port}/readyz", g.proc, deadline))
+        if demo is not None:
+            ready.append(_ready_line(demo, "the demo backend", deadline))
         _, notify_url = await asyncio.gather(asyncio.gather(*ready), _notify_ready(notify, deadline))
         lines = ["", "Prism dev is running. Press Ctrl-C to stop.", f"  NATS      {nats_url}"]
         for g in gateways:
@@ -238,10 +327,12 @@ async def run_dev(nodes: int, port: int, host: str) -> int:
         if _truthy(env.get("PRISM_CONSOLE")):
             lines.append(f"  console   http://{shown_host}:{port}/")
         lines.append(f"  notify    {notify_url}  /healthz  /readyz   pid {notify.pid}")
+        if demo is not None:
+            lines.append(f"  demo      answers echo, chat.send, chat.history   pid {demo.pid}")
         lines.append(f"  try       python -m shared.client ws://{shown_host}:{port}/ws?user=alice")
         lines.append(f"            nats pub -s {nats_url} notify.user.alice '{_SAMPLE_NOTIFICATION}'")
         print("\n".join(lines) + "\n", flush=True)
-        return await _supervise(gateways, notify, shown_host, stop)
+        return await _supervise(gateways, notify, shown_host, stop, demo)
     finally:
         await _stop_all(children())
         if nats is not None:
@@ -250,16 +341,22 @@ async def run_dev(nodes: int, port: int, host: str) -> int:
 
 
 async def _supervise(
-    gateways: list[DevNode], notify: asyncio.subprocess.Process, shown_host: str, stop: asyncio.Event
+    gateways: list[DevNode],
+    notify: asyncio.subprocess.Process,
+    shown_host: str,
+    stop: asyncio.Event,
+    demo: asyncio.subprocess.Process | None = None,
 ) -> int:
     """Run until stopped (0); restart gateway nodes that die; stop everything (1) if the notification
-    service dies or a node keeps crashing."""
+    service or the demo backend dies or a node keeps crashing."""
+    services = {notify: "the notification service"} | ({demo: "the demo backend"} if demo else {})
     while True:
-        waits: dict[asyncio.Future[Any], DevNode | None] = {}
+        waits: dict[asyncio.Future[Any], DevNode | str] = {}
         for g in gateways:
             assert g.proc is not None
             waits[asyncio.ensure_future(g.proc.wait())] = g
-        waits[asyncio.ensure_future(notify.wait())] = None
+        for proc, name in services.items():
+            waits[asyncio.ensure_future(proc.wait())] = name
         stopper: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
@@ -270,8 +367,8 @@ async def _supervise(
             return 0
         for future in done:
             node = waits[future]
-            if node is None:
-                log.error("the notification service exited unexpectedly; stopping everything")
+            if isinstance(node, str):
+                log.error("%s exited unexpectedly; stopping everything", node)
                 return 1
             if not await _restart(node, shown_host, stop):
                 return 0 if stop.is_set() else 1

@@ -8,12 +8,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from gateway.core.auth import AUTH_REJECTIONS
+from gateway.core.limits import Reason
+from shared.close_codes import CloseCode
+from shared.frames import ErrorCode
 
 if TYPE_CHECKING:
     from gateway.core.presence_writes import ConnRecord
@@ -59,6 +64,27 @@ PRESENCE_OPS = ("register", "unregister", "join", "leave")
 # dead-node check and sweep of a dead node's entries.
 PRESENCE_ERROR_OPS = (*PRESENCE_OPS, "heartbeat", "check", "sweep")
 
+# Every label value known in advance. Each series made of them exists at 0 from the node's start, so a
+# fresh cluster's dashboards show 0 instead of "No data" and rate() has a first sample to start from
+# (docs/observability.md lists them).
+DELIVERY_TARGETS = ("conn", "user", "room", "broadcast")
+# The outcome label of prism_deliveries_total for each target: a conn. message for a connection that is
+# gone or closing is "gone"; a user., room. or broadcast message that found no open local recipient is
+# "no_recipient"; "not_utf8" counts the ones sent as binary frames because they were not UTF-8.
+DELIVERY_OUTCOMES: Mapping[str, tuple[str, ...]] = {
+    "conn": ("delivered", "gone", "not_utf8"),
+    "user": ("delivered", "no_recipient", "not_utf8"),
+    "room": ("delivered", "no_recipient", "not_utf8"),
+    "broadcast": ("delivered", "no_recipient", "not_utf8"),
+}
+FRAME_KINDS = ("command", "event", "request", "message", "invalid")
+# prism_disconnects_total{code}: Prism's close codes, and what websockets reports for a close frame without
+# a code (1005) and a TCP connection lost without a close frame (1006). Any other code a client or a backend
+# uses gets its series when it first occurs.
+DISCONNECT_CODES = tuple(str(code) for code in sorted({*map(int, CloseCode), 1005, 1006}))
+CLIENT_ERROR_CODES = tuple(code.value for code in ErrorCode)
+REJECTION_REASONS = (*(reason.value for reason in Reason), *AUTH_REJECTIONS)
+
 
 def _strip_total(name: str) -> str:
     # prometheus_client appends _total to counters itself.
@@ -66,7 +92,8 @@ def _strip_total(name: str) -> str:
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+    def __init__(self, registry: CollectorRegistry, node: str, routes: Iterable[str] = ("/ws",)) -> None:
+        """``routes``: the node's WebSocket routes, whose connection series exist from the start."""
         self.registry = registry
         n = NAMES
         self.connections = Gauge(
@@ -185,17 +212,45 @@ class GatewayMetrics:
             buckets=PRESENCE_BUCKETS,
             registry=registry,
         )
-        # Series that exist from the start at 0, so dashboards and alerts see them before the first event.
-        for counter in (
+        self._start_at_zero(node, routes)
+
+    def _start_at_zero(self, node: str, routes: Iterable[str]) -> None:
+        """Create every series whose labels are known (see :data:`DELIVERY_OUTCOMES` and the others), at 0,
+        so dashboards and alerts see them before the first event."""
+        per_node: tuple[Counter | Gauge, ...] = (
+            self.bytes_in,
+            self.frames_out,
+            self.bytes_out,
             self.slow_consumers,
             self.nats_reconnects,
             self.presence_sweeps,
+            self.presence_swept_connections,
             self.presence_writes,
-        ):
-            counter.labels(node=node)
-        self.presence_swept_connections.labels(node=node)
+            self.nats_connected,
+            self.ready,
+        )
+        for metric in per_node:
+            metric.labels(node=node)
+        for kind in FRAME_KINDS:
+            self.frames_in.labels(node=node, kind=kind)
+        for route in routes:
+            self.connects.labels(node=node, route=route)
+            self.connections.labels(node=node, route=route)
+        for code in DISCONNECT_CODES:
+            self.disconnects.labels(node=node, code=code)
+        for target, outcomes in DELIVERY_OUTCOMES.items():
+            self.hot.delivered[target] += 0
+            for outcome in outcomes:
+                self.hot.outcomes[target, outcome] += 0
+            self.delivery_latency.labels(node=node, target=target)
+        for error in CLIENT_ERROR_CODES:
+            self.client_errors.labels(node=node, code=error)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(node=node, reason=reason)
         for op in PRESENCE_ERROR_OPS:
             self.presence_errors.labels(node=node, op=op)
+        for op in PRESENCE_OPS:
+            self.presence_op_latency.labels(node=node, op=op)
         for action in ("rewrite", "purge"):
             self.presence_repairs.labels(node=node, action=action)
 

@@ -1,8 +1,9 @@
 """One gateway node: wires hub, outbox, NATS, presence and the WebSocket server, and owns the lifecycle.
 
-    start()  connect NATS, bind the presence bucket, subscribe, sweep leftovers, beat, listen -> ready
+    start()  open the metrics port (if any), connect NATS, bind the presence bucket, subscribe, sweep
+             leftovers, beat, listen -> ready
     drain()  unready, stop accepting, ask clients to reconnect (1012) over drain_seconds, wait for them
-    stop()   remove this node from presence, drain NATS and close it
+    stop()   remove this node from presence, drain NATS and close it, then close the metrics port
 
 :func:`run` adds signal handling for the ``prism gateway`` process: the first SIGTERM/SIGINT drains,
 a second one exits at once.
@@ -11,6 +12,7 @@ a second one exits at once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 
@@ -51,10 +53,13 @@ from gateway.io.tasks import cancel_and_wait
 from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
 from gateway.session import Sessions
 from gateway.traces import TracedDelivery
-from shared import logs, tracing
+from shared import listen, logs, tracing
 from shared.backoff import Backoff
 from shared.close_codes import CloseCode
+from shared.errors import ConfigError
+from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
+from shared.listen import check_can_listen
 from shared.presence import PresenceReader
 
 log = logging.getLogger("prism.node")
@@ -66,7 +71,7 @@ class Node:
         self.node_id = config.node_id or random_node_id()
         self.subjects = config.subjects
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = GatewayMetrics(self.registry, self.node_id)
+        self.metrics = GatewayMetrics(self.registry, self.node_id, config.routes)
         self.metrics.build.info({"version": _version(), "node": self.node_id})
         watch_outbound(self.metrics, self.node_id, lambda: (m.handle for m in self.hub.conns.values()))
         self.hub: Hub[LocalConn] = Hub(config.max_rooms_per_conn)
@@ -89,11 +94,16 @@ class Node:
         self._keepalive: asyncio.Task[None] | None = None
         self._bucket = BucketOptions()
         self.port = config.port
+        # /metrics on a port of its own (PRISM_METRICS_PORT), so a public listener never exposes it.
+        self.metrics_server = HealthServer(self.registry, self.is_ready, self.not_ready_reason)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.state = State.STARTING
         keyring = KeyRing(self.config) if self.config.auth_enabled else None  # bad key files fail here
+        # A taken port fails here, before this node touches NATS or the presence of its node id.
+        await check_can_listen(self.config.host, self.config.port, listen.GATEWAY)
+        await self._open_metrics_port()  # a busy metrics port fails here too
         options = NatsOptions(
             servers=self.config.nats_servers,
             name=f"prism-gateway-{self.node_id}",
@@ -195,12 +205,13 @@ class Node:
         )
         routes = HttpRoutes(
             self.config.routes,
-            self.registry,
+            None if self.config.metrics_port else self.registry,  # /metrics: 404 on the public port
             self.is_ready,
             self.not_ready_reason,
             auth=authenticator,
             admission=self.admission,
             static=static,
+            node_id=self.node_id,
         )
         if self.config.ping_interval > 0:
             sessions.keepalive = Keepalive(
@@ -209,7 +220,22 @@ class Node:
                 lambda conn: sessions.close(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"),
             )
         self._connections = connection_class(self.admission, self.admission.rejections, self.config)
-        self._server = await serve(
+        try:
+            self._server = await self._serve(sessions, routes)
+        except OSError as exc:  # taken since the check above
+            raise listen.unavailable(exc, self.config.host, self.config.port, listen.GATEWAY) from None
+        if sessions.keepalive is not None:
+            self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
+        sockets = self._server.sockets
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self.state = State.READY
+        self.metrics.ready.labels(node=self.node_id).set(1)
+        log.info("node %s ready on port %d", self.node_id, self.port)
+
+    async def _serve(self, sessions: Sessions, routes: HttpRoutes) -> Server:
+        assert self._connections is not None
+        return await serve(
             sessions.handle,
             self.config.host,
             self.config.port,
@@ -225,14 +251,17 @@ class Node:
             max_queue=INBOUND_QUEUE_FRAMES,
             create_connection=self._connections,
         )
-        if sessions.keepalive is not None:
-            self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
-        sockets = self._server.sockets
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-        self.state = State.READY
-        self.metrics.ready.labels(node=self.node_id).set(1)
-        log.info("node %s ready on port %d", self.node_id, self.port)
+
+    async def _open_metrics_port(self) -> None:
+        if not self.config.metrics_port:
+            return
+        try:
+            await self.metrics_server.start(self.config.host, self.config.metrics_port)
+        except OSError as exc:  # a user mistake (say, two nodes given one port): one line, no traceback
+            where = f"{self.config.host}:{self.config.metrics_port}"
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
+            raise ConfigError(f"cannot serve /metrics on {where} (metrics_port): {why}") from None
+        log.info("node %s serves /metrics on port %d", self.node_id, self.metrics_server.port)
 
     def is_ready(self) -> bool:
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) is None
@@ -303,9 +332,11 @@ class Node:
             await self._settle_presence(self.writer)
         if self.liveness is not None:
             await self.liveness.stop()
-        if self._bus is not None:
-            await self._bus.drain()
+        if self._bus is None:
+            return  # it never started (a taken port, say): no "stopped" line under the error
+        await self._bus.drain()
         self.metrics.nats_connected.labels(node=self.node_id).set(0)
+        await self.metrics_server.stop()  # last: scrapes see the whole drain
         log.info("node %s stopped", self.node_id)
 
     async def _settle_presence(self, writer: PresenceWriter) -> None:

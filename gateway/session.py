@@ -37,7 +37,7 @@ from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.presence_writer import PresenceOps, PresenceUnavailable
 from gateway.io.requests import RequestMux
 from gateway.io.room_presence import RoomPresence
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import FRAME_KINDS, GatewayMetrics
 from shared import frames, logs, tracing
 from shared import headers as h
 from shared.close_codes import CloseCode
@@ -103,10 +103,7 @@ class Sessions:
         self._guard_inbound = self._rate.enabled or config.idle_timeout > 0
         self._max_depth = config.max_json_depth
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
-        self._frames_in = {
-            k: metrics.frames_in.labels(node=node_id, kind=k)
-            for k in ("command", "event", "request", "message", "invalid")
-        }
+        self._frames_in = {k: metrics.frames_in.labels(node=node_id, kind=k) for k in FRAME_KINDS}
         self._bytes_in = metrics.bytes_in.labels(node=node_id)
         self._per_route: dict[str, tuple[Counter, Gauge]] = {}
         # Read when Prometheus scrapes, so connects and joins do not pay for them.

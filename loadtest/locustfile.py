@@ -3,7 +3,7 @@
 Run it against a gateway (or the load balancer in front of several):
 
     locust -f loadtest/locustfile.py --host ws://localhost:8080/ws
-    locust -f loadtest/locustfile.py --host ws://localhost:8080/ws --headless -u 500 -r 50 --run-time 1m
+    locust -f loadtest/locustfile.py --host ws://localhost:8080/ws --headless -u 200 -r 50 --run-time 30s
 
 Without a load balancer, ``--host`` may list several nodes, comma-separated
 (``--host ws://localhost:8080/ws,ws://localhost:8081/ws`` for ``prism dev``); users are spread over them
@@ -29,9 +29,11 @@ What shows up in locust's statistics (request type ``WS``):
 - ``publish`` (type ``NATS``): messages sent by the optional publisher below.
 
 Requests need a backend that answers ``client.event.<PRISM_REQUEST_EVENT>``; without one they fail with
-``no_responders``. Deliveries need a backend publishing to ``room.<PRISM_ROOM>``: set ``PRISM_NATS_URL``
-and this file starts one itself, a publisher (on the master or the only locust process) that sends
-``PRISM_PUBLISH_RATE`` timestamped messages per second to the room for the whole test.
+``no_responders``. ``prism dev`` runs one for ``echo``, the default: its demo backend (docs/protocol.md,
+"The demo backend"), which drops these ``chat.send`` events, as they name no room. Deliveries need a
+backend publishing to ``room.<PRISM_ROOM>``: set ``PRISM_NATS_URL`` and this file starts one itself, a
+publisher (on the master or the only locust process) that sends ``PRISM_PUBLISH_RATE`` timestamped
+messages per second to the room for the whole test.
 
 Settings (environment variables):
 

@@ -26,6 +26,15 @@ NAMES = {
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# Every label value known in advance: each series exists at 0 from the start (docs/notifications.md).
+# received also counts notifications whose subject names no kind ("invalid").
+RECEIVED_KINDS = (*(kind.value for kind in Kind), "invalid")
+# Only a failed delivery or a failed store is tried again; every other problem is dead-lettered at once.
+RETRY_REASONS = (Problem.NO_RECEIPT.value, Problem.NATS_ERROR.value)
+EXPIRED_WHERE = ("stream", "inbox")
+# How the worker settled a notification (prism_notify_processing_seconds{outcome}).
+PROCESSING_OUTCOMES = ("delivered", "stored", "no_recipients", "expired", "retry", "dead_lettered", "error")
+
 
 def _counter(name: str) -> str:
     return NAMES[name].removesuffix("_total")  # prometheus_client appends _total itself
@@ -103,13 +112,18 @@ class NotifyMetrics:
             registry=registry,
         )
         # Series that exist from the start at 0, so dashboards and alerts see them before the first event.
+        for kind in RECEIVED_KINDS:
+            self.received.labels(kind=kind)
         for kind in Kind:
-            for counter in (self.received, self.delivered, self.no_recipients):
-                counter.labels(kind=kind.value)
+            self.delivered.labels(kind=kind.value)
+            self.no_recipients.labels(kind=kind.value)
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason=reason)
         for problem in Problem:
-            self.retries.labels(reason=problem.value)
             self.dead_lettered.labels(reason=problem.value)
-        for where in ("stream", "inbox"):
+        for where in EXPIRED_WHERE:
             self.expired.labels(where=where)
+        for outcome in PROCESSING_OUTCOMES:
+            self.processing.labels(outcome=outcome)
         for outcome in ("accepted", *(refusal.value for refusal in SelfRefusal)):
             self.client_requests.labels(outcome=outcome)

@@ -8,12 +8,14 @@ import signal
 import socket
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.targets.base import free_port
 
@@ -137,3 +139,17 @@ async def spawn_prism_dev(nodes: int, port: int) -> asyncio.subprocess.Process:
         sys.executable, "-m", "gateway", "dev", "--nodes", str(nodes), "--port", str(port),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
+
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Series:
+    """Every sample served at ``url`` (Prometheus text format), by name and labels. Blocking."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

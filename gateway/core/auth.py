@@ -46,6 +46,21 @@ MISSING = "token_missing"
 INVALID = "token_invalid"
 EXPIRED = "token_expired"
 FORBIDDEN = "token_forbidden"
+# ``reason`` labels of prism_rejections_total for refusals after the handshake.
+SESSION_EXPIRED = "session_expired"
+REFRESH_REFUSED = "refresh_refused"
+JOIN_FORBIDDEN = "join_forbidden"
+EVENT_FORBIDDEN = "event_forbidden"
+AUTH_REJECTIONS = (
+    MISSING,
+    INVALID,
+    EXPIRED,
+    FORBIDDEN,
+    SESSION_EXPIRED,
+    REFRESH_REFUSED,
+    JOIN_FORBIDDEN,
+    EVENT_FORBIDDEN,
+)
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _MAX_SAFE_INT = 2**53

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from itertools import accumulate
+from urllib.parse import urlsplit
 
 
 class Reason(StrEnum):
@@ -183,17 +184,37 @@ class ConnectionCounts:
 # in a host name or a port (never '/', so a pattern cannot reach into another part of a URL), or "null".
 _ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[a-z0-9*._\-\[\]:]+")
 _WILDCARD = "[a-z0-9._\\-\\[\\]:]*"
+ANY_ORIGIN = "*"  # the allowed-origins entry that opens the node to every origin, explicitly
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def origin_pattern_error(pattern: str) -> str | None:
     """Why ``pattern`` cannot be an allowed-origin pattern, or None if it can."""
     lowered = pattern.strip().lower()
-    if lowered == "null" or _ORIGIN_PATTERN.fullmatch(lowered):
+    if lowered in ("null", ANY_ORIGIN) or _ORIGIN_PATTERN.fullmatch(lowered):
         return None
     return (
         f"allowed origin {pattern!r} must look like 'https://app.example.com', 'https://*.example.com' "
-        "or 'http://localhost:*' (scheme://host[:port], '*' for any host or port characters), or 'null'"
+        "or 'http://localhost:*' (scheme://host[:port], '*' for any host or port characters), 'null', "
+        "or '*' alone for any origin"
     )
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether ``origin`` (``scheme://host[:port]``) names the host and port of a request whose ``Host``
+    header is ``host``: the page that opens the WebSocket was served by this same address. A port left
+    out on either side is the scheme's default (a proxy that terminates TLS on 443 passes ``Host`` on)."""
+    try:
+        page = urlsplit(origin)
+        target = urlsplit("//" + host)
+        default = _DEFAULT_PORTS.get(page.scheme)
+        if default is None or not page.hostname or not target.hostname:
+            return False
+        if page.path or page.query or page.fragment or page.username or target.path or target.username:
+            return False
+        return (page.hostname, page.port or default) == (target.hostname, target.port or default)
+    except ValueError:  # a port that is not a number, or out of range
+        return False
 
 
 def _origin_regex(pattern: str) -> str:
@@ -201,28 +222,34 @@ def _origin_regex(pattern: str) -> str:
 
 
 class OriginPolicy:
-    """Allowed ``Origin`` values. No patterns: any origin. Requests without an ``Origin`` header (not
-    from a browser) are allowed, since only browsers are tricked into cross-site requests; a request
-    with more than one ``Origin`` header is refused."""
+    """Allowed ``Origin`` values: those matching ``patterns``; ``*`` among them: any origin. With no
+    patterns, any origin unless ``same_origin_default`` (authentication on), and then only an origin that
+    is the request's own (:func:`same_origin`). Requests without an ``Origin`` header (not from a browser)
+    are allowed, since only browsers are tricked into cross-site requests; a request with more than one
+    ``Origin`` header is refused."""
 
-    __slots__ = ("_exact", "_wild", "patterns")
+    __slots__ = ("_any", "_exact", "_same_origin", "_wild", "patterns")
 
-    def __init__(self, patterns: Iterable[str]) -> None:
+    def __init__(self, patterns: Iterable[str], same_origin_default: bool = False) -> None:
         self.patterns = tuple(p.strip().lower() for p in patterns if p.strip())
         for pattern in self.patterns:
             if (problem := origin_pattern_error(pattern)) is not None:
                 raise ValueError(problem)
+        self._any = ANY_ORIGIN in self.patterns or not (self.patterns or same_origin_default)
+        self._same_origin = not self.patterns
         self._exact = frozenset(p for p in self.patterns if "*" not in p)
-        wild = [_origin_regex(p) for p in self.patterns if "*" in p]
+        wild = [_origin_regex(p) for p in self.patterns if "*" in p and p != ANY_ORIGIN]
         self._wild = re.compile("|".join(f"(?:{w})" for w in wild)) if wild else None
 
-    def allows(self, origins: Sequence[str]) -> bool:
-        """Whether a request carrying these ``Origin`` header values may open a WebSocket."""
-        if not self.patterns or not origins:
+    def allows(self, origins: Sequence[str], hosts: Sequence[str] = ()) -> bool:
+        """Whether a request carrying these ``Origin`` and ``Host`` header values may open a WebSocket."""
+        if not origins or self._any:
             return True
         if len(origins) > 1:
             return False
         origin = origins[0].strip().lower()
+        if self._same_origin:
+            return len(hosts) == 1 and same_origin(origin, hosts[0].strip().lower())
         if origin in self._exact:
             return True
         return self._wild is not None and self._wild.fullmatch(origin) is not None

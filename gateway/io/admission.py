@@ -3,7 +3,8 @@
 :class:`Admission` is called from :class:`gateway.io.http.HttpRoutes` for every upgrade request on a
 WebSocket route. In this order it refuses
 
-- a browser ``Origin`` that is not allowed: HTTP 403 (cross-site WebSocket hijacking);
+- a browser ``Origin`` that is not allowed (by default with authentication on: any but the node's own):
+  HTTP 403 (cross-site WebSocket hijacking);
 - one connection more than the node holds (``max_connections``): HTTP 503 with ``Retry-After``;
 - one connection more than one remote address holds (``max_connections_per_ip``): HTTP 429 with
   ``Retry-After``;
@@ -93,7 +94,8 @@ class Admission:
     ) -> None:
         self.clock = clock
         self.rejections = rejections
-        self.origins = OriginPolicy(config.allowed_origins)
+        # With authentication on, a browser page of another site must be allowed explicitly.
+        self.origins = OriginPolicy(config.allowed_origins, same_origin_default=config.auth_enabled)
         limit = files_limit if files_limit is not None else open_files_limit()
         self.counts = ConnectionCounts(
             effective_max_connections(config.max_connections, limit), config.max_connections_per_ip
@@ -104,7 +106,7 @@ class Admission:
 
     def check(self, connection: ServerConnection, request: Request) -> Response | None:
         """None to let the upgrade go on (the connection is then counted), or the refusal to send."""
-        if not self.origins.allows(request.headers.get_all("Origin")):
+        if not self.origins.allows(request.headers.get_all("Origin"), request.headers.get_all("Host")):
             self.rejections.count(Reason.ORIGIN)
             return connection.respond(403, "origin not allowed\n")
         ip = _ip_of(connection)

@@ -27,8 +27,12 @@ from websockets.http11 import Request, Response
 
 from gateway.config import GatewayConfig
 from gateway.core.auth import (
+    EVENT_FORBIDDEN,
     FORBIDDEN,
+    JOIN_FORBIDDEN,
     MISSING,
+    REFRESH_REFUSED,
+    SESSION_EXPIRED,
     AuthError,
     Identity,
     Refresh,
@@ -50,11 +54,6 @@ from shared.frames import ErrorCode
 
 log = logging.getLogger("prism.auth")
 
-# ``reason`` labels of prism_rejections_total for refusals after the handshake.
-SESSION_EXPIRED = "session_expired"
-REFRESH_REFUSED = "refresh_refused"
-JOIN_FORBIDDEN = "join_forbidden"
-EVENT_FORBIDDEN = "event_forbidden"
 _MAX_TIMER = 86400.0
 
 

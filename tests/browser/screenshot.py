@@ -3,21 +3,20 @@
     python -m tests.browser.screenshot            # starts prism dev, writes docs/console.png (1280x800)
     python -m tests.browser.screenshot OUT.png    # somewhere else
 
-It needs what the browser tests need (Debian's /usr/bin/chromium and playwright), and a notification service
-that answers ``notify.self``: it sets ``PRISM_NOTIFY_CLIENT_REQUESTS=true`` for the ``prism dev`` it starts.
+It needs what the browser tests need (Debian's /usr/bin/chromium and playwright). Everything in the picture
+comes from a plain ``prism dev`` and two console tabs: the chat message and the reply from its demo
+backend, the notification from its notification service.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import nats
 import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -178,7 +177,6 @@ def _start_dev() -> PrismDev:
 
 
 async def take_screenshot(out: Path) -> Path:
-    os.environ.setdefault("PRISM_NOTIFY_CLIENT_REQUESTS", "true")  # read by prism dev's notification service
     if (missing := missing_requirement()) is not None:
         raise SystemExit(missing)
     from playwright.async_api import async_playwright
@@ -186,8 +184,6 @@ async def take_screenshot(out: Path) -> Path:
     dev = await asyncio.to_thread(_start_dev)
     try:
         await dev.wait_ready()
-        nc = await nats.connect(dev.nats_url)
-        await chat_backend(nc)
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             base = dev.http_urls[0]
@@ -207,7 +203,6 @@ async def take_screenshot(out: Path) -> Path:
             await alice.page.evaluate("document.activeElement?.blur(); window.scrollTo(0, 0)")
             await alice.page.screenshot(path=str(out))
             await browser.close()
-        await nc.close()
     finally:
         await asyncio.to_thread(dev.stop)
     return out

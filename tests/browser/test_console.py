@@ -1,7 +1,7 @@
 """The web console (``/`` on every node of ``prism dev``) in real headless Chromium: two users on two nodes,
-rooms and presence, an event round trip, a request nobody answers, "Notify me" through the notification
-service, and a phone-sized screen. Screenshots go to test-artifacts/browser/ (``docs/console.png`` is made by
-``python -m tests.browser.screenshot``).
+rooms and presence, an event round trip, a request nobody answers, the form's defaults answered by the
+demo backend, "Notify me" through the notification service, and a phone-sized screen. Screenshots go to
+test-artifacts/browser/ (``docs/console.png`` is made by ``python -m tests.browser.screenshot``).
 
 "Notify me" needs the notification service to answer ``notify.self``: ``prism dev`` turns that on with
 ``PRISM_NOTIFY_CLIENT_REQUESTS=true``.
@@ -87,6 +87,26 @@ async def test_two_users_on_two_nodes_share_a_room_and_talk(
     await alice.wait_member("bob", present=False)  # after PRISM_PRESENCE_DEBOUNCE (1 s in these tests)
     assert alice.errors == []
     assert bob.errors == []
+
+
+async def test_the_forms_defaults_work_as_they_are_against_prism_dev(
+    prism_dev: PrismDev, browser: Browser
+) -> None:
+    """Connect, Join and Send request with nothing typed: prism dev's demo backend answers the default
+    chat message (to the default room), and it comes back to the page as a delivery."""
+    page = await open_console(browser, prism_dev.http_urls[0], "dana")
+    await page.connect()
+    room = await page.page.input_value(page.by("room-input"))
+    await page.page.click(page.by("join"))
+    await page.page.locator(f'[data-testid="room"][data-room="{room}"]').wait_for()
+    result = page.page.locator(page.by("request-result"))
+    await page.page.click(page.by("request"))
+    await result.and_(page.page.locator('[data-outcome="ok"], [data-outcome="error"]')).wait_for()
+    assert await result.get_attribute("data-outcome") == "ok", await result.text_content()
+    assert f'"room": "{room}"' in (await result.text_content() or "")
+    entry = await page.wait_log("delivery", '"from": "dana"')
+    assert '"type": "chat"' in entry
+    assert page.errors == []
 
 
 async def test_on_a_phone_sized_screen_there_is_no_horizontal_scroll(

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from gateway.config import GatewayConfig
+from loadtest.targets.base import free_port
 from notification_service.config import NotifyConfig
 from shared.config import env_name, load
 from tests.conftest import NodeFactory
@@ -112,6 +113,52 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "notify": {"config": {"concurrency": 16}},
     },
     "no-notify-no-dashboards": {"notify": {"enabled": False}, "grafanaDashboards": {"enabled": False}},
+    # What an operator overrides without forking: files mounted for the JWT keys and NATS TLS, the
+    # security context, probes, priority, update strategy, env sources, and the notify service's HPA.
+    "operator-overrides": {
+        "gateway": {
+            "metricsPort": 9102,
+            "config": {
+                "jwt_public_key_file": "/etc/prism/jwt/public.pem",
+                "nats_tls_ca_file": "/etc/prism/nats-tls/ca.crt",
+            },
+            "extraVolumes": [
+                {"name": "jwt-keys", "secret": {"secretName": "prism-jwt-keys"}},
+                {"name": "nats-tls", "secret": {"secretName": "prism-nats-tls"}},
+            ],
+            "extraVolumeMounts": [
+                {"name": "jwt-keys", "mountPath": "/etc/prism/jwt", "readOnly": True},
+                {"name": "nats-tls", "mountPath": "/etc/prism/nats-tls", "readOnly": True},
+            ],
+            "extraEnvFrom": [{"secretRef": {"name": "prism-gateway-extra"}}],
+            "podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
+            "securityContext": {"runAsUser": None, "runAsGroup": None},
+            "readinessProbe": {"periodSeconds": 3, "timeoutSeconds": 2},
+            "startupProbe": None,
+            "livenessProbe": {"httpGet": None, "tcpSocket": {"port": "http"}},
+            "priorityClassName": "realtime-critical",
+            "strategy": {"type": "Recreate"},
+        },
+        "notify": {
+            "config": {"nats_tls_ca_file": "/etc/prism/nats-tls/ca.crt"},
+            "extraVolumes": [{"name": "nats-tls", "secret": {"secretName": "prism-nats-tls"}}],
+            "extraVolumeMounts": [{"name": "nats-tls", "mountPath": "/etc/prism/nats-tls", "readOnly": True}],
+            "extraEnvFrom": [{"configMapRef": {"name": "prism-notify-extra"}}],
+            "securityContext": {"readOnlyRootFilesystem": False},
+            "startupProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "failureThreshold": 30},
+            "priorityClassName": "realtime",
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
+            "podLabels": {"team": "realtime"},
+            "podAnnotations": {"example.com/owner": "realtime"},
+            "nodeSelector": {"pool": "workers"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "realtime", "effect": "NoSchedule"}
+            ],
+            "autoscaling": {"enabled": True, "maxReplicas": 4},
+        },
+        "metrics": {"serviceMonitor": {"enabled": True}, "scrapeAnnotations": True},
+        "networkPolicy": {"enabled": True},
+    },
 }
 
 
@@ -161,11 +208,15 @@ def env_keys(docs: list[dict[str, Any]], component: str) -> set[str]:
     deployment = next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith(component))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     keys = {e["name"] for e in container.get("env", [])}
-    for source in container.get("envFrom", []):
-        name = source["configMapRef"]["name"]
-        cm = next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == name)
+    for cm in chart_config_maps(docs, container):
         keys |= set(cm["data"])
     return keys
+
+
+def chart_config_maps(docs: list[dict[str, Any]], container: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chart's own ConfigMaps a container reads its env from (not the operator's extraEnvFrom)."""
+    names = [s["configMapRef"]["name"] for s in container.get("envFrom", []) if "configMapRef" in s]
+    return [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] in names]
 
 
 @pytest.fixture(params=sorted(VALUE_SETS))
@@ -242,6 +293,16 @@ def test_schema_config_names_are_exactly_the_config_fields() -> None:
         {"notify": {"config": {"presence_replicas": 3}}},
         {"logFormat": "xml"},
         {"metrics": {"serviceMonitor": {"interval": "often"}}},
+        {"gateway": {"metricsPort": 0}},
+        {"gateway": {"extraVolumeMounts": [{"name": "keys"}]}},
+        {"gateway": {"extraVolumes": [{"secret": {"secretName": "keys"}}]}},
+        {"gateway": {"strategy": {"type": "BlueGreen"}}},
+        {"gateway": {"readinessProbe": "yes"}},
+        {"notify": {"autoscaling": {"minReplicas": 0}}},
+        {"notify": {"podDisruptionBudget": {"minAvailable": 1}}},
+        {"notify": {"extraEnvFrom": {"secretRef": {"name": "x"}}}},
+        {"notify": {"unknownKey": 1}},
+        {"metrics": {"scrapeAnnotations": "yes"}},
     ],
 )
 def test_schema_rejects_bad_values(chart: Any, bad: dict[str, Any]) -> None:
@@ -363,16 +424,19 @@ def test_rendered_settings_load_into_the_config_objects(
             continue
         container = deployments[0]["spec"]["template"]["spec"]["containers"][0]
         environ: dict[str, str] = {}
-        for source in container.get("envFrom", []):
-            cm_name = source["configMapRef"]["name"]
-            environ |= next(d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name)["data"]
+        for cm in chart_config_maps(docs, container):
+            environ |= cm["data"]
         for var in container.get("env", []):
             if var["name"].startswith("PRISM_"):
                 environ[var["name"]] = var.get("value", "s" * 40)  # a secret's stand-in
-        if "PRISM_NATS_CREDS_FILE" in environ:
-            creds = tmp_path / "nats.creds"
-            creds.write_text("stand-in\n")
-            environ["PRISM_NATS_CREDS_FILE"] = str(creds)
+        # Every file a setting names lies in a volume the container mounts; here a stand-in file replaces it.
+        mounts = [m["mountPath"].rstrip("/") + "/" for m in container.get("volumeMounts", [])]
+        for key, path in list(environ.items()):
+            if key.endswith("_FILE") and path:
+                assert any(path.startswith(mount) for mount in mounts), (component, key, path, mounts)
+                stand_in = tmp_path / f"{component}-{key.lower()}"
+                stand_in.write_text("stand-in\n")
+                environ[key] = str(stand_in)
         load(cls, environ=environ)
 
 
@@ -386,16 +450,33 @@ async def test_helm_test_pod_script_round_trips_through_a_real_gateway(
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["python", "-c"]
     (script,) = container["args"]
-    node = await make_node(jwt_secret="k" * 40) if auth else await make_node()
+    metrics_port = free_port()
+    settings: dict[str, Any] = {"metrics_port": metrics_port} | ({"jwt_secret": "k" * 40} if auth else {})
+    node = await make_node(**settings)
     service = f'base = "prism-gateway:{chart.values["gateway"]["service"]["port"]}"'
+    metrics_service = f'metrics = "prism-gateway-metrics:{chart.values["gateway"]["metricsPort"]}"'
     assert service in script
+    assert metrics_service in script
     script = script.replace(service, f'base = "127.0.0.1:{node.port}"')
+    script = script.replace(metrics_service, f'metrics = "127.0.0.1:{metrics_port}"')
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     output, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, output.decode()
     assert (b"readyz ok" if auth else b"round trip ok through node node1") in output
+    assert b"metrics ok: on the internal port only" in output
+
+
+def test_helm_test_pod_skips_the_metrics_check_when_a_network_policy_keeps_it_out(chart: Any) -> None:
+    def script(values: dict[str, Any]) -> str:
+        pod = next(d for d in of_kind(render(chart, values), "Pod") if "test" in d["metadata"]["name"])
+        text: str = pod["spec"]["containers"][0]["args"][0]
+        return text
+
+    assert "check_metrics = True" in script({})
+    assert "check_metrics = True" in script({"networkPolicy": {"enabled": True}})  # metricsFrom: anyone
+    assert "check_metrics = False" in script(VALUE_SETS["networkpolicy"])
 
 
 def test_config_checksums_roll_only_the_component_whose_settings_changed(chart: Any) -> None:
@@ -412,3 +493,239 @@ def test_config_checksums_roll_only_the_component_whose_settings_changed(chart: 
     assert notify_changed["prism-notify"] != base["prism-notify"]
     assert gateway_changed["prism-gateway"] != base["prism-gateway"]
     assert gateway_changed["prism-notify"] == base["prism-notify"]
+
+
+# -- what operators override without forking the chart ---------------------------------------------------
+
+
+def deployment(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    return next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == f"prism-{component}")
+
+
+def pod_spec(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment(docs, component)["spec"]["template"]["spec"]
+    return spec
+
+
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in of_kind(docs, kind) if d["metadata"]["name"] == name)
+
+
+def selected_services(docs: list[dict[str, Any]], selector: dict[str, str]) -> list[str]:
+    """Names of the Services whose labels a ServiceMonitor's matchLabels select."""
+    return [
+        d["metadata"]["name"]
+        for d in of_kind(docs, "Service")
+        if selector.items() <= d["metadata"]["labels"].items()
+    ]
+
+
+@pytest.mark.parametrize("component", ["gateway", "notify"])
+def test_extra_volumes_are_mounted_and_the_file_settings_point_into_them(chart: Any, component: str) -> None:
+    docs = render(chart, VALUE_SETS["operator-overrides"])
+    pod = pod_spec(docs, component)
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert volumes["nats-tls"] == {"name": "nats-tls", "secret": {"secretName": "prism-nats-tls"}}
+    assert mounts["nats-tls"] == {"name": "nats-tls", "mountPath": "/etc/prism/nats-tls", "readOnly": True}
+    assert "tmp" in volumes  # the chart's own stay
+    assert "tmp" in mounts
+    config = named(docs, "ConfigMap", f"prism-{component}")["data"]
+    assert config["PRISM_NATS_TLS_CA_FILE"] == "/etc/prism/nats-tls/ca.crt"
+    if component == "gateway":
+        assert volumes["jwt-keys"]["secret"] == {"secretName": "prism-jwt-keys"}
+        assert mounts["jwt-keys"]["mountPath"] == "/etc/prism/jwt"
+        assert config["PRISM_JWT_PUBLIC_KEY_FILE"] == "/etc/prism/jwt/public.pem"
+    # The chart's ConfigMap first, then the operator's sources (a later source wins a shared key).
+    sources = container["envFrom"]
+    assert sources[0] == {"configMapRef": {"name": f"prism-{component}"}}
+    assert len(sources) == 2
+
+
+def test_extra_volumes_sit_next_to_the_nats_credentials_volume(chart: Any) -> None:
+    extra = {
+        "extraVolumes": [{"name": "jwks", "configMap": {"name": "prism-jwks"}}],
+        "extraVolumeMounts": [{"name": "jwks", "mountPath": "/etc/prism/jwks"}],
+    }
+    values = merge(VALUE_SETS["external-nats-credentials"], {"gateway": extra, "notify": extra})
+    docs = render(chart, values)
+    for component in ("gateway", "notify"):
+        pod = pod_spec(docs, component)
+        assert [v["name"] for v in pod["volumes"]] == ["tmp", "nats-creds", "jwks"]
+        assert [m["name"] for m in pod["containers"][0]["volumeMounts"]] == ["tmp", "nats-creds", "jwks"]
+
+
+def test_metrics_have_their_own_port_that_no_public_route_reaches(chart: Any) -> None:
+    values = merge(
+        merge(VALUE_SETS["ingress"], VALUE_SETS["httproute"]),
+        merge(VALUE_SETS["monitoring"], VALUE_SETS["networkpolicy"]),
+    )
+    docs = render(chart, values)
+    gateway = chart.values["gateway"]
+    container = pod_spec(docs, "gateway")["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": gateway["port"], "metrics": gateway["metricsPort"]}
+    assert gateway["metricsPort"] != gateway["port"]
+    config = named(docs, "ConfigMap", "prism-gateway")["data"]
+    assert config["PRISM_METRICS_PORT"] == str(gateway["metricsPort"])
+    assert config["PRISM_PORT"] == str(gateway["port"])
+    # The public Service has the WebSocket port only; the Ingress and the HTTPRoute point at it.
+    public = named(docs, "Service", "prism-gateway")
+    assert [(p["name"], p["targetPort"]) for p in public["spec"]["ports"]] == [("http", "http")]
+    for rule in named(docs, "Ingress", "prism-gateway")["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            assert path["backend"]["service"] == {"name": "prism-gateway", "port": {"name": "http"}}
+    (route_rule,) = named(docs, "HTTPRoute", "prism-gateway")["spec"]["rules"]
+    assert route_rule["backendRefs"] == [{"name": "prism-gateway", "port": gateway["service"]["port"]}]
+    # Scrapes go through a headless Service of their own, selected by the ServiceMonitor alone.
+    internal = named(docs, "Service", "prism-gateway-metrics")
+    assert internal["spec"]["clusterIP"] == "None"
+    assert [(p["name"], p["targetPort"]) for p in internal["spec"]["ports"]] == [("metrics", "metrics")]
+    assert internal["spec"]["selector"] == public["spec"]["selector"]
+    monitor = named(docs, "ServiceMonitor", "prism-gateway")
+    assert selected_services(docs, monitor["spec"]["selector"]["matchLabels"]) == ["prism-gateway-metrics"]
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    notify_monitor = named(docs, "ServiceMonitor", "prism-notify")
+    assert selected_services(docs, notify_monitor["spec"]["selector"]["matchLabels"]) == ["prism-notify"]
+    # The NetworkPolicy lets clients reach http and only the scrapers reach metrics.
+    policy = named(docs, "NetworkPolicy", "prism-gateway")["spec"]["ingress"]
+    assert [[p["port"] for p in rule["ports"]] for rule in policy] == [["http"], ["metrics"]]
+    assert policy[1]["from"] == values["networkPolicy"]["metricsFrom"]
+    assert "from" not in policy[0]
+
+
+def test_metrics_port_must_differ_from_the_public_port(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match="metricsPort must differ"):
+        chart.render(merge(chart.values, {"gateway": {"port": 9000, "metricsPort": 9000}}))
+
+
+def test_security_context_probes_priority_and_strategy_are_overridable(chart: Any) -> None:
+    default = render(chart, {})
+    docs = render(chart, VALUE_SETS["operator-overrides"])
+    gw, notify = pod_spec(docs, "gateway"), pod_spec(docs, "notify")
+    # securityContext: an OpenShift-style override drops the fixed user, the rest stays.
+    assert gw["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert "runAsUser" not in gw["containers"][0]["securityContext"]
+    assert gw["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert notify["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+    assert notify["securityContext"] == pod_spec(default, "notify")["securityContext"]
+    test_pod = next(d for d in of_kind(docs, "Pod") if "test" in d["metadata"]["name"])
+    assert test_pod["spec"]["securityContext"] == gw["securityContext"]  # helm test runs the same way
+    # Probes: merged into the defaults, removed with null, handler replaced.
+    container = gw["containers"][0]
+    assert container["readinessProbe"] == {
+        "httpGet": {"path": "/readyz", "port": "http"},
+        "periodSeconds": 3,
+        "timeoutSeconds": 2,
+        "failureThreshold": 2,
+    }
+    assert "startupProbe" not in container
+    assert pod_spec(default, "gateway")["containers"][0]["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "http"}
+    assert "httpGet" not in container["livenessProbe"]
+    assert notify["containers"][0]["startupProbe"]["failureThreshold"] == 30
+    assert "startupProbe" not in pod_spec(default, "notify")["containers"][0]
+    # Priority and update strategy.
+    assert gw["priorityClassName"] == "realtime-critical"
+    assert notify["priorityClassName"] == "realtime"
+    assert "priorityClassName" not in pod_spec(default, "gateway")
+    assert deployment(docs, "gateway")["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment(docs, "notify")["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1},
+    }
+    assert deployment(default, "gateway")["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_the_notification_service_gets_pdb_hpa_spread_and_pod_metadata(chart: Any) -> None:
+    default = render(chart, {})
+    pdb = named(default, "PodDisruptionBudget", "prism-notify")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "notify"
+    assert not [h for h in of_kind(default, "HorizontalPodAutoscaler")]
+    spread = pod_spec(default, "notify")["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    assert all(c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "notify" for c in spread)
+    docs = render(chart, VALUE_SETS["operator-overrides"])
+    hpa = named(docs, "HorizontalPodAutoscaler", "prism-notify")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "prism-notify"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    assert "replicas" not in deployment(docs, "notify")["spec"]  # the HPA owns it
+    assert deployment(docs, "gateway")["spec"]["replicas"] == 2
+    template = deployment(docs, "notify")["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "realtime"
+    assert template["metadata"]["annotations"]["example.com/owner"] == "realtime"
+    assert template["spec"]["nodeSelector"] == {"pool": "workers"}
+    assert template["spec"]["tolerations"][0]["key"] == "dedicated"
+    off = render(
+        chart, {"notify": {"topologySpread": {"enabled": False}, "podDisruptionBudget": {"enabled": False}}}
+    )
+    assert "topologySpreadConstraints" not in pod_spec(off, "notify")
+    assert [d["metadata"]["name"] for d in of_kind(off, "PodDisruptionBudget")] == ["prism-gateway"]
+    gone = render(chart, {"notify": {"enabled": False, "autoscaling": {"enabled": True}}})
+    assert [d["metadata"]["name"] for d in of_kind(gone, "PodDisruptionBudget")] == ["prism-gateway"]
+    assert not of_kind(gone, "HorizontalPodAutoscaler")
+
+
+def test_the_nats_exporter_is_scraped_when_monitoring_is_on(chart: Any) -> None:
+    nats_values = chart.values["nats"]["promExporter"]
+    assert nats_values["enabled"] is True  # the official chart's exporter sidecar
+    assert nats_values["podMonitor"]["enabled"] is False  # ours replaces the official chart's own
+    docs = render(chart, VALUE_SETS["monitoring"])
+    (monitor,) = of_kind(docs, "PodMonitor")
+    assert monitor["metadata"]["name"] == "prism-nats"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # what Prometheus selects
+    # The labels of the official NATS chart's pods (nats.selectorLabels) and its exporter's port name.
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "nats",
+        "app.kubernetes.io/instance": "prism",
+        "app.kubernetes.io/component": "nats",
+    }
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint == {"port": "prom-metrics", "path": "/metrics", "interval": "15s"}
+    renamed = render(chart, merge(VALUE_SETS["monitoring"], {"nats": {"nameOverride": "bus"}}))
+    assert (
+        of_kind(renamed, "PodMonitor")[0]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        == "bus"
+    )
+    assert not of_kind(render(chart, {}), "PodMonitor")
+    no_exporter = merge(VALUE_SETS["monitoring"], {"nats": {"promExporter": {"enabled": False}}})
+    assert not of_kind(render(chart, no_exporter), "PodMonitor")
+    external = render(chart, merge(VALUE_SETS["monitoring"], EXTERNAL))
+    assert not of_kind(external, "PodMonitor")
+    assert len(of_kind(external, "ServiceMonitor")) == 2
+
+
+def test_scrape_annotations_name_the_metrics_ports(chart: Any) -> None:
+    assert not any(
+        "prometheus.io/scrape" in d["spec"]["template"]["metadata"]["annotations"]
+        for d in of_kind(render(chart, {}), "Deployment")
+    )
+    docs = render(chart, VALUE_SETS["operator-overrides"])
+    for component, port in (("gateway", 9102), ("notify", chart.values["notify"]["metricsPort"])):
+        annotations = deployment(docs, component)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_readme_documents_every_value() -> None:
+    """Each key of values.yaml (two levels deep; `config` holds settings, `nats` the NATS chart's values)
+    is named in helm/prism/README.md, as `section.key` or as `.key` in a row that starts with its section."""
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = []
+    for section, body in values.items():
+        if section == "nats":
+            body = {"enabled": True, "promExporter": body["promExporter"]}
+        if not isinstance(body, dict):
+            if f"`{section}`" not in readme and f"`{section}," not in readme:
+                missing.append(section)
+            continue
+        for key in body:
+            rows = [line for line in readme.splitlines() if line.startswith(f"| `{section}.")]
+            named = f"`{section}.{key}" in readme or any(f".{key}`" in row for row in rows)
+            if not named:
+                missing.append(f"{section}.{key}")
+    assert not missing, f"values not in helm/prism/README.md: {missing}"

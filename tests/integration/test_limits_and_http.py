@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import os
 import urllib.error
 import urllib.request
 
@@ -18,6 +20,7 @@ from shared.close_codes import CloseCode
 from shared.lifecycle import State
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
+from tests.security.tokens import SECRET
 
 
 def metric_value(node: Node, name: str, **labels: str) -> float:
@@ -87,6 +90,70 @@ async def test_health_ready_metrics_and_unknown_paths(make_node: NodeFactory) ->
         assert "/ws" in body
 
 
+def etag_of(node: Node, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.port}{path}", timeout=5) as response:
+        return str(response.headers["ETag"])
+
+
+def twice_on_one_connection(port: int, path: str, headers: dict[str, str]) -> list[tuple[int, str | None]]:
+    """GET ``path`` twice through one keep-alive HTTP/1.1 client (http.client reuses its connection unless
+    the answer says ``Connection: close``): (status, Connection header) of each answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        answers = []
+        for _ in range(2):
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            answers.append((response.status, response.getheader("Connection")))
+        return answers
+    finally:
+        conn.close()
+
+
+async def test_every_http_answer_says_connection_close_so_keep_alive_clients_reconnect(
+    make_node: NodeFactory,
+) -> None:
+    """The node closes the TCP connection after every answer but 101, so it must say so: a keep-alive
+    client (Node's default agent, scrapers) would otherwise send its next request into a closed
+    connection and get "socket hang up"."""
+    node = await make_node(console=True, jwt_secret=SECRET, allowed_origins=("https://app.example.com",))
+    full = await make_node(max_connections=1)
+    etag = await asyncio.to_thread(etag_of, node, "/prism.js")
+    cases = [
+        (node, "/healthz", {}, 200),
+        (node, "/readyz", {}, 200),
+        (node, "/metrics", {}, 200),
+        (node, "/prism.js", {}, 200),
+        (node, "/prism.js", {"If-None-Match": etag}, 304),
+        (node, "/prism.d.ts", {}, 200),
+        (node, "/", {}, 200),
+        (node, "/console/config.json", {}, 200),
+        (node, "/nope", {}, 404),
+        (node, "/ws", {}, 401),
+        (node, "/ws", {"Origin": "https://evil.example"}, 403),
+        (full, "/ws", {}, 503),
+    ]
+    async with await PrismClient.connect(ws_url(full)):
+        for target, path, headers, status in cases:
+            answers = await asyncio.to_thread(twice_on_one_connection, target.port, path, headers)
+            assert answers == [(status, "close")] * 2, (path, headers)
+
+
+def readyz_identity(node: Node) -> tuple[int, str | None, str | None]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/readyz", timeout=5) as response:
+            status, headers = int(response.status), response.headers
+    except urllib.error.HTTPError as exc:
+        status, headers = int(exc.code), exc.headers
+    return status, headers.get("Prism-Node"), headers.get("Prism-Pid")
+
+
+async def test_readyz_names_the_node_and_the_process_that_answers(make_node: NodeFactory) -> None:
+    node = await make_node(node_id="gw-7")
+    assert await asyncio.to_thread(readyz_identity, node) == (200, "gw-7", str(os.getpid()))
+
+
 async def test_invalid_user_is_refused_before_the_upgrade(make_node: NodeFactory) -> None:
     node = await make_node()
     with pytest.raises(InvalidStatus) as refused:
@@ -107,6 +174,7 @@ async def test_draining_node_is_unready_and_asks_clients_to_reconnect(make_node:
     assert [t.result() for t in closed] == [CloseCode.SERVICE_RESTART]
     still_open = second if first.close_code else first
     assert await asyncio.to_thread(http_get, node, "/readyz") == (503, "not ready: draining\n")
+    assert await asyncio.to_thread(readyz_identity, node) == (503, "node1", str(os.getpid()))
     assert await asyncio.to_thread(http_get, node, "/healthz") == (200, "ok\n")
     status, _ = await asyncio.to_thread(http_get, node, "/metrics")
     assert status == 200

@@ -1,5 +1,6 @@
 """The gateway on a NATS that requires credentials: least-privilege users (exactly the permissions in
-docs/security.md), a token, an NKey, and TLS with a private CA and a client certificate."""
+docs/security.md, for the gateway, a backend, the notification service and the demo backend), a token,
+an NKey, and TLS with a private CA and a client certificate."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from notification_service.service import NotifyService
 from shared import presence_keys as keys
 from shared.backend import PrismBackend
 from shared.client import PrismClient
+from shared.demo_backend import DemoBackend, DemoConfig
 from shared.nats_permissions import render_users
 from shared.presence import PresenceReader
 from shared.presence_keys import Layout
@@ -331,3 +333,26 @@ async def test_mutual_tls_with_a_private_ca(tmp_path: Path) -> None:
             await nats.connect(url, allow_reconnect=False, connect_timeout=3)
     finally:
         server.stop()
+
+
+async def test_the_demo_backend_needs_no_more_than_the_backend_permissions(
+    least_privilege_nats: NatsServer, nodes: list[Node], tmp_path: Path
+) -> None:
+    config = DemoConfig(
+        nats_url=least_privilege_nats.url, nats_user="backend", nats_password=PASSWORDS["backend"]
+    )
+    demo = DemoBackend(config)
+    await demo.start()
+    try:
+        async with (
+            await PrismClient.connect(f"ws://127.0.0.1:{nodes[0].port}/ws", user="alice") as alice,
+            await PrismClient.connect(f"ws://127.0.0.1:{nodes[1].port}/ws", user="bob") as bob,
+        ):
+            await bob.join("lobby")
+            assert await alice.request("echo", [1]) == [1]
+            await alice.request("chat.send", {"room": "lobby", "text": "hi"})
+            assert orjson.loads(await bob.receive(5))["text"] == "hi"
+            assert len((await alice.request("chat.history", {"room": "lobby"}))["messages"]) == 1
+    finally:
+        await demo.stop()
+    assert violations(tmp_path) == []

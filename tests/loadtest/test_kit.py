@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import csv
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -197,6 +198,48 @@ async def test_locust_users_connect_join_request_and_receive_on_prism_dev(tmp_pa
     assert deliveries > 0, report
     failures = (tmp_path / "stats_failures.csv").read_text().splitlines()[1:]
     assert failures == [], f"{failures}\n{report}"
+    assert code == 0, report
+
+
+def readme_locust_command() -> list[str]:
+    """The README's locust command, split into its arguments (without the program)."""
+    lines = [
+        line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(".venv/bin/locust ")
+    ]
+    assert len(lines) == 1, "the README should show one locust command"
+    return shlex.split(lines[0].split("#")[0])[1:]
+
+
+def scaled_down(args: list[str], port: int, users: str, seconds: str) -> list[str]:
+    """``args`` with fewer users for less time, the locustfile's full path and the test's ports."""
+    options = {"-u": users, "-r": users, "-t": seconds, "-f": str(LOCUSTFILE)}
+    scaled = []
+    for before, arg in zip(["", *args], args, strict=False):
+        scaled.append(
+            options.get(before, arg.replace(":8080/", f":{port}/").replace(":8081/", f":{port + 1}/"))
+        )
+    return scaled
+
+
+async def test_the_readme_locust_command_passes_against_a_plain_prism_dev(tmp_path: Path) -> None:
+    """As the README gives it, with no backend of the test's own: the demo backend that prism dev runs
+    answers the requests (scaled down from 200 users for 30 s)."""
+    if not LOCUST.exists():
+        pytest.skip(f"locust is not installed next to {sys.executable} (pip install -e '.[loadtest]')")
+    args = readme_locust_command()
+    assert {"--headless", "-u", "-t"} <= set(args), args
+    port = free_port_pair()
+    async with prism_dev(port) as dev:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "PRISM_"))}
+        args = scaled_down(args, port, users="10", seconds="5s")
+        args += ["--csv", str(tmp_path / "stats"), "--only-summary"]
+        code, output = await run_locust(args, env, tmp_path, timeout=45)
+    report = f"locust {shlex.join(args)}\n{output}\nprism dev output:\n{''.join(dev.output)}"
+    stats = read_stats(tmp_path / "stats_stats.csv")
+    requests = stats.get(("WS", "request"))
+    assert requests is not None, report
+    assert int(requests["Request Count"]) > 0, report
+    assert int(stats[("", "Aggregated")]["Failure Count"]) == 0, report
     assert code == 0, report
 
 

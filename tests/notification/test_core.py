@@ -12,12 +12,12 @@ from prometheus_client import CollectorRegistry
 from notification_service import core
 from notification_service.config import NotifyConfig
 from notification_service.core import DeliveryResult, Kind, Outcome, Problem, Step, Target
-from notification_service.http import HealthServer
 from notification_service.metrics import NAMES, NotifyMetrics
 from notification_service.publisher import encode
 from notification_service.streams import changes, consumer_config, stream_configs
 from shared.config import load
 from shared.errors import ConfigError
+from shared.health_http import HealthServer
 from shared.subjects import Subjects
 
 S = Subjects()

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from nats.aio.client import Client as NatsClient
 
+from notification_service.core import Kind, Problem, SelfRefusal
+from notification_service.metrics import (
+    EXPIRED_WHERE,
+    NAMES,
+    PROCESSING_OUTCOMES,
+    RECEIVED_KINDS,
+    RETRY_REASONS,
+)
 from notification_service.publisher import Notifier
 from shared.client import PrismClient
 from shared.subjects import Subjects
 from tests.conftest import NodeFactory, ws_url
-from tests.helpers import eventually
+from tests.helpers import eventually, scrape
 from tests.notification.conftest import ServiceFactory
 from tests.notification.support import holds, metric, next_notification, stream_messages
 
@@ -99,3 +109,20 @@ async def test_every_subject_carries_the_deployment_prefix(
     await notifier.to_user("dora", "p-2", "online")
     assert (await next_notification(client))["id"] == "p-2"
     await client.close()
+
+
+async def test_a_fresh_service_serves_every_known_labelled_series_at_0(make_service: ServiceFactory) -> None:
+    service = await make_service()
+    series = await asyncio.to_thread(scrape, f"http://127.0.0.1:{service.metrics_port}/metrics")
+    expected = [(NAMES["received"], "kind", kind) for kind in RECEIVED_KINDS]
+    expected += [(NAMES[m], "kind", kind.value) for m in ("delivered", "no_recipients") for kind in Kind]
+    expected += [(NAMES["retries"], "reason", reason) for reason in RETRY_REASONS]
+    expected += [(NAMES["dead_lettered"], "reason", problem.value) for problem in Problem]
+    expected += [(NAMES["expired"], "where", where) for where in EXPIRED_WHERE]
+    expected += [(NAMES["processing"] + "_count", "outcome", outcome) for outcome in PROCESSING_OUTCOMES]
+    outcomes = ("accepted", *(refusal.value for refusal in SelfRefusal))
+    expected += [(NAMES["client_requests"], "outcome", outcome) for outcome in outcomes]
+    missing = [e for e in expected if series.get((e[0], frozenset({(e[1], e[2])}))) != 0]
+    assert not missing, missing
+    assert series[("prism_notify_received_total", frozenset({("kind", "invalid")}))] == 0
+    assert series[("prism_notify_processing_seconds_count", frozenset({("outcome", "retry")}))] == 0

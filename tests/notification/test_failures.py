@@ -59,6 +59,8 @@ async def test_malformed_notifications_are_dead_lettered_at_once_with_a_reason(
         assert headers[core.H_DELIVERIES] == "1"  # never retried
         assert headers[core.H_REASON]
         assert headers["Trace"].startswith("t")  # the publisher's own headers are kept
+        # Not the publisher's Nats-Msg-Id: one per original message, so a repeat is stored once.
+        assert headers[core.MSG_ID] == f"dead:NOTIFICATIONS:{headers[core.H_SEQUENCE]}"
         assert letter.subject == "notify.dead." + subject.removeprefix("notify.")
         assert letter.data == data
     assert "printable ASCII" in (letters[3].headers or {})[core.H_REASON]

@@ -14,9 +14,23 @@ from prometheus_client import CollectorRegistry
 from gateway.core.presence_writes import ConnRecord
 from gateway.io.outbox import LocalConn
 from gateway.io.presence_writer import PresenceUnavailable
-from gateway.metrics import NAMES, GatewayMetrics, TimedPresence, watch_outbound
+from gateway.metrics import (
+    CLIENT_ERROR_CODES,
+    DELIVERY_OUTCOMES,
+    DISCONNECT_CODES,
+    FRAME_KINDS,
+    NAMES,
+    PRESENCE_ERROR_OPS,
+    PRESENCE_OPS,
+    REJECTION_REASONS,
+    GatewayMetrics,
+    TimedPresence,
+    watch_outbound,
+)
 from shared import headers as h
 from shared.backend import PrismBackend
+from tests.conftest import NodeFactory
+from tests.helpers import scrape
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -88,3 +102,40 @@ def test_outbound_backlog_is_read_at_scrape_time() -> None:
         conns.append(SimpleNamespace(pending_bytes=queued, ws=SimpleNamespace(transport=transport)))
     assert value(registry, NAMES["outbound_pending_bytes"], node="n1") == 1105
     assert value(registry, NAMES["outbound_max_pending_bytes"], node="n1") == 1100
+
+
+async def test_a_fresh_node_serves_every_known_labelled_series_at_0(make_node: NodeFactory) -> None:
+    """Before any event: dashboards show 0, not "No data", and rate() has a first sample."""
+    node = await make_node(routes=("/ws", "/admin"))
+    series = await asyncio.to_thread(scrape, f"http://127.0.0.1:{node.port}/metrics")
+    expected: list[tuple[str, dict[str, str]]] = []
+    for target, outcomes in DELIVERY_OUTCOMES.items():
+        expected += [(NAMES["deliveries"], {"target": target, "outcome": o}) for o in outcomes]
+        expected.append((NAMES["delivered_messages"], {"target": target}))
+        expected.append((NAMES["delivery_latency"] + "_count", {"target": target}))
+    expected += [(NAMES["disconnects"], {"code": code}) for code in DISCONNECT_CODES]
+    expected += [(NAMES["client_errors"], {"code": code}) for code in CLIENT_ERROR_CODES]
+    expected += [(NAMES["rejections"], {"reason": reason}) for reason in REJECTION_REASONS]
+    expected += [(NAMES["frames_in"], {"kind": kind}) for kind in FRAME_KINDS]
+    expected += [(NAMES[m], {"route": r}) for m in ("connects", "connections") for r in ("/ws", "/admin")]
+    expected += [(NAMES["presence_errors"], {"op": op}) for op in PRESENCE_ERROR_OPS]
+    expected += [(NAMES["presence_op_latency"] + "_count", {"op": op}) for op in PRESENCE_OPS]
+    expected += [(NAMES["presence_repairs"], {"action": a}) for a in ("rewrite", "purge")]
+    expected += [(NAMES[m], {}) for m in ("slow_consumers", "nats_reconnects", "frames_out", "bytes_out")]
+    missing = []
+    for name, labels in expected:
+        key = (name, frozenset({"node": node.node_id, **labels}.items()))
+        if series.get(key) != 0:
+            missing.append(f"{name}{labels}: {series.get(key)}")
+    assert not missing, missing
+    # The issue's examples, spelled out (the sets above come from the code under test).
+    for name, labels in [
+        ("prism_deliveries_total", {"target": "conn", "outcome": "gone"}),
+        ("prism_deliveries_total", {"target": "room", "outcome": "no_recipient"}),
+        ("prism_disconnects_total", {"code": "1006"}),
+        ("prism_disconnects_total", {"code": "4001"}),
+        ("prism_rejections_total", {"reason": "origin"}),
+        ("prism_rejections_total", {"reason": "token_expired"}),
+        ("prism_client_errors_total", {"code": "no_responders"}),
+    ]:
+        assert series[(name, frozenset({"node": node.node_id, **labels}.items()))] == 0

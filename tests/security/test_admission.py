@@ -17,6 +17,7 @@ from shared.close_codes import CloseCode
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 from tests.security.conftest import HOSTILE_LIMITS, rejections, witnessed
+from tests.security.tokens import TokenKit
 from tests.security.wire import RawClient, upgrade_request
 
 
@@ -60,6 +61,51 @@ async def test_only_allowed_browser_origins_may_connect(make_node: NodeFactory) 
         assert (status, body) == (403, b"origin not allowed\n")
     assert rejections(node, "origin") == 4
     await no_connections(node)
+
+
+async def test_with_authentication_on_only_the_nodes_own_origin_may_connect_by_default(
+    make_node: NodeFactory,
+) -> None:
+    kit = TokenKit()
+    node = await make_node(jwt_secret=kit.secret)
+    bearer = {"Authorization": f"Bearer {kit.hs256('alice')}"}
+    own = f"http://127.0.0.1:{node.port}"  # websockets sends Host: 127.0.0.1:<port>
+    for origin in (own, own.upper(), None):  # the node's own page, or not a browser
+        ws = await opened(node, origin=origin, additional_headers=bearer)
+        await ws.close()
+    port = node.port
+    for origin in (
+        "https://evil.example",
+        f"http://127.0.0.1:{port + 1}",
+        f"http://localhost:{port}",
+        "null",
+    ):
+        status, headers, body = await refused(ws_url(node), origin=origin, additional_headers=bearer)
+        assert (status, body, headers["Connection"]) == (403, b"origin not allowed\n", "close"), origin
+    # Refused before the token is looked at: no token, same 403.
+    assert (await refused(ws_url(node), origin="https://evil.example"))[0] == 403
+    assert rejections(node, "origin") == 5
+    assert rejections(node, "token_missing") == 0
+    await no_connections(node)
+
+
+async def test_a_star_opens_an_authenticated_node_to_every_origin_and_auth_off_accepts_any(
+    make_node: NodeFactory,
+) -> None:
+    kit = TokenKit()
+    bearer = {"Authorization": f"Bearer {kit.hs256('alice')}"}
+    open_to_all = await make_node(jwt_secret=kit.secret, allowed_origins=("*",))
+    listed = await make_node(jwt_secret=kit.secret, allowed_origins=("https://app.example.com",))
+    dev = await make_node()
+    for node, headers in ((open_to_all, bearer), (dev, {})):
+        for origin in ("https://evil.example", "null"):
+            ws = await opened(node, origin=origin, additional_headers=headers)
+            await ws.close()
+    ws = await opened(listed, origin="https://app.example.com", additional_headers=bearer)
+    await ws.close()
+    # A list replaces the default: the node's own origin must be in it to pass.
+    own = f"http://127.0.0.1:{listed.port}"
+    assert (await refused(ws_url(listed), origin=own, additional_headers=bearer))[0] == 403
 
 
 async def test_a_full_node_answers_503_with_retry_after(make_node: NodeFactory) -> None:

@@ -94,9 +94,9 @@ class RawClient:
         self.status = int(self.response_head.split(b" ", 2)[1])
         return self.status
 
-    async def welcome(self) -> bytes:
+    async def welcome(self, path: str = "/ws") -> bytes:
         """Upgrade and return the welcome frame's payload."""
-        assert await self.upgrade() == 101, self.response_head
+        assert await self.upgrade(path) == 101, self.response_head
         first = await self.read_frame()
         assert first is not None
         assert first.opcode == Opcode.TEXT, first

@@ -279,13 +279,55 @@ def test_null_origin_passes_only_when_listed() -> None:
 
 
 @pytest.mark.parametrize(
-    "pattern", ["https://app.example.com", "http://*:8080", "https://[::1]:8443", "NULL"]
+    "pattern", ["https://app.example.com", "http://*:8080", "https://[::1]:8443", "NULL", "*"]
 )
 def test_good_origin_patterns(pattern: str) -> None:
     assert origin_pattern_error(pattern) is None
 
 
-@pytest.mark.parametrize("pattern", ["example.com", "*", "https://", "https://a/b", "https://a b", "//x"])
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        ("http://localhost:8080", "localhost:8080", True),
+        ("http://LOCALHOST:8080", "localhost:8080", True),
+        ("https://chat.example.com", "chat.example.com", True),  # TLS ended by a proxy: port 443 both
+        ("https://chat.example.com", "chat.example.com:443", True),
+        ("http://chat.example.com", "chat.example.com:80", True),
+        ("http://[::1]:8080", "[::1]:8080", True),
+        ("http://localhost:8081", "localhost:8080", False),  # another port is another origin
+        ("http://localhost", "localhost:8080", False),
+        ("https://chat.example.com", "chat.example.com:80", False),
+        ("https://evil.example", "chat.example.com", False),
+        ("https://chat.example.com.evil.net", "chat.example.com", False),
+        ("null", "localhost:8080", False),
+        ("file://", "localhost:8080", False),
+        ("http://localhost:8080/x", "localhost:8080", False),
+        ("http://user@localhost:8080", "localhost:8080", False),
+        ("http://localhost:99999", "localhost:99999", False),
+        ("http://localhost:x", "localhost:x", False),
+        ("http://localhost:8080", "", False),
+    ],
+)
+def test_with_same_origin_default_only_the_requests_own_origin_passes(
+    origin: str, host: str, allowed: bool
+) -> None:
+    policy = OriginPolicy([], same_origin_default=True)
+    assert policy.allows([origin], [host]) is allowed
+    assert policy.allows([], [host])  # not a browser
+    assert not policy.allows([origin], [])  # no Host: nothing to be the same as
+    assert not policy.allows([origin], [host, host])
+    assert not policy.allows([origin, origin], [host])
+
+
+def test_a_star_allows_any_origin_and_a_list_replaces_the_same_origin_default() -> None:
+    assert OriginPolicy(["*"], same_origin_default=True).allows(["https://evil.example"], ["a:1"])
+    assert OriginPolicy(["https://x.example", "*"]).allows(["null"])
+    listed = OriginPolicy(["https://app.example.com"], same_origin_default=True)
+    assert listed.allows(["https://app.example.com"], ["gw.example.com"])
+    assert not listed.allows(["https://gw.example.com"], ["gw.example.com"])  # only the list counts
+
+
+@pytest.mark.parametrize("pattern", ["example.com", "**", "https://", "https://a/b", "https://a b", "//x"])
 def test_bad_origin_patterns_say_what_an_origin_looks_like(pattern: str) -> None:
     problem = origin_pattern_error(pattern)
     assert problem is not None

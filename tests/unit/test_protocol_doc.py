@@ -181,3 +181,14 @@ def test_limit_defaults_match_the_config() -> None:
     assert len(rows) >= 5
     for name, shown in rows:
         assert shown == str(defaults[name]), f"{name}: doc says {shown}, config default is {defaults[name]!r}"
+
+
+def test_http_endpoint_settings_defaults_match_the_config() -> None:
+    """The settings tables of section 10 (the console, the metrics port) show the config's defaults."""
+    defaults = {env_name(f.name): f.default for f in dataclasses.fields(GatewayConfig)}
+    rows = _SETTING_ROW.findall(_section("10. HTTP endpoints"))
+    assert {"PRISM_CONSOLE", "PRISM_METRICS_PORT"} <= {name for name, _ in rows}
+    for name, shown in rows:
+        default = defaults[name]
+        expected = str(default).lower() if isinstance(default, bool) else str(default)
+        assert shown == expected, f"{name}: doc says {shown}, config default is {default!r}"

@@ -149,16 +149,59 @@ PRISM_NATS_CREDS_FILE: {{ printf "/etc/prism/nats/%s" $x.credentialsKey | quote 
 {{- end }}
 {{- end }}
 
-{{- define "prism.securityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{/* A Deployment's update strategy from values (type, rollingUpdate); rollingUpdate only with RollingUpdate,
+since the API refuses it next to Recreate (and Helm merges the default rollingUpdate into any override). */}}
+{{- define "prism.strategy" -}}
+{{- $type := .type | default "RollingUpdate" }}
+type: {{ $type }}
+{{- if and (eq $type "RollingUpdate") .rollingUpdate }}
+rollingUpdate:
+  {{- toYaml .rollingUpdate | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The probes of one container from its values (readinessProbe, livenessProbe, startupProbe); a probe
+set to null or {} is left out. */}}
+{{- define "prism.probes" -}}
+{{- range $name := list "readinessProbe" "livenessProbe" "startupProbe" }}
+{{- with get $.values $name }}
+{{ $name }}:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Pod annotations for a Prometheus that discovers pods by annotation (metrics.scrapeAnnotations); call
+with (dict "ctx" $ "port" <metrics port>). */}}
+{{- define "prism.scrapeAnnotations" -}}
+{{- if .ctx.Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{/* Topology spread of one component over zones and nodes (dict "ctx" $ "component" ... "spread" ...). */}}
+{{- define "prism.topologySpread" -}}
+{{- if .spread.enabled }}
+topologySpreadConstraints:
+{{- range $key := list "topology.kubernetes.io/zone" "kubernetes.io/hostname" }}
+  - maxSkew: {{ $.spread.maxSkew }}
+    topologyKey: {{ $key }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "prism.selectorLabels" (dict "ctx" $.ctx "component" $.component) | nindent 8 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the gateway's metrics Service: those of the gateway, but its own component, so the
+ServiceMonitor selects it and never the public Service. */}}
+{{- define "prism.gatewayMetricsLabels" -}}
+app.kubernetes.io/name: {{ include "prism.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway-metrics
 {{- end }}
 
 {{/* A setting's value as the env string the loader parses: whole numbers without an exponent (1048576,
