@@ -18,7 +18,7 @@ from shared import headers
 from shared.close_codes import BACKEND_CLOSE_CODES, CloseCode
 from shared.config import env_name
 from shared.frames import ErrorCode
-from shared.presence_keys import BUCKET, conn_key, room_key, user_key
+from shared.presence_keys import BUCKET, Layout, conn_key, fnv1a32, room_key, user_key
 from shared.subjects import CONTROL_ACTIONS, Subjects
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -158,7 +158,17 @@ def test_presence_keys_are_documented() -> None:
         assert key in section
     for template in ("`conn.<conn_id>`", "`user.<user_id>.<conn_id>`", "`room.<room>.<conn_id>`"):
         assert template in section
-    assert "nats kv watch presence 'user.alice.>'" in section
+    layout = Layout()
+    assert f"nats kv watch {layout.bucket_of('alice')} 'user.alice.>'" in section
+    assert f"nats kv watch {layout.bucket_of('lobby')} 'room.lobby.>'" in section
+    assert f"nats kv get {layout.bucket_of(conn)} {conn_key(conn)}" in section
+    flowing = " ".join(section.split())  # the shards the doc says its example names are in
+    assert f"`alice` is in `{layout.bucket_of('alice')}`" in flowing
+    assert f"`lobby` in `{layout.bucket_of('lobby')}`" in flowing
+    assert f"`{conn}` in `{layout.bucket_of(conn)}`" in flowing
+    for name, value in ((b"", 0x811C9DC5), (b"a", 0xE40C292C), (b"foobar", 0xBF9CF968)):
+        assert fnv1a32(name.decode()) == value
+        assert f'`h("{name.decode()}") = {value:#010x}`' in flowing
 
 
 def test_http_endpoints_and_statuses_are_documented() -> None:

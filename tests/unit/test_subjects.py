@@ -233,6 +233,10 @@ def test_node_wildcards_refuse_bad_node_ids(node: str) -> None:
         Subjects().node_conns(node)
     with pytest.raises(InvalidName):
         Subjects().node_control_conns(node)
+    with pytest.raises(InvalidName):
+        Subjects().node_beat(node)
+    with pytest.raises(InvalidName):
+        Subjects().node_ping(node)
 
 
 def test_prefix_applies_to_every_subject() -> None:
@@ -267,6 +271,11 @@ def test_prefix_applies_to_every_subject() -> None:
         lambda s: s.notify_inbox("alice"),
         lambda s: s.notify_inboxes,
         lambda s: s.notify_dead_letters,
+        lambda s: s.node_beat("n1"),
+        lambda s: s.node_beats,
+        lambda s: s.node_ping("n1"),
+        lambda s: s.node_swept("n1"),
+        lambda s: s.nodes_swept,
     ]
     for build in builders:
         assert build(prefixed) == "acme." + build(plain)
@@ -275,6 +284,11 @@ def test_prefix_applies_to_every_subject() -> None:
 def test_every_public_subject_builder_is_covered_by_the_prefix_test() -> None:
     public = {name for name in dir(Subjects) if not name.startswith("_")} - {"prefix", "strip"}
     assert public == {
+        "node_beat",
+        "node_beats",
+        "node_ping",
+        "node_swept",
+        "nodes_swept",
         "conn",
         "user",
         "room",
