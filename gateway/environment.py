@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from gateway.config import GatewayConfig
 from notification_service.config import NotifyConfig
+from shared.demo_backend import DemoConfig
 from shared.config import ENV_PREFIX, env_names, unknown_variables
 
 # Read outside the two config objects, so not misspellings: the log format (shared/logs.py), the load
@@ -30,7 +31,7 @@ OTHER_VARIABLES = frozenset(
 
 
 def known_variables() -> frozenset[str]:
-    return env_names(GatewayConfig) | env_names(NotifyConfig) | OTHER_VARIABLES
+    return env_names(GatewayConfig) | env_names(NotifyConfig) | env_names(DemoConfig) | OTHER_VARIABLES
 
 
 def misspelled(environ: Mapping[str, str]) -> list[str]:
