@@ -379,9 +379,17 @@ class Node:
                 log.warning("presence repair waits for JetStream (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
         self._repairing = None  # a failure from here on schedules a new repair, queued behind this one
+        await self.repair_presence()
+
+    async def repair_presence(self) -> tuple[int, int]:
+        """Make this node's presence keys exactly those of its open connections, now (through the writer,
+        between two of its batches). Returns (connections rewritten, keys purged)."""
+        if self.writer is None or self._sessions is None:
+            return 0, 0
         rewritten, purged = await self.writer.repair(self._sessions.local_state)
         self.metrics.presence_repairs.labels(node=self.node_id, action="rewrite").inc(rewritten)
         self.metrics.presence_repairs.labels(node=self.node_id, action="purge").inc(purged)
+        return rewritten, purged
 
     def _stats(self) -> dict[str, int]:
         return {
