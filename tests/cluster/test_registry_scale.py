@@ -1,11 +1,13 @@
-"""A dead node of 10,000 connections on a 3-server cluster with 3-replica buckets: swept completely (every
-key gone, every disconnect event published once) within 10 s of its death."""
+"""The registry at scale: a dead node of 10,000 connections on a 3-server cluster with 3-replica buckets
+is swept completely (every key gone, every disconnect event published once) within 10 s of its death; a
+node that stops leaves nothing; a room too large for one NATS message is answered in pages."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import nats
 import orjson
@@ -17,6 +19,8 @@ from gateway.embedded_nats import NatsCluster
 from gateway.io.presence_store import BucketOptions
 from gateway.node import Node
 from loadtest.registry import RegistryNode
+from shared.backend import PresenceQueryError, PrismBackend
+from tests.conftest import NodeFactory
 from tests.helpers import eventually
 from tests.presence_support import node_keys
 
@@ -96,4 +100,38 @@ async def test_a_stopped_node_leaves_nothing_and_is_swept_by_nobody(
         assert await watcher.liveness.check() == set()
     finally:
         await watcher.stop()
+        await nc.close()
+
+
+async def test_a_room_larger_than_a_nats_message_is_answered_in_pages(
+    nats_server: Any, make_node: NodeFactory
+) -> None:
+    """presence.room of a room whose member list is far over NATS's 1 MiB payload limit: one reply per
+    page, each small, that together list every member once."""
+    await make_node()
+    crowd = await RegistryNode.start(nats_server.url, "crowd", BucketOptions(storage="memory"))
+    nc = await nats.connect(nats_server.url)
+    try:
+        members = 12_000  # about 1.5 MB of members: one message could not carry them
+        records = await crowd.connect([f"u{i}" for i in range(members)], rooms=("hall",))
+        backend = PrismBackend(nc)
+        answer = await backend.room_presence("hall", timeout=10)
+        assert answer["count"] == members
+        assert answer["pages"] == 12
+        assert sorted(m["conn"] for m in answer["members"]) == sorted(r.conn for r in records)
+        assert len(answer["users"]) == members
+        first = orjson.loads((await nc.request("presence.room.hall", b"", timeout=10)).data)
+        assert (first["page"], first["pages"], first["count"], len(first["members"])) == (
+            1,
+            12,
+            members,
+            1000,
+        )
+        smaller = await backend.room_presence("hall", timeout=10, page_size=5000)
+        assert smaller["pages"] == 3
+        assert len(smaller["members"]) == members
+        with pytest.raises(PresenceQueryError, match="invalid_query"):
+            await backend.room_presence("hall", page_size=0)
+    finally:
+        await crowd.stop()
         await nc.close()
