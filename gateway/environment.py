@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 from gateway.config import GatewayConfig
 from notification_service.config import NotifyConfig
-from shared.demo_backend import DemoConfig
 from shared.config import ENV_PREFIX, env_names, unknown_variables
+from shared.demo_backend import DemoConfig
 
 # Read outside the two config objects, so not misspellings: the log format (shared/logs.py), the load
 # tests' settings (loadtest/), and the test suite's (tests/).
