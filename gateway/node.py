@@ -119,7 +119,7 @@ class Node:
         self._bucket = bucket
         js = bus.nc.jetstream(publish_async_max_pending=WINDOW)
         layout, buckets = await open_layout_when_ready(js, bucket)
-        store = KvPresenceStore(js, layout)
+        store = KvPresenceStore(js, layout, bus)
         writer = self.writer = PresenceWriter(
             store,
             self.node_id,

@@ -25,6 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.core.auth import Refresh
 from gateway.core.hub import Hub, JoinOutcome
 from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame, ref_of
+from gateway.core.lifecycle_events import event_body, identity_headers
 from gateway.core.limits import InboundGuard, Reason, Verdict
 from gateway.core.presence_writes import ConnRecord, LocalState
 from gateway.io.admission import Rejections, rate_policy
@@ -486,21 +487,10 @@ class Sessions:
             self.send_error(conn, ref, ErrorCode.BACKEND_UNAVAILABLE, f"message not sent: {exc}")
 
     def _headers(self, conn: LocalConn) -> Headers:
-        headers = {h.CONN: conn.conn_id, h.NODE: self.node_id, h.ROUTE: conn.route, h.REMOTE: conn.remote}
-        if conn.user is not None:
-            headers[h.USER] = conn.user
-        return headers
+        return identity_headers(record_of(conn, self.node_id))
 
     async def _lifecycle(self, subject: str, conn: LocalConn, extra: dict[str, object]) -> None:
-        body = {
-            "conn": conn.conn_id,
-            "user": conn.user,
-            "node": self.node_id,
-            "route": conn.route,
-            "remote": conn.remote,
-            "connected_at": conn.connected_at,
-            **extra,
-        }
+        body = event_body(record_of(conn, self.node_id), **extra)
         try:
             await self.bus.publish_encoded(subject, "", header_block(conn.header_lines), orjson.dumps(body))
         except Exception as exc:

@@ -46,7 +46,7 @@ class RegistryNode:
         bus = await NatsBus.connect(NatsOptions(servers=nats_url.split(","), name=f"registry-{node_id}"))
         js = bus.nc.jetstream(publish_async_max_pending=WINDOW)
         layout, _ = await open_layout_when_ready(js, options)
-        store = KvPresenceStore(js, layout)
+        store = KvPresenceStore(js, layout, bus)
         node: RegistryNode
 
         def written(writes: int) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.lifecycle_events import event_body
+from gateway.core.presence_writes import ConnRecord
 from shared import presence_keys as keys
 
 # How a connection lost with its node is reported on ``client.disconnect``: 1006 is what the client
@@ -95,21 +97,20 @@ class LostConn:
     connected_at: str = ""
     rooms: set[str] = field(default_factory=set)
 
+    @property
+    def record(self) -> ConnRecord:
+        return ConnRecord(self.conn, self.node, self.user, self.route, self.remote, self.connected_at)
+
     def disconnect_event(self, disconnected_at: str, swept_by: str) -> dict[str, Any]:
         """The ``client.disconnect`` body, as the node itself would have published it, plus ``swept_by``."""
-        return {
-            "conn": self.conn,
-            "user": self.user,
-            "node": self.node,
-            "route": self.route,
-            "remote": self.remote,
-            "connected_at": self.connected_at,
-            "code": LOST_CLOSE_CODE,
-            "reason": LOST_REASON,
-            "rooms": sorted(self.rooms),
-            "disconnected_at": disconnected_at,
-            "swept_by": swept_by,
-        }
+        return event_body(
+            self.record,
+            code=LOST_CLOSE_CODE,
+            reason=LOST_REASON,
+            rooms=sorted(self.rooms),
+            disconnected_at=disconnected_at,
+            swept_by=swept_by,
+        )
 
 
 def lost_connections(node: str, conns: Mapping[str, Any], room_keys: Iterable[str]) -> list[LostConn]:

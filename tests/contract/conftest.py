@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
 import pytest
 
+from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.presence_store import (
     WINDOW,
     BucketOptions,
@@ -22,14 +22,16 @@ from shared.presence_keys import Layout
 SHARDS = 4
 
 
-@pytest.fixture(params=["memory", "kv"])
+@pytest.fixture(params=["memory", "kv", "kv-read-by-bus"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[PresenceStore]:
+    """``kv`` reads with nats-py's ordered consumers (as shared.presence does for services);
+    ``kv-read-by-bus`` reads through the gateway's bus (as a node does)."""
     if request.param == "memory":
         yield MemoryPresenceStore(Layout(shards=SHARDS))
         return
     server: Any = request.getfixturevalue("nats_server")
-    nc = await nats.connect(server.url)
-    js = nc.jetstream(publish_async_max_pending=WINDOW)
+    bus = await NatsBus.connect(NatsOptions(servers=[server.url], name="contract"))
+    js = bus.nc.jetstream(publish_async_max_pending=WINDOW)
     layout, _ = await open_layout(js, BucketOptions(storage="memory", shards=SHARDS))
-    yield KvPresenceStore(js, layout)
-    await nc.close()
+    yield KvPresenceStore(js, layout, bus if request.param == "kv-read-by-bus" else None)
+    await bus.close()
