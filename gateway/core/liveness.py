@@ -18,7 +18,6 @@ from typing import Any
 
 from gateway.core.lifecycle_events import event_body
 from gateway.core.presence_writes import ConnRecord
-from shared import presence_keys as keys
 
 # How a connection lost with its node is reported on ``client.disconnect``: 1006 is what the client
 # itself saw (the TCP connection dropped without a close frame).
@@ -121,10 +120,11 @@ def lost_connections(node: str, conns: Mapping[str, Any], room_keys: Iterable[st
     ``client.connect``) and purges it last when one closes (before ``client.disconnect``), so a room or
     user key without it belongs to a connection that was never announced, or whose close already was.
     """
+    mine = node + "."
     found: dict[str, LostConn] = {}
     for key, value in conns.items():
-        conn_id = keys.conn_id_from_key(key)
-        if not conn_id.startswith(node + "."):
+        conn_id = key[5:]  # "conn." + the conn id
+        if not conn_id.startswith(mine):
             continue  # not this node's (filters make this impossible; cheap to be sure)
         data = value if isinstance(value, dict) else {}
         user = data.get("user")
@@ -137,7 +137,8 @@ def lost_connections(node: str, conns: Mapping[str, Any], room_keys: Iterable[st
             str(data.get("connected_at", "")),
         )
     for key in room_keys:
-        lost = found.get(keys.conn_id_from_key(key))
+        _, room, conn_node, suffix = key.split(".")
+        lost = found.get(f"{conn_node}.{suffix}")
         if lost is not None:
-            lost.rooms.add(key.split(".")[1])
+            lost.rooms.add(room)
     return sorted(found.values(), key=lambda c: c.conn)
