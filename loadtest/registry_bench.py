@@ -27,10 +27,13 @@ from urllib.parse import urlparse
 
 import nats
 
+from gateway.config import GatewayConfig
 from gateway.embedded_nats import NatsCluster
 from gateway.io.presence_store import BucketOptions, open_layout_when_ready
+from gateway.node import Node
 from loadtest.registry import RegistryNode
 from shared import presence_keys as keys
+from shared.backend import PrismBackend
 
 # A conn key's value, as large as a real one.
 VALUE = (
@@ -229,6 +232,31 @@ class Bench:
             "leftover_keys": leftover,
         }
 
+    async def room_query(self, members: int) -> dict[str, float]:
+        """``presence.room`` of one room of ``members`` connections, answered by a real gateway node."""
+        config = GatewayConfig(
+            nats_url=self.urls,
+            host="127.0.0.1",
+            port=0,
+            node_id="answerer",
+            presence_replicas=self.options.replicas,
+            presence_storage=self.options.storage,
+            drain_seconds=0,
+        )
+        answerer = Node(config)
+        await answerer.start()
+        crowd = await self.node("crowd")
+        await crowd.connect([None] * members, rooms=("hall",))
+        nc = await nats.connect(servers=self.urls.split(","))
+        started = time.perf_counter()
+        answer = await PrismBackend(nc).room_presence("hall", timeout=30)
+        elapsed = time.perf_counter() - started
+        assert answer["count"] == members == len(answer["members"])
+        await nc.close()
+        await crowd.stop()
+        await answerer.stop()
+        return {"members": members, "pages": answer["pages"], "seconds": elapsed}
+
 
 def projection(ceiling: float, writes_per_reconnect: float, shards: int) -> dict[str, float]:
     """1,000,000 connections on 20-50 nodes, 10,000 reconnects/s (a deploy): the write load per leader."""
@@ -238,7 +266,10 @@ def projection(ceiling: float, writes_per_reconnect: float, shards: int) -> dict
     return {"writes_per_s": total, "per_leader": per_leader, "headroom": ceiling / per_leader}
 
 
-async def run(quick: bool) -> None:
+PHASES = ("writes", "ceiling", "storms", "sweeps", "room")
+
+
+async def run(quick: bool, phases: tuple[str, ...] = PHASES) -> None:
     with tempfile.TemporaryDirectory(prefix="prism-registry-bench-") as tmp:
         cluster = NatsCluster.start(Path(tmp), 3, "bench")
         try:
@@ -268,6 +299,7 @@ async def run(quick: bool) -> None:
                 )
             for count in (2_000,) if quick else (10_000, 50_000):
                 print("sweep:", json.dumps(await bench.sweep(count)))
+            print("room query:", json.dumps(await bench.room_query(5_000 if quick else 100_000)))
             for shards in (1, options.shards):
                 print(
                     f"projection, {shards} shard(s):",
@@ -282,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m loadtest.registry_bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts and shorter phases")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run (default: all of {','.join(PHASES)})",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("URL", "BUCKETS", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -289,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(raw_put_rate(url, buckets.split(","), float(seconds), window=1000))
         print(json.dumps(result))
         return 0
-    asyncio.run(run(args.quick))
+    phases = tuple(p for p in args.phases.split(",") if p)
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
+    asyncio.run(run(args.quick, phases))
     return 0
 
 
