@@ -95,7 +95,9 @@ class GatewayConfig(NatsSettings):
     )
     drain_seconds: float = setting(10.0, "on SIGTERM, seconds over which clients are asked to reconnect")
     node_ttl: float = setting(
-        6.0, "seconds a node's heartbeat key lives; survivors sweep the entries of a node silent this long"
+        5.0,
+        "seconds a node may go unheard (it beats every node_ttl/6 s on core NATS); survivors then ping it "
+        "and, if it does not answer, sweep its presence keys",
     )
     sweep_interval: float = setting(
         30.0, "seconds between checks for dead nodes' leftovers that no watcher saw (0 disables)"

@@ -194,9 +194,10 @@ class Bench:
         }
 
     async def sweep(self, count: int) -> dict[str, float]:
-        """A node of ``count`` connections (half named, one room each) dies; two survivors sweep it."""
+        """A node of ``count`` connections (half named, one room each), in a process of its own, is
+        SIGKILLed; two survivors sweep it. Returns the time from the kill to the last disconnect event,
+        and the sweep's own share of it."""
         survivors = [await self.node(f"survivor{i}") for i in (1, 2)]
-        victim = await self.node(f"victim{count}")
         nc = await nats.connect(servers=self.urls.split(","))
         seen: set[str] = set()
 
@@ -204,10 +205,18 @@ class Bench:
             seen.add(json.loads(msg.data)["conn"])
 
         await nc.subscribe("client.disconnect", cb=on_disconnect)
-        records = await victim.connect([f"u{i}" if i % 2 else None for i in range(count)], rooms=("lobby",))
-        conns = {r.conn for r in records}
-        await victim.kill()
-        died = time.perf_counter()
+        victim = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtest.registry_bench", "--victim", self.urls, str(count),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert victim.stdout is not None
+            assert (await victim.stdout.readline()).strip() == b"registered"
+        finally:
+            victim.kill()  # SIGKILL: the death being measured (and no orphan if anything failed)
+            died = time.perf_counter()
+            await victim.wait()
+        conns = {f"victim.c{i}" for i in range(count)}  # RegistryNode numbers its connections
         while not seen >= conns or not (survivors[0].sweeps or survivors[1].sweeps):
             await asyncio.sleep(0.05)  # a benchmark's sampling interval, not a test's synchronisation
             if time.perf_counter() - died > 120:
@@ -218,10 +227,10 @@ class Bench:
         layout, _ = await open_layout_when_ready(js, self.options)
         leftover = 0
         for bucket in layout.shard_buckets:
-            info = await js.stream_info(
-                keys.kv_stream(bucket), subjects_filter=keys.kv_subject(bucket, "*.*.victim*.>")
-            )
-            leftover += len(info.state.subjects or {})
+            for key_filter in keys.node_filters("victim"):
+                subjects = keys.kv_subject(bucket, key_filter)
+                info = await js.stream_info(keys.kv_stream(bucket), subjects_filter=subjects)
+                leftover += len(info.state.subjects or {})
         await nc.close()
         for node in survivors:
             await node.stop()
@@ -266,6 +275,15 @@ def projection(ceiling: float, writes_per_reconnect: float, shards: int) -> dict
     return {"writes_per_s": total, "per_leader": per_leader, "headroom": ceiling / per_leader}
 
 
+async def be_a_victim(urls: str, count: int) -> None:
+    """The node a sweep benchmark kills: register ``count`` connections (``victim.c0`` ...), say so, then
+    beat on until SIGKILLed."""
+    node = await RegistryNode.start(urls, "victim", BucketOptions(replicas=3, storage="file"))
+    await node.connect([f"u{i}" if i % 2 else None for i in range(count)], rooms=("lobby",))
+    print("registered", flush=True)
+    await asyncio.Event().wait()
+
+
 PHASES = ("writes", "ceiling", "storms", "sweeps", "room")
 
 
@@ -280,31 +298,32 @@ async def run(quick: bool, phases: tuple[str, ...] = PHASES) -> None:
             await first.stop()
             shards, cpus = options.shards, os.cpu_count()
             print(f"# registry benchmark: 3 nats-servers, R3 file storage, {shards} shards, cpus={cpus}")
-            writes = await bench.writes_per_change()
-            print("writes per change:", json.dumps(writes))
             one = BucketOptions(name="single", replicas=3, storage="file", shards=1)
             await (await bench.node("setup-single", one)).stop()
-            seconds = 3.0 if quick else 8.0
-            ceiling_one = await bench.ceiling(["single-0"], 2, seconds)
-            print("ceiling, 1 bucket (1 leader), 2 writers:", json.dumps(ceiling_one))
-            ceiling_all = await bench.ceiling(
-                list(keys.Layout("presence", options.shards).shard_buckets), 2, seconds
-            )
-            print(f"ceiling, {options.shards} buckets, 2 writers:", json.dumps(ceiling_all))
-            count = 2_000 if quick else 10_000
-            for label, opts in (("16 shards", options), ("1 shard", one)):
-                print(
-                    f"connect/reconnect storm, one node, {label}:",
-                    json.dumps(await bench.connect_rates(count, opts, label.split()[0])),
-                )
-            for count in (2_000,) if quick else (10_000, 50_000):
-                print("sweep:", json.dumps(await bench.sweep(count)))
-            print("room query:", json.dumps(await bench.room_query(5_000 if quick else 100_000)))
-            for shards in (1, options.shards):
-                print(
-                    f"projection, {shards} shard(s):",
-                    json.dumps(projection(ceiling_one["rate"], writes["reconnect_1_room"], shards)),
-                )
+            if "writes" in phases:
+                writes = await bench.writes_per_change()
+                print("writes per change:", json.dumps(writes))
+            if "ceiling" in phases:
+                seconds = 3.0 if quick else 8.0
+                ceiling_one = await bench.ceiling(["single-0"], 2, seconds)
+                print("ceiling, 1 bucket (1 leader), 2 writers:", json.dumps(ceiling_one))
+                shard_buckets = list(keys.Layout("presence", options.shards).shard_buckets)
+                ceiling_all = await bench.ceiling(shard_buckets, 2, seconds)
+                print(f"ceiling, {options.shards} buckets, 2 writers:", json.dumps(ceiling_all))
+            if "storms" in phases:
+                count = 2_000 if quick else 10_000
+                for label, opts in (("16 shards", options), ("1 shard", one)):
+                    rates = await bench.connect_rates(count, opts, label.split()[0])
+                    print(f"connect/reconnect storm, one node, {label}:", json.dumps(rates))
+            if "sweeps" in phases:
+                for count in (2_000,) if quick else (10_000, 50_000):
+                    print("sweep:", json.dumps(await bench.sweep(count)))
+            if "room" in phases:
+                print("room query:", json.dumps(await bench.room_query(5_000 if quick else 100_000)))
+            if "writes" in phases and "ceiling" in phases:
+                for shards in (1, options.shards):
+                    load = projection(ceiling_one["rate"], writes["reconnect_1_room"], shards)
+                    print(f"projection, {shards} shard(s):", json.dumps(load))
         finally:
             cluster.stop()
 
@@ -320,7 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated phases to run (default: all of {','.join(PHASES)})",
     )
     parser.add_argument("--worker", nargs=3, metavar=("URL", "BUCKETS", "SECONDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--victim", nargs=2, metavar=("URLS", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.victim:
+        urls, count = args.victim
+        asyncio.run(be_a_victim(urls, int(count)))
+        return 0
     if args.worker:
         url, buckets, seconds = args.worker
         result = asyncio.run(raw_put_rate(url, buckets.split(","), float(seconds), window=1000))
