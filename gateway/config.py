@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from gateway.core.auth import secret_key
 from gateway.core.limits import origin_pattern_error
+from gateway.core.liveness import DEFAULT_TTL
 from gateway.core.room_presence import pattern_error as room_pattern_error
 from shared.config import setting
 from shared.errors import ConfigError, InvalidName
@@ -95,7 +96,7 @@ class GatewayConfig(NatsSettings):
     )
     drain_seconds: float = setting(10.0, "on SIGTERM, seconds over which clients are asked to reconnect")
     node_ttl: float = setting(
-        5.0,
+        DEFAULT_TTL,
         "seconds a node may go unheard (it beats every node_ttl/6 s on core NATS); survivors then ping it "
         "and, if it does not answer, sweep its presence keys",
     )

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.core.liveness import DEFAULT_TTL
 from gateway.core.presence_writes import ConnRecord, LocalState
 from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.liveness import Liveness
@@ -40,7 +41,7 @@ class RegistryNode:
         node_id: str,
         options: BucketOptions,
         *,
-        ttl: float = 6.0,
+        ttl: float = DEFAULT_TTL,
         sweep_interval: float = 30.0,
     ) -> RegistryNode:
         bus = await NatsBus.connect(NatsOptions(servers=nats_url.split(","), name=f"registry-{node_id}"))

@@ -198,6 +198,7 @@ class Bench:
         SIGKILLed; two survivors sweep it. Returns the time from the kill to the last disconnect event,
         and the sweep's own share of it."""
         survivors = [await self.node(f"survivor{i}") for i in (1, 2)]
+        victim_id = f"victim{count}"
         nc = await nats.connect(servers=self.urls.split(","))
         seen: set[str] = set()
 
@@ -206,7 +207,7 @@ class Bench:
 
         await nc.subscribe("client.disconnect", cb=on_disconnect)
         victim = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadtest.registry_bench", "--victim", self.urls, str(count),
+            sys.executable, "-m", "loadtest.registry_bench", "--victim", self.urls, str(count), victim_id,
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -216,7 +217,7 @@ class Bench:
             victim.kill()  # SIGKILL: the death being measured (and no orphan if anything failed)
             died = time.perf_counter()
             await victim.wait()
-        conns = {f"victim.c{i}" for i in range(count)}  # RegistryNode numbers its connections
+        conns = {f"{victim_id}.c{i}" for i in range(count)}  # RegistryNode numbers its connections
         while not seen >= conns or not (survivors[0].sweeps or survivors[1].sweeps):
             await asyncio.sleep(0.05)  # a benchmark's sampling interval, not a test's synchronisation
             if time.perf_counter() - died > 120:
@@ -227,7 +228,7 @@ class Bench:
         layout, _ = await open_layout_when_ready(js, self.options)
         leftover = 0
         for bucket in layout.shard_buckets:
-            for key_filter in keys.node_filters("victim"):
+            for key_filter in keys.node_filters(victim_id):
                 subjects = keys.kv_subject(bucket, key_filter)
                 info = await js.stream_info(keys.kv_stream(bucket), subjects_filter=subjects)
                 leftover += len(info.state.subjects or {})
@@ -275,10 +276,10 @@ def projection(ceiling: float, writes_per_reconnect: float, shards: int) -> dict
     return {"writes_per_s": total, "per_leader": per_leader, "headroom": ceiling / per_leader}
 
 
-async def be_a_victim(urls: str, count: int) -> None:
-    """The node a sweep benchmark kills: register ``count`` connections (``victim.c0`` ...), say so, then
+async def be_a_victim(urls: str, count: int, node_id: str) -> None:
+    """The node a sweep benchmark kills: register ``count`` connections (``<node_id>.c0`` ...), say so, then
     beat on until SIGKILLed."""
-    node = await RegistryNode.start(urls, "victim", BucketOptions(replicas=3, storage="file"))
+    node = await RegistryNode.start(urls, node_id, BucketOptions(replicas=3, storage="file"))
     await node.connect([f"u{i}" if i % 2 else None for i in range(count)], rooms=("lobby",))
     print("registered", flush=True)
     await asyncio.Event().wait()
@@ -339,11 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated phases to run (default: all of {','.join(PHASES)})",
     )
     parser.add_argument("--worker", nargs=3, metavar=("URL", "BUCKETS", "SECONDS"), help=argparse.SUPPRESS)
-    parser.add_argument("--victim", nargs=2, metavar=("URLS", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument("--victim", nargs=3, metavar=("URLS", "COUNT", "NODE_ID"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.victim:
-        urls, count = args.victim
-        asyncio.run(be_a_victim(urls, int(count)))
+        urls, count, node_id = args.victim
+        asyncio.run(be_a_victim(urls, int(count), node_id))
         return 0
     if args.worker:
         url, buckets, seconds = args.worker

@@ -23,6 +23,8 @@ from gateway.core.presence_writes import ConnRecord
 # itself saw (the TCP connection dropped without a close frame).
 LOST_CLOSE_CODE = 1006
 LOST_REASON = "node lost"
+# Seconds a node may go unheard before it is pinged (and, silent, swept): PRISM_NODE_TTL's default.
+DEFAULT_TTL = 5.0
 # A node beats this many times per TTL: several beats may be lost (a NATS server failing over) before
 # it goes silent.
 BEATS_PER_TTL = 6

@@ -19,4 +19,5 @@ def test_an_unknown_phase_is_refused_with_the_known_ones(capsys: pytest.CaptureF
     with pytest.raises(SystemExit) as exited:
         main(["--phases", "sweeps,warp"])
     assert exited.value.code == 2
-    assert "unknown phase(s) warp; choose from writes, ceiling, storms, sweeps, room" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "unknown phase(s) warp; choose from writes, ceiling, storms, sweeps, room" in error
