@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, serve
@@ -79,6 +80,7 @@ class Node:
         self._written_bytes = self.metrics.bytes_out.labels(node=self.node_id)
         self.flusher = Flusher(config.max_outbound_bytes, self._on_slow_consumer, self._on_written)
         self._bus: NatsBus | None = None
+        self._beats_bus: NatsBus | None = None  # liveness's own connection (gateway/io/liveness.py)
         self._sessions: Sessions | None = None
         self._server: Server | None = None
         self._connections: type[GuardedConnection] | None = None
@@ -108,6 +110,8 @@ class Node:
             auth=self.config.nats_auth,
         )
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
+        beats_options = replace(options, name=f"prism-gateway-{self.node_id}-liveness")
+        beats = self._beats_bus = await NatsBus.connect(beats_options, self._on_beats_link)
         self.flusher.backlogged = bus.backlogged
         self.metrics.nats_connected.labels(node=self.node_id).set(1)
         bucket = BucketOptions(
@@ -178,6 +182,7 @@ class Node:
         liveness = self.liveness = Liveness(
             node_id=self.node_id,
             bus=bus,
+            beats=beats,
             js=js,
             store=store,
             writer=writer,
@@ -326,6 +331,8 @@ class Node:
             await self._settle_presence(self.writer)
         if self.liveness is not None:
             await self.liveness.stop()
+        if self._beats_bus is not None:
+            await self._beats_bus.drain()
         if self._bus is None:
             return  # it never started (a taken port, say): no "stopped" line under the error
         await self._bus.drain()
@@ -345,10 +352,12 @@ class Node:
         await writer.stop()
 
     # -- callbacks -------------------------------------------------------------------------------------
-    async def _on_nats_state(self, connected: bool) -> None:
-        self.metrics.nats_connected.labels(node=self.node_id).set(1 if connected else 0)
+    async def _on_beats_link(self, connected: bool) -> None:
         if self.liveness is not None:
             self.liveness.link(connected)
+
+    async def _on_nats_state(self, connected: bool) -> None:
+        self.metrics.nats_connected.labels(node=self.node_id).set(1 if connected else 0)
         if connected:
             self.metrics.nats_reconnects.labels(node=self.node_id).inc()
             self._schedule_repair(0.0)

@@ -27,6 +27,7 @@ from shared.timestamps import utc_now
 class RegistryNode:
     node_id: str
     bus: NatsBus
+    beats: NatsBus
     writer: PresenceWriter
     liveness: Liveness
     open: dict[str, tuple[ConnRecord, frozenset[str]]] = field(default_factory=dict)
@@ -45,6 +46,9 @@ class RegistryNode:
         sweep_interval: float = 30.0,
     ) -> RegistryNode:
         bus = await NatsBus.connect(NatsOptions(servers=nats_url.split(","), name=f"registry-{node_id}"))
+        beats = await NatsBus.connect(
+            NatsOptions(servers=nats_url.split(","), name=f"registry-{node_id}-liveness")
+        )
         js = bus.nc.jetstream(publish_async_max_pending=WINDOW)
         layout, _ = await open_layout_when_ready(js, options)
         store = KvPresenceStore(js, layout, bus)
@@ -62,6 +66,7 @@ class RegistryNode:
         liveness = Liveness(
             node_id=node_id,
             bus=bus,
+            beats=beats,
             js=js,
             store=store,
             writer=writer,
@@ -73,7 +78,7 @@ class RegistryNode:
             on_restored=nothing_to_announce,
             on_sweep=lambda swept, conns, seconds: node.sweeps.append((swept, seconds)),
         )
-        node = cls(node_id, bus, writer, liveness)
+        node = cls(node_id, bus, beats, writer, liveness)
         await liveness.start()
         return node
 
@@ -108,6 +113,7 @@ class RegistryNode:
         await self.liveness.halt()
         await self.writer.halt()
         await self.bus.close()
+        await self.beats.close()
 
     async def stop(self) -> None:
         """Stop as a drained node does: every connection closed and announced, then its own keys."""
@@ -115,3 +121,4 @@ class RegistryNode:
         await self.writer.stop()
         await self.liveness.stop()
         await self.bus.drain()
+        await self.beats.drain()

@@ -66,6 +66,7 @@ class Liveness:
         *,
         node_id: str,
         bus: Bus,
+        beats: Bus,
         js: JetStreamContext,
         store: PresenceStore,
         writer: PresenceWriter,
@@ -80,7 +81,10 @@ class Liveness:
         on_error: Callable[[str], None] = lambda op: None,
     ) -> None:
         self.node_id = node_id
-        self.bus = bus
+        self.bus = bus  # the node's connection: events, like every other publish of the node
+        # A connection of its own for beats, pings and sweep announcements: a node writing thousands of
+        # presence keys into a slow JetStream must not hold its beats up behind them (it would look dead).
+        self.beats = beats
         self.js = js
         self.store = store
         self.layout = store.layout
@@ -114,9 +118,9 @@ class Liveness:
         await self._put_info()
         loop = asyncio.get_running_loop()
         self._subs = [
-            await self.bus.subscribe(self.subjects.node_beats, self._on_beat),
-            await self.bus.subscribe(self.subjects.nodes_swept, self._on_swept),
-            await self.bus.subscribe(self.subjects.node_ping(self.node_id), self._on_ping),
+            await self.beats.subscribe(self.subjects.node_beats, self._on_beat),
+            await self.beats.subscribe(self.subjects.nodes_swept, self._on_swept),
+            await self.beats.subscribe(self.subjects.node_ping(self.node_id), self._on_ping),
         ]
         self.table.link_up(loop.time())
         await self._beat()
@@ -160,7 +164,7 @@ class Liveness:
             )
             return
         with contextlib.suppress(*_ERRORS):
-            await self.bus.publish(self.subjects.node_beat(self.node_id), self._beat_body(stopped=True))
+            await self.beats.publish(self.subjects.node_beat(self.node_id), self._beat_body(stopped=True))
 
     # -- heartbeats ------------------------------------------------------------------------------------
     def _beat_body(self, stopped: bool = False) -> bytes:
@@ -171,7 +175,7 @@ class Liveness:
         return orjson.dumps(body)
 
     async def _beat(self) -> None:
-        await self.bus.publish(self.subjects.node_beat(self.node_id), self._beat_body())
+        await self.beats.publish(self.subjects.node_beat(self.node_id), self._beat_body())
 
     async def _beat_forever(self) -> None:
         while True:
@@ -222,13 +226,13 @@ class Liveness:
     async def _on_ping(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
         if reply:
             with contextlib.suppress(*_ERRORS):
-                await self.bus.publish(reply, orjson.dumps({"node": self.node_id}))
+                await self.beats.publish(reply, orjson.dumps({"node": self.node_id}))
 
     async def answers_ping(self, node: str) -> bool:
         """Whether ``node`` answers on core NATS now. Only "no responders" or silence say no: if NATS
         itself cannot be asked, the node counts as alive (nobody is swept on a guess)."""
         try:
-            await self.bus.request(self.subjects.node_ping(node), b"", PING_TIMEOUT)
+            await self.beats.request(self.subjects.node_ping(node), b"", PING_TIMEOUT)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
             return False
         except _ERRORS:
@@ -332,7 +336,7 @@ class Liveness:
             await drop_node(self.store, node)
             await self._purge(keys.node_info_key(node))
             announcement = {"node": node, "by": self.node_id, "connections": len(lost), "at": now}
-            await self.bus.publish(self.subjects.node_swept(node), orjson.dumps(announcement))
+            await self.beats.publish(self.subjects.node_swept(node), orjson.dumps(announcement))
             took = time.monotonic() - started
             if lost or node != self.node_id:
                 log.info("swept node %s: %d connections in %.2fs", node, len(lost), took)
