@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, serve
 
 from gateway.config import GatewayConfig, random_node_id
+from gateway.core.api_auth import ApiCredentials
 from gateway.core.auth import choose_subprotocol
+from gateway.core.http_backends import HttpRouting
 from gateway.core.hub import Hub
 from gateway.delivery import Delivery, MembershipOps
 from gateway.io.admission import (
@@ -33,6 +35,9 @@ from gateway.io.admission import (
 from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy_of
 from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.http import HttpRoutes
+from gateway.io.http_api import HttpApi
+from gateway.io.http_backends import HttpBackends
+from gateway.io.http_hooks import HttpHooks
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
 from gateway.io.liveness import Liveness
@@ -53,6 +58,9 @@ from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
 
 log = logging.getLogger("prism.node")
+
+# Seconds a stopping node waits for HTTP disconnect notifications still in flight.
+HTTP_NOTIFY_GRACE = 10.0
 
 
 class Node:
@@ -86,12 +94,16 @@ class Node:
         self.port = config.port
         # /metrics on a port of its own (PRISM_METRICS_PORT), so a public listener never exposes it.
         self.metrics_server = HealthServer(self.registry, self.is_ready, self.not_ready_reason)
+        self.api: HttpApi | None = None  # the HTTP API (PRISM_API_PORT)
+        self._http: HttpHooks | None = None  # HTTP backends (PRISM_HTTP_BACKENDS_FILE)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.state = State.STARTING
         keyring = KeyRing(self.config) if self.config.auth_enabled else None  # bad key files fail here
+        http_backends = self.config.http_backends()  # a bad routes file too
         await self._open_metrics_port()  # first: a busy port fails before NATS is touched
+        await self._open_api_port(keyring)
         options = NatsOptions(
             servers=self.config.nats_servers,
             name=f"prism-gateway-{self.node_id}",
@@ -152,6 +164,10 @@ class Node:
         await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
         self._presence_api = PresenceApi(bus, kv, self.subjects)
         await self._presence_api.start()
+        if http_backends:
+            backends = HttpBackends(HttpRouting(http_backends), self.node_id, self.metrics, _version())
+            await backends.start()
+            self._http = sessions.http = HttpHooks(backends, self.node_id, self.config.max_rooms_per_conn)
         await bus.flush()
         # Before accepting anyone: sweep what an earlier process with this id left, start beating, and
         # sweep nodes that died while no one was watching.
@@ -214,6 +230,8 @@ class Node:
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        if self.api is not None:
+            self.api.attach(bus.nc)
         self.state = State.READY
         self.metrics.ready.labels(node=self.node_id).set(1)
         log.info("node %s ready on port %d", self.node_id, self.port)
@@ -228,6 +246,25 @@ class Node:
             why = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
             raise ConfigError(f"cannot serve /metrics on {where} (metrics_port): {why}") from None
         log.info("node %s serves /metrics on port %d", self.node_id, self.metrics_server.port)
+
+    async def _open_api_port(self, keyring: KeyRing | None) -> None:
+        if not self.config.api_port:
+            return
+        config = self.config
+        credentials = ApiCredentials(config.api_keys, config.api_jwt_audience, config.jwt_leeway)
+        api = HttpApi(credentials, keyring, self.subjects, self.metrics, self.node_id, self._api_unavailable)
+        await api.start(config.host, config.api_port)  # ConfigError if the port is taken
+        self.api = api
+        log.info("node %s serves the HTTP API on port %d", self.node_id, api.port)
+
+    def _api_unavailable(self) -> str | None:
+        """Why the HTTP API cannot publish now: it needs NATS, not the WebSocket listener (so it keeps
+        working while this node drains)."""
+        if self.state not in (State.READY, State.DRAINING):
+            return str(self.state.value)
+        if self._bus is None or not self._bus.connected:
+            return "NATS disconnected"
+        return None
 
     def is_ready(self) -> bool:
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) is None
@@ -292,6 +329,10 @@ class Node:
             await self._room_presence.stop()
         if self._presence_api is not None:
             await self._presence_api.stop()
+        if self.api is not None:
+            await self.api.stop()
+        if self._http is not None:  # disconnect notifications of the drained connections go out first
+            await self._http.stop(grace=HTTP_NOTIFY_GRACE)
         if self._repairing is not None:
             self._repairing.cancel()
         if self.liveness is not None:
