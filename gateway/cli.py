@@ -14,7 +14,7 @@ import uvloop
 
 from gateway.config import GatewayConfig
 from notification_service.config import NotifyConfig
-from shared import demo_backend, logs, tracing
+from shared import demo_backend, http_demo, logs, tracing
 from shared.config import add_arguments, load
 from shared.errors import ConfigError
 
@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not run the demo backend (echo, chat.send, chat.history): your own backend answers them",
     )
+    dev.add_argument(
+        "--http-backend",
+        dest="http_backend",
+        action="store_true",
+        help="also run the example HTTP backend (http.* events, connects, disconnects; needs the http-demo "
+        "extra) and each node's HTTP API on port + 100",
+    )
     _add_log_format(dev)
 
     gateway = commands.add_parser("gateway", help="run one gateway node against PRISM_NATS_URL")
@@ -81,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(demo, demo_backend.DemoConfig)
     _add_log_format(demo)
+
+    http = commands.add_parser(
+        "http-demo", help="run the example HTTP backend (Starlette; needs the http-demo extra)"
+    )
+    add_arguments(http, http_demo.HttpDemoConfig)
+    _add_log_format(http)
 
     loadtest = commands.add_parser(
         "loadtest",
@@ -120,11 +133,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo_config = load(demo_backend.DemoConfig, args)
             setup_telemetry(args, demo_config.log_level, None)  # it makes no spans of its own
             return run_on_uvloop(demo_backend.run(demo_config))
+        if args.command == "http-demo":
+            http_config = load(http_demo.HttpDemoConfig, args)
+            setup_telemetry(args, http_config.log_level, None)
+            return run_on_uvloop(http_demo.run(http_config))
         if args.command == "dev":
             setup_telemetry(args, "info", None)
             from gateway.dev import run_dev
 
-            return run_on_uvloop(run_dev(args.nodes, args.port, args.host, demo_backend=args.demo_backend))
+            return run_on_uvloop(
+                run_dev(
+                    args.nodes,
+                    args.port,
+                    args.host,
+                    demo_backend=args.demo_backend,
+                    http_backend=args.http_backend,
+                )
+            )
     except ConfigError as exc:
         print(f"prism: configuration error: {exc}", file=sys.stderr)
         return 2

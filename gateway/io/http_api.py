@@ -35,6 +35,7 @@ from gateway.core.http_api import (
 )
 from gateway.io.auth import KeyRing
 from gateway.metrics import GatewayMetrics
+from shared import headers as h
 from shared.backend import PresenceQueryError, PrismBackend
 from shared.errors import ConfigError, InvalidName
 from shared.subjects import Subjects
@@ -45,7 +46,6 @@ MAX_BODY_BYTES = 4 << 20  # a batch of many messages; each single message is bou
 RECEIPT_TIMEOUT = 2.0  # seconds to wait for the first receipt or control reply
 RECEIPT_WINDOW = 0.25  # seconds to collect more receipts after the first (user, room, broadcast)
 BATCH_PARALLEL = 64  # messages of one batch in flight at once
-_BINARY_TYPE = "application/octet-stream"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -182,7 +182,7 @@ class HttpApi:
         payload = await request.read()
         if len(payload) > self.max_payload:
             raise web.HTTPRequestEntityTooLarge(max_size=self.max_payload, actual_size=len(payload))
-        return payload, request.content_type == _BINARY_TYPE
+        return payload, request.headers.get(h.FRAME) == h.FRAME_BINARY
 
     async def publish_conn(self, request: web.Request) -> web.Response:
         payload, binary = await self._payload(request)

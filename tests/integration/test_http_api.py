@@ -92,11 +92,14 @@ class Api:
         body: bytes | None = None,
         auth: bool = True,
         content_type: str = "text/plain",
+        frame: str = "",
         **params: str,
     ) -> Any:
         method, template = operations()[operation]
         path = template.format(**{k: v.replace(" ", "%20") for k, v in params.items()})
         headers = {"Content-Type": content_type, **(AUTH if auth else {})}
+        if frame:
+            headers["Prism-Frame"] = frame
         data = (
             io.BytesIO(body) if body is not None and len(body) > 1 << 20 else body
         )  # aiohttp warns otherwise
@@ -158,8 +161,10 @@ async def test_every_documented_operation_and_response(nodes: tuple[Node, Node],
         # publish
         assert await api.call("publish_conn", 200, b"hi", conn=a) == {"node": "node1", "delivered": 1}
         assert await alice.receive(5) == "hi"
-        await api.call("publish_conn", 200, b"\x00\x01", content_type="application/octet-stream", conn=a)
-        assert await alice.receive(5) == b"\x00\x01"
+        await api.call("publish_conn", 200, b"AB", frame="binary", conn=a)
+        assert await alice.receive(5) == b"AB"
+        await api.call("publish_conn", 200, b"{}", content_type="application/octet-stream", conn=a)
+        assert await alice.receive(5) == "{}"  # the Content-Type does not matter
         await api.call("publish_conn", 400, b"x", conn="no-dot")
         gone = await api.call("publish_conn", 410, b"x", conn=GONE)
         assert gone["error"] == "gone"
