@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from gateway.core import http_signing
 from gateway.core.http_backends import HttpBackend, HttpRouting
 from gateway.core.retry import Attempt, Outcome
 from gateway.metrics import HTTP_BACKEND_KINDS, HTTP_BACKEND_OUTCOMES, GatewayMetrics
+from shared import tracing
 
 log = logging.getLogger("prism.http_backends")
 
@@ -167,7 +169,7 @@ class HttpBackends:
 
     async def _attempt(self, client: _Client, url: str, body: bytes) -> Result:
         backend = client.backend
-        headers = {}
+        headers = tracing.inject() if tracing.tracer is not None else {}  # traceparent: the client's span
         if backend.secrets:
             headers[http_signing.SIGNATURE_HEADER] = http_signing.sign(
                 backend.secrets, int(time.time()), body
@@ -203,9 +205,15 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
 
 
 def _why(exc: BaseException) -> str:
-    """A short reason for a client: the OS error when there is one, never a URL."""
+    """A short reason for a client, naming no address or URL."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "name not resolved"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
+        return "TLS handshake failed"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.strerror or "connection refused"
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused"
+        return os.strerror(exc.errno) if exc.errno else "no connection"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the backend closed the connection"
     if isinstance(exc, _AnswerTooBig):
