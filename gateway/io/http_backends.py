@@ -71,8 +71,9 @@ class _Client:
         self.session = aiohttp.ClientSession(
             connector=connector,
             headers={"User-Agent": user_agent, "Content-Type": "application/json"},
-            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies mean nothing here: skip the jar
         )
+        self.timeout = aiohttp.ClientTimeout(total=backend.timeout)
         self.slots = asyncio.Semaphore(backend.max_concurrency)
         self.waiting = 0
 
@@ -143,13 +144,16 @@ class HttpBackends:
         client = self._clients[backend.name]
         if client.slots.locked() and client.waiting >= backend.max_queue:
             return Result(Attempt(Outcome.BUSY))
-        client.waiting += 1
-        try:
-            await asyncio.wait_for(client.slots.acquire(), backend.timeout)
-        except TimeoutError:
-            return Result(Attempt(Outcome.BUSY))
-        finally:
-            client.waiting -= 1
+        if client.slots.locked():  # wait for a slot, at most one attempt's time
+            client.waiting += 1
+            try:
+                await asyncio.wait_for(client.slots.acquire(), backend.timeout)
+            except TimeoutError:
+                return Result(Attempt(Outcome.BUSY))
+            finally:
+                client.waiting -= 1
+        else:
+            await client.slots.acquire()  # free: no timer needed
         loop = asyncio.get_running_loop()
         deadline = loop.time() + backend.timeout * (1 + backend.retry.retries)
         try:
@@ -175,9 +179,8 @@ class HttpBackends:
                 backend.secrets, int(time.time()), body
             )
         try:
-            async with client.session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=backend.timeout)
-            ) as response:
+            post = client.session.post(url, data=body, headers=headers, timeout=client.timeout)
+            async with post as response:
                 answer = await _read_bounded(response)
                 status = response.status
         except TimeoutError:
@@ -192,8 +195,11 @@ class HttpBackends:
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    if response.content_length is not None and response.content_length > MAX_ANSWER_BYTES:
-        raise _AnswerTooBig(f"answer of {response.content_length} bytes; the limit is {MAX_ANSWER_BYTES}")
+    length = response.content_length
+    if length is not None:
+        if length > MAX_ANSWER_BYTES:
+            raise _AnswerTooBig(f"answer of {length} bytes; the limit is {MAX_ANSWER_BYTES}")
+        return await response.read()  # the usual case: a known, bounded length
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(65536):
