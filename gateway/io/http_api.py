@@ -170,6 +170,11 @@ class HttpApi:
             return _error(503, "unavailable", "no gateway node answered")
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
             return _error(503, "unavailable", f"NATS connection closed: {exc}")
+        except web.HTTPException:
+            raise
+        except Exception:  # a bug: say so in JSON (and the log), as for every other answer
+            log.exception("HTTP API %s %s failed", request.method, request.path)
+            return _error(500, "internal", "the node failed on this request; see its log")
         finally:
             log.debug("%s %s by %s", request.method, request.path, principal.name)
 
