@@ -144,7 +144,7 @@ class GatewayConfig(NatsSettings):
     )
     http_backends_file: str = setting(
         "",
-        "TOML file of HTTP backends: per route, the URLs that decide connects, take events, hear disconnects",
+        "TOML file of HTTP backends: per route, the URLs for connects, events, disconnects and polls",
     )
 
     def validate(self) -> None:

@@ -86,7 +86,7 @@ REJECTION_REASONS = (*(reason.value for reason in Reason), *AUTH_REJECTIONS)
 # prism_http_backend_calls_total{kind, outcome}: what a node asked an HTTP backend, and how the call ended
 # (after its retries): ok (2xx), status (another HTTP status), refused (no connection), broken (the
 # connection failed mid-call), timeout, busy (the node's concurrency limit and queue for it were full).
-HTTP_BACKEND_KINDS = ("connect", "event", "request", "disconnect")
+HTTP_BACKEND_KINDS = ("connect", "event", "request", "disconnect", "poll")
 HTTP_BACKEND_OUTCOMES = ("ok", "status", "refused", "broken", "timeout", "busy")
 # Seconds one call to an HTTP backend took, retries and the wait for a free slot included.
 HTTP_BACKEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

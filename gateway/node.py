@@ -38,10 +38,11 @@ from gateway.io.http import HttpRoutes
 from gateway.io.http_api import HttpApi
 from gateway.io.http_backends import HttpBackends
 from gateway.io.http_hooks import HttpHooks
+from gateway.io.http_polls import HttpPolls
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
 from gateway.io.liveness import Liveness
-from gateway.io.outbox import Flusher, LocalConn
+from gateway.io.outbox import Flusher, LocalConn, is_open
 from gateway.io.presence_api import PresenceApi
 from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket, open_bucket_when_ready
 from gateway.io.requests import RequestMux
@@ -96,6 +97,7 @@ class Node:
         self.metrics_server = HealthServer(self.registry, self.is_ready, self.not_ready_reason)
         self.api: HttpApi | None = None  # the HTTP API (PRISM_API_PORT)
         self._http: HttpHooks | None = None  # HTTP backends (PRISM_HTTP_BACKENDS_FILE)
+        self._polls: HttpPolls | None = None  # their poll_url loops
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -168,6 +170,7 @@ class Node:
             backends = HttpBackends(HttpRouting(http_backends), self.node_id, self.metrics, _version())
             await backends.start()
             self._http = sessions.http = HttpHooks(backends, self.node_id, self.config.max_rooms_per_conn)
+            self._polls = HttpPolls(backends, self.node_id, self._open_conns_of, delivery.to_local_conn)
         await bus.flush()
         # Before accepting anyone: sweep what an earlier process with this id left, start beating, and
         # sweep nodes that died while no one was watching.
@@ -232,6 +235,8 @@ class Node:
             self.port = sockets[0].getsockname()[1]
         if self.api is not None:
             self.api.attach(bus.nc)
+        if self._polls is not None:
+            self._polls.start()
         self.state = State.READY
         self.metrics.ready.labels(node=self.node_id).set(1)
         log.info("node %s ready on port %d", self.node_id, self.port)
@@ -256,6 +261,10 @@ class Node:
         await api.start(config.host, config.api_port)  # ConfigError if the port is taken
         self.api = api
         log.info("node %s serves the HTTP API on port %d", self.node_id, api.port)
+
+    def _open_conns_of(self, route: str) -> list[str]:
+        """This node's open connections of ``route``: what a poll of an HTTP backend asks for."""
+        return [cid for cid, m in self.hub.conns.items() if m.handle.route == route and is_open(m.handle)]
 
     def _api_unavailable(self) -> str | None:
         """Why the HTTP API cannot publish now: it needs NATS, not the WebSocket listener (so it keeps
@@ -331,6 +340,8 @@ class Node:
             await self._presence_api.stop()
         if self.api is not None:
             await self.api.stop()
+        if self._polls is not None:
+            await self._polls.stop()
         if self._http is not None:  # disconnect notifications of the drained connections go out first
             await self._http.stop(grace=HTTP_NOTIFY_GRACE)
         if self._repairing is not None:

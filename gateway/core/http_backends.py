@@ -7,13 +7,17 @@ A backend is an HTTP service that gets, for the WebSocket routes it serves,
   and may give it a user, rooms and claims (at most one backend per route may decide connects);
 - ``event_url``: one ``POST`` per client event whose name matches ``events``; for a request (an event with
   ``ref``) the response body is the client's reply;
-- ``disconnect_url``: one ``POST`` per closed connection (a notification: its answer is ignored).
+- ``disconnect_url``: one ``POST`` per closed connection (a notification: its answer is ignored);
+- ``poll_url``: polled by each node for messages to its own connections of those routes (the first
+  design's polling mode), every ``poll_interval`` seconds while the last poll brought nothing.
 
 Events that match no HTTP backend go to NATS as always. docs/http-backends.md is the user's manual.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,8 +56,11 @@ _KEYS = frozenset(
         "secret_env",
         "unsigned",
         "forward_headers",
+        "poll_url",
+        "poll_interval",
     }
 )
+MAX_POLL_MESSAGES = 10_000  # messages one poll answer may carry
 
 
 class BackendConfigError(ValueError):
@@ -78,6 +85,8 @@ class HttpBackend:
     keepalive: float = 4.0  # seconds an idle pooled connection is kept (under the backend's own timeout)
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     forward_headers: tuple[str, ...] = ()  # upgrade request headers passed to connect_url
+    poll_url: str = ""
+    poll_interval: float = 1.0  # seconds between polls that brought nothing (0: poll again at once)
 
     def handles(self, event: str) -> bool:
         return bool(self.event_url) and any(p.matches(event, True) for p in self.events)
@@ -172,9 +181,10 @@ def parse_backend(
     for route in routes:
         if route not in ws_routes:
             raise _problem(where, f"route {route!r} is not one of PRISM_ROUTES {list(ws_routes)}")
-    urls = {key: _url(where, key, entry.get(key)) for key in ("connect_url", "event_url", "disconnect_url")}
+    kinds = ("connect_url", "event_url", "disconnect_url", "poll_url")
+    urls = {key: _url(where, key, entry.get(key)) for key in kinds}
     if not any(urls.values()):
-        raise _problem(where, "needs at least one of connect_url, event_url, disconnect_url")
+        raise _problem(where, "needs at least one of connect_url, event_url, disconnect_url, poll_url")
     events = _patterns(where, "events", entry.get("events", []))
     if urls["event_url"] and not events:
         raise _problem(where, 'event_url needs events, the event names it takes (e.g. ["chat.*"])')
@@ -200,6 +210,8 @@ def parse_backend(
         keepalive=_number(where, "keepalive", entry.get("keepalive", 4.0), 0, 3600),
         secrets=_secrets(where, entry, environ),
         forward_headers=tuple(headers),
+        poll_url=urls["poll_url"],
+        poll_interval=_number(where, "poll_interval", entry.get("poll_interval", 1.0), 0, 3600),
     )
 
 
@@ -258,6 +270,10 @@ class HttpRouting:
     def disconnect(self, route: str) -> tuple[HttpBackend, ...]:
         return self._disconnect.get(route, ())
 
+    def polls(self) -> list[tuple[HttpBackend, str]]:
+        """(backend, route) for every route a backend polls for."""
+        return [(b, route) for b in self.backends if b.poll_url for route in b.routes]
+
 
 # -- what is sent -------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -313,6 +329,12 @@ def disconnect_body(call_id: str, info: ConnInfo, claims: bytes, details: Mappin
     return orjson.dumps(
         {"type": "disconnect", "id": call_id, **info.fields(), "claims": orjson.Fragment(claims), **details}
     )
+
+
+def poll_body(call_id: str, node: str, route: str, cursor: str | None, conns: list[str]) -> bytes:
+    """A poll: which node asks, for which route's connections, and the cursor of the last answer."""
+    body = {"type": "poll", "id": call_id, "node": node, "route": route, "cursor": cursor, "conns": conns}
+    return orjson.dumps(body)
 
 
 # -- what answers mean ------------------------------------------------------------------------------------
@@ -402,6 +424,51 @@ def connect_decision(status: int, body: bytes, max_rooms: int) -> Allow | Deny:
     if len(encoded) > MAX_CLAIMS_BYTES:
         raise BadAnswer(f"claims are {len(encoded)} bytes of JSON; the limit is {MAX_CLAIMS_BYTES}")
     return Allow(user, rooms, encoded)
+
+
+@dataclass(frozen=True, slots=True)
+class PollAnswer:
+    """Messages to deliver (conn id, payload, binary) and the cursor to send with the next poll."""
+
+    messages: tuple[tuple[str, bytes, bool], ...] = ()
+    cursor: str | None = None
+
+
+def poll_answer(status: int, body: bytes, cursor: str | None) -> PollAnswer:
+    """What a poll's 2xx answer asks to deliver: ``{"messages":[{"conn":..,"data":..}|{"conn":..,
+    "data_base64":..}],"cursor":..}`` or an empty body (nothing, same cursor). :class:`BadAnswer` if it
+    breaks the contract; then nothing of it is delivered."""
+    if not 200 <= status < 300:
+        raise BadAnswer(f"status {status} is not an answer")
+    if not body.strip():
+        return PollAnswer((), cursor)
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadAnswer(f"not JSON: {exc}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("messages", []), list):
+        raise BadAnswer('expected {"messages": [{"conn": "<id>", "data": "..."}], "cursor": "..."}')
+    entries = answer.get("messages", [])
+    if len(entries) > MAX_POLL_MESSAGES:
+        raise BadAnswer(f"{len(entries)} messages; one answer may carry {MAX_POLL_MESSAGES}")
+    next_cursor = answer.get("cursor", cursor)
+    if next_cursor is not None and not isinstance(next_cursor, str):
+        raise BadAnswer("cursor must be a string")
+    messages = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("conn"), str):
+            raise BadAnswer(f"messages[{index}] needs conn, a conn id")
+        text, encoded = entry.get("data"), entry.get("data_base64")
+        if isinstance(text, str) and encoded is None:
+            messages.append((entry["conn"], text.encode(), False))
+        elif isinstance(encoded, str) and text is None:
+            try:
+                messages.append((entry["conn"], base64.b64decode(encoded, validate=True), True))
+            except binascii.Error:
+                raise BadAnswer(f"messages[{index}].data_base64 is not base64") from None
+        else:
+            raise BadAnswer(f"messages[{index}] needs data (text) or data_base64 (binary), not both")
+    return PollAnswer(tuple(messages), next_cursor)
 
 
 def client_error(

@@ -291,3 +291,38 @@ async def test_claims_of_a_token_reach_the_connect_backend(
     assert call.body["token_claims"]["team"] == "red"
     assert "token" not in call.body["query"]
     assert orjson.dumps(call.body).count(token.encode()) == 0
+
+
+async def test_a_polled_backend_delivers_to_the_nodes_own_connections_with_its_cursor(
+    make_node: NodeFactory, tmp_path: Path, http: RecordingBackend
+) -> None:
+    backend = {
+        "name": "poller",
+        "poll_url": http.url("poll"),
+        "poll_interval": 0.05,
+        "secret_env": "TEST_HTTP_SECRET",
+    }
+    node = await node_with(make_node, tmp_path, backend)
+    async with await PrismClient.connect(ws_url(node), user="erin") as client:
+        gone = "node1.gone00000000"
+        http.then(
+            "poll",
+            reply(
+                200,
+                {
+                    "messages": [{"conn": client.conn_id, "data": "polled"}, {"conn": gone, "data": "x"}],
+                    "cursor": "c1",
+                },
+            ),
+            reply(200, b"not json"),  # logged and skipped; the next poll keeps the cursor
+            reply(200, {"messages": [{"conn": client.conn_id, "data_base64": "AAE="}]}),
+        )
+        assert await client.receive(5) == "polled"
+        assert await client.receive(5) == b"\x00\x01"
+        polls = await http.wait_for("poll", 4)
+    assert polls[0].signed
+    assert [p.body["cursor"] for p in polls[:4]] == [None, "c1", "c1", "c1"]
+    assert {p.body["route"] for p in polls} == {"/ws"}
+    assert all(p.body["conns"] == [client.conn_id] for p in polls[:4])  # never polled without a connection
+    assert polls[0].body["type"] == "poll"
+    assert polls[0].body["node"] == "node1"

@@ -16,11 +16,13 @@ from gateway.core.http_backends import (
     ConnInfo,
     Deny,
     HttpRouting,
+    PollAnswer,
     client_error,
     connect_decision,
     disconnect_body,
     event_body,
     parse_backends,
+    poll_answer,
 )
 from gateway.core.retry import Attempt, Outcome
 from shared.frames import ErrorCode
@@ -203,3 +205,26 @@ def test_failures_become_clear_error_frames(
     assert got_code is code
     assert says in message
     assert "Traceback" not in message  # a 5xx body is the backend's business, not the client's
+
+
+def test_poll_answers() -> None:
+    assert poll_answer(204, b"", "c0") == PollAnswer((), "c0")
+    answer = poll_answer(
+        200,
+        b'{"messages":[{"conn":"n.a","data":"hi"},{"conn":"n.b","data_base64":"AAE="}],"cursor":"c1"}',
+        None,
+    )
+    assert answer == PollAnswer((("n.a", b"hi", False), ("n.b", b"\x00\x01", True)), "c1")
+    assert poll_answer(200, b'{"messages":[]}', "c0").cursor == "c0"
+    for bad in (
+        b"[]",
+        b"x",
+        b'{"messages":[{"data":"a"}]}',
+        b'{"messages":[{"conn":"a","data":"a","data_base64":"AA=="}]}',
+        b'{"messages":[{"conn":"a","data_base64":"!"}]}',
+        b'{"cursor":5}',
+    ):
+        with pytest.raises(BadAnswer):
+            poll_answer(200, bad, None)
+    (b,) = parse(backend(poll_url="http://x/p", poll_interval=0))
+    assert HttpRouting([b]).polls() == [(b, "/ws"), (b, "/admin")]
