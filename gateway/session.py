@@ -453,10 +453,7 @@ class Sessions:
             await self._publish(conn, subject, block, event.data, None)
             return False
         self._frames_in["request"].inc()
-        if conn.inflight_requests >= self.config.max_inflight_requests:
-            limit = self.config.max_inflight_requests
-            self.rejections.count(Reason.TOO_MANY_REQUESTS)
-            self.send_error(conn, event.ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
+        if self._too_many_requests(conn, event.ref):
             return False
         conn.inflight_requests += 1
         try:
@@ -465,6 +462,15 @@ class Sessions:
             conn.inflight_requests -= 1
             self.send_error(conn, event.ref, ErrorCode.BACKEND_UNAVAILABLE, f"cannot reach backends: {exc}")
             return False
+        return True
+
+    def _too_many_requests(self, conn: LocalConn, ref: Ref) -> bool:
+        """Refuse (with an error frame) a request over ``max_inflight_requests`` awaiting replies."""
+        if conn.inflight_requests < self.config.max_inflight_requests:
+            return False
+        limit = self.config.max_inflight_requests
+        self.rejections.count(Reason.TOO_MANY_REQUESTS)
+        self.send_error(conn, ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
         return True
 
     async def _send_http_event(
@@ -480,10 +486,7 @@ class Sessions:
                 self.send_error(conn, None, *failed)
             return False
         self._frames_in["request"].inc()
-        if conn.inflight_requests >= self.config.max_inflight_requests:
-            limit = self.config.max_inflight_requests
-            self.rejections.count(Reason.TOO_MANY_REQUESTS)
-            self.send_error(conn, event.ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
+        if self._too_many_requests(conn, event.ref):
             return False
         conn.inflight_requests += 1
         ref = event.ref

@@ -326,3 +326,21 @@ async def test_a_polled_backend_delivers_to_the_nodes_own_connections_with_its_c
     assert all(p.body["conns"] == [client.conn_id] for p in polls[:4])  # never polled without a connection
     assert polls[0].body["type"] == "poll"
     assert polls[0].body["node"] == "node1"
+
+
+async def test_http_requests_count_against_the_connections_inflight_limit(
+    make_node: NodeFactory, tmp_path: Path, http: RecordingBackend
+) -> None:
+    node = await node_with(make_node, tmp_path, app(http), max_inflight_requests=1)
+    http.then("event", reply(200, {"slow": True}, delay=0.3))
+    async with await PrismClient.connect(ws_url(node)) as client:
+        slow = asyncio.ensure_future(client.request("app.slow", {}))
+        await http.wait_for("event")
+        with pytest.raises(RequestFailed) as failed:
+            await client.request("app.more", {})
+        assert (failed.value.code, failed.value.message) == (
+            "too_many_requests",
+            "at most 1 requests at once",
+        )
+        assert await slow == {"slow": True}
+        assert await client.request("app.after", {"n": 2}) == {"n": 2}  # the slot came back
