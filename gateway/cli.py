@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -13,10 +14,13 @@ from typing import Any
 import uvloop
 
 from gateway.config import GatewayConfig
+from gateway.environment import misspelled
 from notification_service.config import NotifyConfig
 from shared import demo_backend, http_demo, logs, tracing
-from shared.config import add_arguments, load
+from shared.config import add_arguments, env_name, load
 from shared.errors import ConfigError
+
+log = logging.getLogger("prism.config")
 
 
 def setup_logging(level: str, log_format: str = "text") -> None:
@@ -65,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="demo_backend",
         action="store_false",
         help="do not run the demo backend (echo, chat.send, chat.history): your own backend answers them",
+    )
+    dev.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for NATS (PRISM_NATS_URL), then for each process, to be ready (default 30)",
     )
     dev.add_argument(
         "--http-backend",
@@ -116,19 +127,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return loadtest_main(argv[1:])
     args = build_parser().parse_args(argv)
+    unknown = misspelled(os.environ)  # logged once logging is set up; printed if the config is refused
+
+    def warn_unknown() -> None:
+        for line in unknown:
+            log.warning("%s", line)
+        unknown.clear()
+
     try:
         if args.command == "gateway":
             config = load(GatewayConfig, args)
             setup_telemetry(args, config.log_level, "prism-gateway")
+            warn_unknown()
             from gateway.node import run
 
             return run_on_uvloop(run(config))
         if args.command == "notify":
             notify_config = load(NotifyConfig, args)
             setup_telemetry(args, notify_config.log_level, "prism-notify")
+            warn_unknown()
             from notification_service.service import run as run_notify
 
-            return run_on_uvloop(run_notify(notify_config))
+            # The default metrics port gives way to a free one if taken (a second instance on this host);
+            # one the operator set does not: Prometheus scrapes it.
+            fallback = args.metrics_port is None and env_name("metrics_port") not in os.environ
+            return run_on_uvloop(run_notify(notify_config, fallback))
         if args.command == "demo-backend":
             demo_config = load(demo_backend.DemoConfig, args)
             setup_telemetry(args, demo_config.log_level, None)  # it makes no spans of its own
@@ -139,18 +162,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_on_uvloop(http_demo.run(http_config))
         if args.command == "dev":
             setup_telemetry(args, "info", None)
-            from gateway.dev import run_dev
+            warn_unknown()  # only here: prism dev leaves these variables out of its processes' environment
+            from gateway.dev import StartFailed, run_dev
 
-            return run_on_uvloop(
-                run_dev(
+            try:
+                dev = run_dev(
                     args.nodes,
                     args.port,
                     args.host,
-                    demo_backend=args.demo_backend,
+                    args.ready_timeout,
+                    args.demo_backend,
                     http_backend=args.http_backend,
                 )
-            )
+                return run_on_uvloop(dev)
+            except StartFailed as exc:
+                print(f"prism dev: {exc}", file=sys.stderr)
+                return 1
     except ConfigError as exc:
+        for line in unknown:
+            print(f"prism: warning: {line}", file=sys.stderr)
         print(f"prism: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

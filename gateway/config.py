@@ -155,6 +155,8 @@ class GatewayConfig(NatsSettings):
                 validate_node_id(self.node_id)
         except InvalidName as exc:
             raise ConfigError(str(exc)) from None
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be from 1 to 65535 (0: any free port), got {self.port}")
         if not self.routes or any(not r.startswith("/") for r in self.routes):
             raise ConfigError(f"routes must be paths starting with '/', got {self.routes!r}")
         if self.presence_storage not in ("file", "memory"):

@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import importlib.util
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -30,8 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.embedded_nats import NatsServer, die_with_parent
+from gateway.environment import without_unknown
+from gateway.io.bus import NatsBus, NatsOptions, NatsUnreachable
 from shared import http_demo
-from shared.errors import ConfigError
+from shared.config import load
+from shared.errors import ConfigError, PrismError
+from shared.listen import Settings, check_can_listen
+from shared.nats_auth import NatsSettings
 
 log = logging.getLogger("prism.dev")
 
@@ -40,22 +46,55 @@ STOP_TIMEOUT = 15.0
 # A gateway node that dies is started again (same port, same node id), unless it crash-loops:
 RESTART_LIMIT = 5  # restarts allowed within RESTART_WINDOW seconds; one more stops everything
 RESTART_WINDOW = 60.0
+_DEV_LISTEN = Settings(host="--host", port="--port")
 _SAMPLE_NOTIFICATION = '{"id":"n1","payload":"hello"}'
 API_PORT_OFFSET = 100  # --http-backend: node i's HTTP API is on its port + 100
 HTTP_DEMO_PORT_OFFSET = 200  # and the example HTTP backend on the first node's port + 200
 
 
-async def _wait_ready(url: str, proc: asyncio.subprocess.Process, deadline: float) -> None:
+class StartFailed(PrismError):
+    """Something ``prism dev`` started did not come up; the message says what, in one line."""
+
+
+def check_arguments(nodes: int, port: int, ready_timeout: float) -> None:
+    """Refuse ``--nodes`` and ``--port`` values that cannot give ``nodes`` ports from ``port`` up, and a
+    ``--ready-timeout`` that is not a positive number of seconds."""
+    if not 0 < ready_timeout < math.inf:
+        raise ConfigError(f"--ready-timeout must be a positive number of seconds, got {ready_timeout}")
+    if nodes < 1:
+        raise ConfigError(f"--nodes must be at least 1, got {nodes}")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be a port number from 1 to 65535, got {port}")
+    if port + nodes - 1 > 65535:
+        raise ConfigError(f"--nodes {nodes} from --port {port} would need ports above 65535")
+
+
+async def _wait_ready(name: str, url: str, proc: asyncio.subprocess.Process, deadline: float) -> None:
+    """Wait until ``proc`` itself answers ``url`` (its ``/readyz``) with 200. Another process that holds
+    the port (a second ``prism dev``, an old node) answers with its own ``Prism-Pid``: not ready."""
     loop = asyncio.get_running_loop()
+    timeout = deadline - loop.time()
     while True:
         if proc.returncode is not None:
-            raise RuntimeError(f"{url} exited with code {proc.returncode} before it was ready")
-        status = await asyncio.to_thread(http_status, url)
-        if status == 200:
+            raise StartFailed(f"{name} exited with code {proc.returncode} before it was ready")
+        status, pid = await asyncio.to_thread(readyz, url)
+        if status == 200 and pid == str(proc.pid):
             return
         if loop.time() > deadline:
-            raise TimeoutError(f"{url} not ready within {READY_TIMEOUT}s")
+            raise StartFailed(f"{name} was not ready within {timeout:.0f}s ({url})")
         await asyncio.sleep(0.1)  # polling another process's HTTP endpoint: there is no event to await
+
+
+def readyz(url: str) -> tuple[int, str | None]:
+    """The status of a GET of a node's ``/readyz`` and the ``Prism-Pid`` of the process that answered it;
+    ``(0, None)`` when nothing answers it with HTTP, as in :func:`http_status`."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status), response.headers.get("Prism-Pid")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.headers.get("Prism-Pid")
+    except (OSError, http.client.HTTPException):
+        return 0, None
 
 
 def http_status(url: str) -> int:
@@ -102,14 +141,7 @@ async def _start_notify(host: str, env: dict[str, str]) -> asyncio.subprocess.Pr
 
 async def _notify_ready(proc: asyncio.subprocess.Process, deadline: float) -> str:
     """Wait for the service's ready line; return its metrics URL."""
-    assert proc.stdout is not None
-    left = deadline - asyncio.get_running_loop().time()
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), max(0.1, left))).decode()
-    except TimeoutError:
-        raise TimeoutError(f"the notification service was not ready within {READY_TIMEOUT}s") from None
-    if "ready" not in line:
-        raise RuntimeError(f"the notification service exited with code {await proc.wait()} while starting")
+    line = await _ready_line(proc, "the notification service", deadline)
     return line.rsplit(" ", 1)[-1].strip()
 
 
@@ -132,10 +164,24 @@ async def _ready_line(proc: asyncio.subprocess.Process, what: str, deadline: flo
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), max(0.1, left))).decode()
     except TimeoutError:
-        raise TimeoutError(f"{what} was not ready within {READY_TIMEOUT}s") from None
+        raise StartFailed(f"{what} was not ready within {left:.0f}s") from None
     if "ready" not in line:
-        raise RuntimeError(f"{what} exited with code {await proc.wait()} while starting")
+        raise StartFailed(f"{what} exited with code {await proc.wait()} while starting")
     return line
+
+
+async def _reach_nats(timeout: float) -> None:
+    """Connect once to the NATS the user named (``PRISM_NATS_URL``, with the ``PRISM_NATS_*`` credentials
+    the children will use) before starting anything on it: while it is not there, one line per attempt
+    comes from here rather than from every child, and after ``timeout`` seconds one line says so."""
+    settings = load(NatsSettings)
+    settings.nats_auth.validate()
+    options = NatsOptions(servers=settings.nats_servers, name="prism-dev", auth=settings.nats_auth)
+    try:
+        bus = await NatsBus.connect(options, give_up_after=timeout)
+    except NatsUnreachable as exc:
+        raise StartFailed(f"{exc}; gave up after {timeout:.0f}s: check PRISM_NATS_URL") from None
+    await bus.close()
 
 
 def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
@@ -151,7 +197,7 @@ def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
     }
     return {
         **defaults,
-        **os.environ,
+        **without_unknown(os.environ),  # prism dev has warned about the rest (gateway/cli.py)
         "PRISM_NATS_URL": nats_url,
         "PRISM_DRAIN_SECONDS": os.environ.get("PRISM_DRAIN_SECONDS", "1"),
     }
@@ -165,6 +211,7 @@ class DevNode:
     host: str
     port: int
     env: dict[str, str]
+    ready_timeout: float = READY_TIMEOUT
     api_port: int = 0  # the node's HTTP API, 0: off
     proc: asyncio.subprocess.Process | None = None
     restarts: deque[float] = field(default_factory=deque)  # loop times of recent restarts
@@ -227,8 +274,9 @@ async def _restart(node: DevNode, shown_host: str, stop: asyncio.Event) -> bool:
     print(f"  {node.name:<9} restarted (exit code {code})   pid {proc.pid}", flush=True)
     url = f"http://{shown_host}:{node.port}/readyz"
     try:
-        ready = await _unless_stopped(_wait_ready(url, proc, loop.time() + READY_TIMEOUT), stop)
-    except (RuntimeError, TimeoutError) as exc:
+        deadline = loop.time() + node.ready_timeout
+        ready = await _unless_stopped(_wait_ready(node.name, url, proc, deadline), stop)
+    except StartFailed as exc:
         log.error("%s did not come back: %s", node.name, exc)
         return True  # the main loop sees it exit (or stops it) and counts the next restart
     if not ready:
@@ -281,10 +329,20 @@ class HttpBackendSetup:
 
 
 async def run_dev(
-    nodes: int, port: int, host: str, demo_backend: bool = True, http_backend: bool = False
+    nodes: int,
+    port: int,
+    host: str,
+    ready_timeout: float = READY_TIMEOUT,
+    demo_backend: bool = True,
+    http_backend: bool = False,
 ) -> int:
+    """Start everything, print the banner, supervise until stopped. Raises :class:`ConfigError` (bad
+    layout, a port in use: before anything starts) or :class:`StartFailed`."""
+    check_arguments(nodes, port, ready_timeout)
     if http_backend and importlib.util.find_spec("uvicorn") is None:
         raise ConfigError("--http-backend needs the http-demo extra: pip install -e '.[http-demo]'")
+    for node_port in range(port, port + nodes):  # a taken port: one line now, not N failed nodes later
+        await check_can_listen(host, node_port, _DEV_LISTEN)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -292,6 +350,9 @@ async def run_dev(
 
     nats: NatsServer | None = None
     nats_url = os.environ.get("PRISM_NATS_URL")
+    if nats_url and not await _unless_stopped(_reach_nats(ready_timeout), stop):
+        print("prism dev stopped", flush=True)
+        return 0
     if not nats_url:
         nats = await asyncio.to_thread(NatsServer.start, name="prism-dev")
         nats_url = nats.url
@@ -302,7 +363,9 @@ async def run_dev(
         env |= http.node_env(host)
     api_offset = API_PORT_OFFSET if http is not None else None
     gateways = [
-        DevNode(f"node{i + 1}", host, port + i, env, port + i + api_offset if api_offset else 0)
+        DevNode(
+            f"node{i + 1}", host, port + i, env, ready_timeout, port + i + api_offset if api_offset else 0
+        )
         for i in range(nodes)
     ]
     notify: asyncio.subprocess.Process | None = None
@@ -320,11 +383,11 @@ async def run_dev(
         demo = await _start_demo(env) if demo_backend else None
         if http is not None:
             http_proc = await http.start(host, f"http://{shown_host}:{gateways[0].api_port}", env)
-        deadline = loop.time() + READY_TIMEOUT
+        deadline = loop.time() + ready_timeout
         ready: list[Awaitable[object]] = []
         for g in gateways:
             assert g.proc is not None
-            ready.append(_wait_ready(f"http://{shown_host}:{g.port}/readyz", g.proc, deadline))
+            ready.append(_wait_ready(g.name, f"http://{shown_host}:{g.port}/readyz", g.proc, deadline))
         if demo is not None:
             ready.append(_ready_line(demo, "the demo backend", deadline))
         if http_proc is not None:

@@ -12,7 +12,6 @@ a second one exits at once.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import math
 
@@ -52,11 +51,11 @@ from gateway.io.tasks import cancel_and_wait
 from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
 from gateway.session import Sessions
 from gateway.traces import TracedDelivery
-from shared import logs, tracing
+from shared import listen, logs, tracing
 from shared.close_codes import CloseCode
-from shared.errors import ConfigError
 from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
+from shared.listen import check_can_listen
 
 log = logging.getLogger("prism.node")
 
@@ -104,8 +103,10 @@ class Node:
         self.state = State.STARTING
         keyring = KeyRing(self.config) if self.config.auth_enabled else None  # bad key files fail here
         http_backends = self.config.http_backends()  # a bad routes file too
-        await self._open_metrics_port()  # first: a busy port fails before NATS is touched
-        await self._open_api_port(keyring)
+        # A taken port fails here, before this node touches NATS or the presence of its node id.
+        await check_can_listen(self.config.host, self.config.port, listen.GATEWAY)
+        await self._open_metrics_port()  # a busy metrics port fails here too
+        await self._open_api_port(keyring)  # and a busy API port
         options = NatsOptions(
             servers=self.config.nats_servers,
             name=f"prism-gateway-{self.node_id}",
@@ -204,6 +205,7 @@ class Node:
             auth=authenticator,
             admission=self.admission,
             static=static,
+            node_id=self.node_id,
         )
         if self.config.ping_interval > 0:
             sessions.keepalive = Keepalive(
@@ -212,7 +214,26 @@ class Node:
                 lambda conn: sessions.close(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"),
             )
         self._connections = connection_class(self.admission, self.admission.rejections, self.config)
-        self._server = await serve(
+        try:
+            self._server = await self._serve(sessions, routes)
+        except OSError as exc:  # taken since the check above
+            raise listen.unavailable(exc, self.config.host, self.config.port, listen.GATEWAY) from None
+        if sessions.keepalive is not None:
+            self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
+        sockets = self._server.sockets
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        if self.api is not None:
+            self.api.attach(bus.nc)
+        if self._polls is not None:
+            self._polls.start()
+        self.state = State.READY
+        self.metrics.ready.labels(node=self.node_id).set(1)
+        log.info("node %s ready on port %d", self.node_id, self.port)
+
+    async def _serve(self, sessions: Sessions, routes: HttpRoutes) -> Server:
+        assert self._connections is not None
+        return await serve(
             sessions.handle,
             self.config.host,
             self.config.port,
@@ -228,28 +249,12 @@ class Node:
             max_queue=INBOUND_QUEUE_FRAMES,
             create_connection=self._connections,
         )
-        if sessions.keepalive is not None:
-            self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
-        sockets = self._server.sockets
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-        if self.api is not None:
-            self.api.attach(bus.nc)
-        if self._polls is not None:
-            self._polls.start()
-        self.state = State.READY
-        self.metrics.ready.labels(node=self.node_id).set(1)
-        log.info("node %s ready on port %d", self.node_id, self.port)
 
     async def _open_metrics_port(self) -> None:
         if not self.config.metrics_port:
             return
-        try:
-            await self.metrics_server.start(self.config.host, self.config.metrics_port)
-        except OSError as exc:  # a user mistake (say, two nodes given one port): one line, no traceback
-            where = f"{self.config.host}:{self.config.metrics_port}"
-            why = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
-            raise ConfigError(f"cannot serve /metrics on {where} (metrics_port): {why}") from None
+        # A port that cannot be used is a user mistake: PortUnavailable, one line and no traceback.
+        await self.metrics_server.start(self.config.host, self.config.metrics_port)
         log.info("node %s serves /metrics on port %d", self.node_id, self.metrics_server.port)
 
     async def _open_api_port(self, keyring: KeyRing | None) -> None:
@@ -348,8 +353,9 @@ class Node:
             self._repairing.cancel()
         if self.liveness is not None:
             await self.liveness.stop()
-        if self._bus is not None:
-            await self._bus.drain()
+        if self._bus is None:
+            return  # it never started (a taken port, say): no "stopped" line under the error
+        await self._bus.drain()
         self.metrics.nats_connected.labels(node=self.node_id).set(0)
         await self.metrics_server.stop()  # last: scrapes see the whole drain
         log.info("node %s stopped", self.node_id)

@@ -186,10 +186,10 @@ async def measure(args: argparse.Namespace) -> list[Run]:
         'name = "bench"\n'
         f'event_url = "http://127.0.0.1:{http_port}/event"\n'
         'events = ["bench.http.>"]\n'
-        'secret_env = "PRISM_BENCH_SECRET"\n'
+        'secret_env = "BENCH_HTTP_SECRET"\n'
         f"max_concurrency = {args.clients * args.inflight}\n"
     )
-    env = {"PRISM_HTTP_BACKENDS_FILE": str(routes), "PRISM_BENCH_SECRET": SECRET, "PRISM_MESSAGE_RATE": "0"}
+    env = {"PRISM_HTTP_BACKENDS_FILE": str(routes), "BENCH_HTTP_SECRET": SECRET, "PRISM_MESSAGE_RATE": "0"}
     target = PrismTarget(core=0, nats_core=1, env=env)
     await target.start(workdir)
     side = 1 if 1 in machine_cores() else None

@@ -112,7 +112,8 @@ class NotifyConfig(NatsSettings):
                 f"notify_client_rate must be a positive number per minute, got {self.notify_client_rate}"
             )
         if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"metrics_port must be a port number, got {self.metrics_port}")
+            port = self.metrics_port
+            raise ConfigError(f"metrics_port must be from 1 to 65535 (0: any free port), got {port}")
 
     @property
     def subjects(self) -> Subjects:

@@ -52,8 +52,12 @@ class NotifyService:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         backlog_interval: float = 5.0,
+        metrics_port_fallback: bool = False,
     ) -> None:
         self.config = config
+        # Whether a taken metrics_port may be replaced by any free one: when the operator did not choose
+        # it, so that a second instance on one host starts (prism notify; see docs/notifications.md).
+        self.metrics_port_fallback = metrics_port_fallback
         self.subjects = config.subjects
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = NotifyMetrics(self.registry)
@@ -79,7 +83,7 @@ class NotifyService:
     async def start(self) -> None:
         self.state = State.STARTING
         config = self.config
-        await self.http.start(config.metrics_host, config.metrics_port)
+        await self.http.start(config.metrics_host, config.metrics_port, self.metrics_port_fallback)
         options = NatsOptions(servers=config.nats_servers, name="prism-notify", auth=config.nats_auth)
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
         self.metrics.nats_connected.set(1)
@@ -176,7 +180,8 @@ class NotifyService:
             await self._bus.drain()
         self.metrics.nats_connected.set(0)
         await self.http.stop()
-        log.info("notification service stopped")
+        if self._bus is not None:  # else it never started (a taken port, say): no line under the error
+            log.info("notification service stopped")
 
     async def _on_nats_state(self, connected: bool) -> None:
         self.metrics.nats_connected.set(1 if connected else 0)
@@ -224,9 +229,9 @@ async def _when_jetstream_ready(attempt: Callable[[], Awaitable[None]]) -> None:
             delay = min(delay * 2, 5.0)
 
 
-async def run(config: NotifyConfig) -> int:
+async def run(config: NotifyConfig, metrics_port_fallback: bool = False) -> int:
     """Run one instance until SIGTERM/SIGINT, then drain and stop; a second signal exits at once."""
-    service = NotifyService(config)
+    service = NotifyService(config, metrics_port_fallback=metrics_port_fallback)
 
     def ready() -> None:
         host = "localhost" if config.metrics_host in ("0.0.0.0", "::", "127.0.0.1") else config.metrics_host

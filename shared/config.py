@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, get_type_hints
 
 from shared.errors import ConfigError
@@ -45,14 +46,21 @@ def _convert(kind: Any, name: str, raw: str) -> Any:
                 return False
             raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
         if kind is int:
-            return int(raw)
+            return _number(int, raw, "a whole number")
         if kind is float:
-            return float(raw)
+            return _number(float, raw, "a number")
         if kind == tuple[str, ...]:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         return raw
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+
+def _number(kind: type[Any], raw: str, what: str) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:  # int()'s own message speaks Python ("invalid literal for int() with base 10")
+        raise ValueError(f"not {what}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], skip: Sequence[str] = ()) -> None:
@@ -96,3 +104,24 @@ def describe(cls: type[Any]) -> list[tuple[str, str, str, str]]:
         (env_name(f.name), flag_name(f.name), repr(f.default), f.metadata.get("help", ""))
         for f in dataclasses.fields(cls)
     ]
+
+
+def env_names(cls: type[Any]) -> frozenset[str]:
+    """The ``PRISM_*`` variable of every field of ``cls``."""
+    return frozenset(env_name(f.name) for f in dataclasses.fields(cls))
+
+
+def unknown_variables(environ: Mapping[str, str], known: Iterable[str]) -> list[str]:
+    """One warning per ``PRISM_*`` variable of ``environ`` that is not in ``known`` (a misspelling is
+    otherwise silently ignored), naming the nearest known one when one is near."""
+    known = frozenset(known)
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        # Compared without the shared prefix, which would make every name look alike.
+        nearest = difflib.get_close_matches(name.removeprefix(ENV_PREFIX).upper(), suffixes, n=1)
+        hint = f"; did you mean {suffixes[nearest[0]]}?" if nearest else ""
+        warnings.append(f"{name} is not a Prism setting and is ignored{hint}")
+    return warnings

@@ -4,6 +4,7 @@ PrismError
 ├── InvalidName        an id, room, event name or prefix that would change a subject's meaning
 ├── FrameError         a client frame Prism cannot accept (carries the error-frame code)
 ├── ConfigError        a setting that cannot be used
+│   └── PortUnavailable  an address and port to listen on that cannot be used (in use, not permitted)
 └── ClientError        raised by the Python client SDK
     ├── RequestFailed  the gateway answered a command or request with an error frame
     └── ConnectionLost the WebSocket closed (carries the close code)
@@ -33,6 +34,11 @@ class FrameError(PrismError):
 
 class ConfigError(PrismError):
     """A configuration value cannot be used."""
+
+
+class PortUnavailable(ConfigError):
+    """The process cannot listen where its settings say: the port is taken, privileged, or the address is
+    not one of this host's. Raised before the process connects to anything, so it leaves no trace."""
 
 
 class ClientError(PrismError):

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shared import listen
+
+log = logging.getLogger("prism.notify")
+
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 _MAX_HEADER_BYTES = 16384
+LISTEN_SETTINGS = listen.Settings(
+    host="--metrics-host or PRISM_METRICS_HOST", port="--metrics-port or PRISM_METRICS_PORT"
+)
 
 
 class HealthServer:
@@ -30,8 +39,22 @@ class HealthServer:
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port)
+    async def start(self, host: str, port: int, fallback: bool = False) -> None:
+        """Listen on ``host``:``port``; if that port is taken and ``fallback`` is set, on any free port
+        instead (a warning names it). Otherwise a port that cannot be used raises
+        :class:`shared.errors.PortUnavailable`."""
+        try:
+            self._server = await asyncio.start_server(self._handle, host, port)
+        except OSError as exc:
+            if not (fallback and exc.errno == errno.EADDRINUSE):
+                raise listen.unavailable(exc, host, port, LISTEN_SETTINGS) from None
+            self._server = await asyncio.start_server(self._handle, host, 0)
+            log.warning(
+                "metrics port %d is in use (another prism notify?); serving /metrics, /healthz and /readyz "
+                "on port %d instead (set PRISM_METRICS_PORT to choose one)",
+                port,
+                self._server.sockets[0].getsockname()[1],
+            )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

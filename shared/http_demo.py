@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from gateway.core import http_signing
+from shared import listen
 from shared.config import setting
 from shared.errors import ConfigError
 
@@ -38,6 +39,9 @@ log = logging.getLogger("prism.http_demo")
 
 EVENTS = ("http.echo", "http.shout")
 BLOCKED_USER = "blocked"
+LISTEN = listen.Settings(
+    "--http-demo-host or PRISM_HTTP_DEMO_HOST", "--http-demo-port or PRISM_HTTP_DEMO_PORT"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +195,7 @@ async def run(config: HttpDemoConfig) -> int:
         listener.bind((config.http_demo_host, config.http_demo_port))
     except OSError as exc:
         listener.close()
-        where = f"{config.http_demo_host}:{config.http_demo_port}"
-        raise ConfigError(f"cannot serve the example HTTP backend on {where}: {exc.strerror}") from None
+        raise listen.unavailable(exc, config.http_demo_host, config.http_demo_port, LISTEN) from None
     listener.listen(1024)
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), log_level="warning", access_log=False, lifespan="on")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -79,11 +80,49 @@ class NatsOptions:
     auth: NatsAuth = field(default_factory=NatsAuth)
 
 
+class NatsUnreachable(Exception):
+    """No NATS server answered within the time :meth:`NatsBus.connect` was given; the message says
+    where and why (the last error, e.g. connection refused)."""
+
+
+@dataclass(slots=True)
+class _ConnectionEvents:
+    """nats-py's callbacks, which log only what an operator should act on."""
+
+    on_state: Callable[[bool], Awaitable[None]] | None
+    connected: bool = False  # the first connect succeeded: errors from now on are news
+    closing: bool = False  # closed on purpose (drain, close): its disconnect is not a warning
+    last_error: Exception | None = None  # the first connect's latest error, for its retry line
+    refused: list[Exception] = field(default_factory=list)  # authorization errors of the first connect
+
+    async def disconnected(self) -> None:
+        if self.closing:
+            log.debug("NATS connection closed")
+        else:
+            log.warning("NATS disconnected")
+        if self.on_state:
+            await self.on_state(False)
+
+    async def reconnected(self) -> None:
+        log.info("NATS reconnected")
+        if self.on_state:
+            await self.on_state(True)
+
+    async def error(self, exc: Exception) -> None:
+        if "authorization violation" in str(exc).lower():
+            self.refused.append(exc)
+        if not self.connected:  # the connect loop says what went wrong, once per attempt
+            self.last_error = exc
+            return
+        log.warning("NATS error: %s", exc)
+
+
 class NatsBus:
     """:class:`Bus` over one nats-py connection."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, events: _ConnectionEvents | None = None) -> None:
         self.nc = nc
+        self._events = events if events is not None else _ConnectionEvents(None, connected=True)
         self._direct = direct_subscription.supported(nc)
         if not self._direct:
             log.warning("this nats-py lacks what direct subscriptions need; using one task per subscription")
@@ -94,32 +133,24 @@ class NatsBus:
         cls,
         options: NatsOptions,
         on_state: Callable[[bool], Awaitable[None]] | None = None,
+        give_up_after: float | None = None,
     ) -> NatsBus:
-        async def disconnected() -> None:
-            log.warning("NATS disconnected")
-            if on_state:
-                await on_state(False)
-
-        async def reconnected() -> None:
-            log.info("NATS reconnected")
-            if on_state:
-                await on_state(True)
-
-        refused: list[Exception] = []  # authorization errors seen during the first connect
-
-        async def error(exc: Exception) -> None:
-            if "authorization violation" in str(exc).lower():
-                refused.append(exc)
-            log.warning("NATS error: %s", exc)
-
+        """Connect, retrying while no server answers (a node may start before NATS does): forever, or
+        for ``give_up_after`` seconds and then raise :class:`NatsUnreachable`. Refused credentials and
+        TLS failures raise :class:`ConfigError` at once: retrying cannot help."""
+        events = _ConnectionEvents(on_state)
+        servers = ", ".join(options.servers)
+        loop = asyncio.get_running_loop()
+        deadline = None if give_up_after is None else loop.time() + give_up_after
         # nats-py's own first connect retries silently forever when reconnects are unlimited. Try each
-        # server a couple of times, say so when NATS is not there, back off and try again (a node may
-        # start before NATS does), then allow unlimited reconnects for the life of the connection.
+        # server a couple of times, say so in one line when NATS is not there, back off and try again,
+        # then allow unlimited reconnects for the life of the connection.
         delay = 0.5
         while True:
             nc = NatsClient()
             if not nats_reader.install(nc):
                 log.warning("this nats-py's parser is not one Prism knows; delivery uses nats-py's own")
+            events.last_error = None
             try:
                 await nc.connect(
                     servers=options.servers,
@@ -128,31 +159,30 @@ class NatsBus:
                     max_reconnect_attempts=1,
                     reconnect_time_wait=int(options.reconnect_time_wait),
                     drain_timeout=int(options.drain_timeout),
-                    disconnected_cb=disconnected,
-                    reconnected_cb=reconnected,
-                    error_cb=error,
+                    disconnected_cb=events.disconnected,
+                    reconnected_cb=events.reconnected,
+                    error_cb=events.error,
                     **options.auth.connect_kwargs(),
                 )
                 break
             except ssl.SSLCertVerificationError as exc:
-                raise ConfigError(f"TLS to NATS at {', '.join(options.servers)} failed: {exc}") from None
+                raise ConfigError(f"TLS to NATS at {servers} failed: {exc}") from None
             except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
-                if refused:  # the servers answered, and said no: retrying cannot help
+                if events.refused:  # the servers answered, and said no: retrying cannot help
                     raise _credentials_refused(options) from None
-                log.warning(
-                    "cannot reach NATS at %s (%s); retrying in %.1fs",
-                    ", ".join(options.servers),
-                    exc or type(exc).__name__,
-                    delay,
-                )
+                why = _reason(events.last_error or exc)
+                if deadline is not None and loop.time() + delay > deadline:
+                    raise NatsUnreachable(f"NATS at {servers} unreachable ({why})") from None
+                log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", servers, why, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except nats.errors.Error as exc:
                 if "authorization violation" not in str(exc).lower():
                     raise
                 raise _credentials_refused(options) from None
+        events.connected = True
         nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
-        return cls(nc)
+        return cls(nc, events)
 
     @property
     def connected(self) -> bool:
@@ -225,6 +255,7 @@ class NatsBus:
         return self.nc.jetstream()
 
     async def drain(self) -> None:
+        self._events.closing = True
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -232,8 +263,17 @@ class NatsBus:
                 await self.nc.close()
 
     async def close(self) -> None:
+        self._events.closing = True
         if not self.nc.is_closed:
             await self.nc.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connect failed, in words: "Connection refused" (the loop's own message varies: uvloop and
+    asyncio word a refused connect differently), else the error's message or its type."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 def _credentials_refused(options: NatsOptions) -> ConfigError:

@@ -7,6 +7,7 @@ their next request instead of writing into a closed one ("socket hang up")."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
@@ -49,6 +50,7 @@ class HttpRoutes:
         auth: Authenticator | None = None,
         admission: Admission | None = None,
         static: StaticSite | None = None,
+        node_id: str = "",
     ) -> None:
         self.static = static  # /prism.js, /prism.d.ts and (console on) /, /console/*
         self.admission = admission  # origins, connection caps, accept rate (403/503/429)
@@ -57,6 +59,9 @@ class HttpRoutes:
         self.registry = registry  # None: /metrics is served on a separate port (PRISM_METRICS_PORT)
         self.is_ready = is_ready
         self.not_ready_reason = not_ready_reason
+        # /readyz says which process answers, so that `prism dev` never takes another process that holds
+        # the port (a second `prism dev`, say) for the node it started.
+        self.identity = (("Prism-Node", node_id), ("Prism-Pid", str(os.getpid())))
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         response = self._answer(connection, request)
@@ -86,8 +91,11 @@ class HttpRoutes:
             return connection.respond(200, "ok\n")
         if route == "/readyz":
             if self.is_ready():
-                return connection.respond(200, "ready\n")
-            return connection.respond(503, f"not ready: {self.not_ready_reason()}\n")
+                response = connection.respond(200, "ready\n")
+            else:
+                response = connection.respond(503, f"not ready: {self.not_ready_reason()}\n")
+            response.headers.update(self.identity)
+            return response
         if route == "/metrics" and self.registry is not None:
             body = generate_latest(self.registry)
             headers = Headers([("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])

@@ -12,7 +12,6 @@ Only its public ``aiohttp.web`` API is used.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,8 +35,9 @@ from gateway.core.http_api import (
 from gateway.io.auth import KeyRing
 from gateway.metrics import GatewayMetrics
 from shared import headers as h
+from shared import listen
 from shared.backend import PresenceQueryError, PrismBackend
-from shared.errors import ConfigError, InvalidName
+from shared.errors import InvalidName
 from shared.subjects import Subjects
 
 log = logging.getLogger("prism.http_api")
@@ -46,6 +46,8 @@ MAX_BODY_BYTES = 4 << 20  # a batch of many messages; each single message is bou
 RECEIPT_TIMEOUT = 2.0  # seconds to wait for the first receipt or control reply
 RECEIPT_WINDOW = 0.25  # seconds to collect more receipts after the first (user, room, broadcast)
 BATCH_PARALLEL = 64  # messages of one batch in flight at once
+
+API_LISTEN = listen.Settings("--host or PRISM_HOST", "--api-port or PRISM_API_PORT")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,16 +101,16 @@ class HttpApi:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> None:
-        """Listen; requests get 503 until :meth:`attach`. A port that cannot be bound is a ConfigError."""
+        """Listen; requests get 503 until :meth:`attach`. :class:`shared.errors.PortUnavailable` if the
+        port cannot be bound."""
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
             await site.start()
-        except OSError as exc:
+        except OSError as exc:  # a user mistake: PortUnavailable, one line naming the setting
             await runner.cleanup()
-            why = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
-            raise ConfigError(f"cannot serve the HTTP API on {host}:{port} (api_port): {why}") from None
+            raise listen.unavailable(exc, host, port, API_LISTEN) from None
         self._runner = runner
         for address in runner.addresses:
             self.port = int(address[1])

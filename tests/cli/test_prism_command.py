@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +95,24 @@ async def test_prism_dev_serves_two_nodes_and_ctrl_c_leaves_no_process_behind() 
 async def test_prism_gateway_runs_one_node_and_drains_on_sigterm(nats_server: Any) -> None:
     port = free_port()
     env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_DRAIN_SECONDS": "0"}
+    env["PRISM_NATS_ULR"] = "nats://elsewhere:4222"  # a misspelling, named with the nearest setting
     args = ("gateway", "--port", str(port), "--host", "127.0.0.1", "--node-id", "solo")
     async with prism(*args, env=env) as proc:
         assert proc.stdout is not None
-        await read_until(proc.stdout, "listening on")
+        started = await read_until(proc.stdout, "listening on")
+        assert started.count("PRISM_NATS_ULR") == 1
+        assert (
+            "WARNING prism.config: PRISM_NATS_ULR is not a Prism setting and is ignored; "
+            "did you mean PRISM_NATS_URL?\n"
+        ) in started
         client = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws")
         assert client.node == "solo"
         proc.send_signal(signal.SIGTERM)
         assert await client.wait_closed() == 1012
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+        stopping = (await proc.stdout.read()).decode()
+        assert "node solo stopped" in stopping
+        assert "WARNING" not in stopping  # a drain is no "NATS disconnected"
 
 
 async def test_bad_configuration_is_a_clear_error() -> None:
@@ -124,8 +134,14 @@ async def test_bad_configuration_is_a_clear_error() -> None:
 async def test_prism_dev_uses_an_external_nats_when_prism_nats_url_is_set(nats_server: Any) -> None:
     port = free_port()
     env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_DRAIN_SECONDS": "0"}
+    env["PRISM_ROOM_PRESENSE"] = "lobby"  # a misspelling: prism dev names it, and its children do not again
     async with prism("dev", "--nodes", "1", "--port", str(port), env=env) as proc:
-        assert nats_server.url in await read_banner(proc)
+        banner = await read_banner(proc)
+        assert nats_server.url in banner
+        assert banner.count("PRISM_ROOM_PRESENSE") == 1
+        assert (
+            "PRISM_ROOM_PRESENSE is not a Prism setting and is ignored; did you mean PRISM_ROOM_PRESENCE?"
+        ) in banner
         assert "nats-server" not in process_names(descendants(proc.pid))
         nc = await nats.connect(nats_server.url)
         client = await PrismClient.connect(f"ws://127.0.0.1:{port}/ws", user="ext")
@@ -135,6 +151,10 @@ async def test_prism_dev_uses_an_external_nats_when_prism_nats_url_is_set(nats_s
         proc.send_signal(signal.SIGTERM)
         await client.wait_closed()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.stdout is not None
+        stopping = (await proc.stdout.read()).decode()
+        assert "prism dev stopped" in stopping
+        assert "NATS disconnected" not in stopping  # every stop is a deliberate drain
 
 
 async def test_gateway_waiting_for_nats_says_so_and_stops_on_sigterm() -> None:
@@ -183,3 +203,143 @@ def http_body(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as response:
         body: bytes = response.read()
         return body
+
+
+async def run_to_exit(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
+    """Run ``python ARGS`` to its exit; its return code and output (stdout and stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        await kill_process_tree(proc)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+def unreachable_nats_env(**settings: str) -> dict[str, str]:
+    """This environment with ``PRISM_NATS_URL`` naming a port nothing listens on."""
+    return {**os.environ, "PRISM_NATS_URL": f"nats://127.0.0.1:{free_port()}", **settings}
+
+
+@contextlib.contextmanager
+def taken_port(port: int = 0) -> Iterator[int]:
+    """A port (``port``, or any free one) that this test holds, listening and never answering, for as
+    long as the block runs."""
+    with socket.create_server(("127.0.0.1", port)) as sock:
+        yield sock.getsockname()[1]
+
+
+async def test_prism_gateway_on_a_taken_port_says_so_in_one_line_before_it_waits_for_nats() -> None:
+    with taken_port() as port:
+        # NATS is unreachable: a node that checked its port only after connecting would wait forever.
+        args = ("-m", "gateway", "gateway", "--host", "127.0.0.1", "--port", str(port))
+        code, out = await run_to_exit(*args, env=unreachable_nats_env(), timeout=20)
+    assert code == 2
+    assert out == (
+        f"prism: configuration error: cannot listen on 127.0.0.1:{port}: the port is in use by another "
+        "process (choose another with --port or PRISM_PORT)\n"
+    )
+
+
+async def test_prism_dev_on_a_taken_port_says_so_in_one_line_and_starts_nothing() -> None:
+    port = free_port_pair()
+    with taken_port(port + 1) as taken:  # the second node's: every port is checked before anything starts
+        args = ("-m", "gateway", "dev", "--nodes", "2", "--port", str(port))
+        code, out = await run_to_exit(*args, env=dev_env(), timeout=20)
+    assert code == 2
+    assert out == (
+        f"prism: configuration error: cannot listen on 127.0.0.1:{taken}: the port is in use by another "
+        "process (choose another with --port)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("gateway", "--port", "99999"), "port must be from 1 to 65535 (0: any free port), got 99999"),
+        (("gateway", "--port", "-1"), "port must be from 1 to 65535 (0: any free port), got -1"),
+        (("gateway", "--port", "8o80"), "--port='8o80': not a whole number"),
+        (("dev", "--port", "99999"), "--port must be a port number from 1 to 65535, got 99999"),
+        (("dev", "--port", "0"), "--port must be a port number from 1 to 65535, got 0"),
+        (("dev", "--nodes", "0"), "--nodes must be at least 1, got 0"),
+        (("dev", "--nodes", "-2"), "--nodes must be at least 1, got -2"),
+        (
+            ("dev", "--port", "65535", "--nodes", "2"),
+            "--nodes 2 from --port 65535 would need ports above 65535",
+        ),
+    ],
+)
+async def test_impossible_ports_and_node_counts_are_refused_in_one_line(
+    args: tuple[str, ...], message: str
+) -> None:
+    code, out = await run_to_exit("-m", "gateway", *args, env=unreachable_nats_env(), timeout=20)
+    assert (code, out) == (2, f"prism: configuration error: {message}\n")
+
+
+async def test_prism_dev_waits_for_its_own_node_not_another_process_on_the_port() -> None:
+    """A process that holds the port and answers /readyz 200 (another prism dev's node) is not the node
+    prism dev started: its Prism-Pid says so."""
+    from gateway.dev import StartFailed, _wait_ready
+
+    asked = 0
+
+    async def foreign_readyz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
+        await reader.readuntil(b"\r\n\r\n")
+        asked += 1
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n"
+            b"Prism-Node: node1\r\nPrism-Pid: %d\r\n\r\nready\n" % os.getpid()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(foreign_readyz, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/readyz"
+    child = await asyncio.create_subprocess_exec(  # a "node" that never listens: it waits for its stdin
+        sys.executable, "-c", "import sys; sys.stdin.read()", stdin=asyncio.subprocess.PIPE
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        waiting = asyncio.ensure_future(_wait_ready("node1", url, child, deadline))
+        await eventually(lambda: asked >= 3, what="prism dev to ask the foreign /readyz a few times")
+        assert not waiting.done()
+        assert child.stdin is not None
+        child.stdin.close()
+        with pytest.raises(StartFailed, match="node1 exited with code 0 before it was ready"):
+            await asyncio.wait_for(waiting, 30)
+    finally:
+        await kill_process_tree(child)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_prism_dev_names_an_unreachable_nats_once_per_retry_then_gives_up_in_one_line() -> None:
+    env = unreachable_nats_env()
+    url = env["PRISM_NATS_URL"]
+    args = ("-m", "gateway", "dev", "--nodes", "2", "--port", str(free_port_pair()), "--ready-timeout", "4")
+    code, out = await run_to_exit(*args, env=env, timeout=30)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[-1].startswith(f"prism dev: NATS at {url} unreachable (")
+    assert lines[-1].endswith("gave up after 4s: check PRISM_NATS_URL")
+    retries = lines[:-1]
+    assert len(retries) >= 2, out
+    for line in retries:  # from prism dev alone: no node or notification service started to repeat them
+        assert f"WARNING prism.bus: cannot reach NATS at {url} (" in line, out
+    waits = [line.rsplit("retrying in ", 1)[1] for line in retries]
+    assert waits == ["0.5s", "1.0s", "2.0s"][: len(waits)], out
+
+
+async def test_python_m_shared_client_has_a_help_and_refuses_a_bad_url_in_one_line() -> None:
+    code, out = await run_to_exit("-m", "shared.client", "--help", env=dict(os.environ))
+    assert code == 0
+    assert out.startswith("usage: python -m shared.client [-h] [--user USER] [--token TOKEN]")
+    assert "ws://localhost:8080/ws?user=alice" in out
+    code, out = await run_to_exit("-m", "shared.client", "localhost:8080", env=dict(os.environ))
+    assert code == 2
+    assert out.splitlines()[-1] == (
+        "python -m shared.client: error: URL must start with ws:// or wss://, got 'localhost:8080'"
+    )

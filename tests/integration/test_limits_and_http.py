@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import urllib.error
 import urllib.request
 
@@ -139,6 +140,20 @@ async def test_every_http_answer_says_connection_close_so_keep_alive_clients_rec
             assert answers == [(status, "close")] * 2, (path, headers)
 
 
+def readyz_identity(node: Node) -> tuple[int, str | None, str | None]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/readyz", timeout=5) as response:
+            status, headers = int(response.status), response.headers
+    except urllib.error.HTTPError as exc:
+        status, headers = int(exc.code), exc.headers
+    return status, headers.get("Prism-Node"), headers.get("Prism-Pid")
+
+
+async def test_readyz_names_the_node_and_the_process_that_answers(make_node: NodeFactory) -> None:
+    node = await make_node(node_id="gw-7")
+    assert await asyncio.to_thread(readyz_identity, node) == (200, "gw-7", str(os.getpid()))
+
+
 async def test_invalid_user_is_refused_before_the_upgrade(make_node: NodeFactory) -> None:
     node = await make_node()
     with pytest.raises(InvalidStatus) as refused:
@@ -159,6 +174,7 @@ async def test_draining_node_is_unready_and_asks_clients_to_reconnect(make_node:
     assert [t.result() for t in closed] == [CloseCode.SERVICE_RESTART]
     still_open = second if first.close_code else first
     assert await asyncio.to_thread(http_get, node, "/readyz") == (503, "not ready: draining\n")
+    assert await asyncio.to_thread(readyz_identity, node) == (503, "node1", str(os.getpid()))
     assert await asyncio.to_thread(http_get, node, "/healthz") == (200, "ok\n")
     status, _ = await asyncio.to_thread(http_get, node, "/metrics")
     assert status == 200

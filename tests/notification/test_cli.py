@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import sys
 import urllib.request
 from typing import Any
@@ -14,10 +16,13 @@ import orjson
 import pytest
 
 from loadtest.targets.base import free_port
+from notification_service.config import NotifyConfig
 from shared.client import PrismClient
 from tests.helpers import alive, descendants, eventually, kill_process_tree, read_until, spawn_prism_dev
 
 pytestmark = pytest.mark.cli
+
+DEFAULT_METRICS_PORT = NotifyConfig().metrics_port
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -77,3 +82,75 @@ async def test_prism_notify_says_when_jetstream_refuses_a_setting(nats_server: A
     assert proc.returncode == 2, out
     assert b"configuration error: JetStream refused stream NOTIFICATIONS" in out
     assert b"Traceback" not in out
+
+
+async def start_notify(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``prism notify`` with ``env``, its output (stdout and stderr) piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "notify",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+
+
+async def test_two_prism_notify_on_one_host_both_run_and_stop_without_warnings(nats_server: Any) -> None:
+    """Left unset, the metrics port gives way to a free one when 8090 is taken (here by this test when it
+    can, else by whoever holds it), so the README's "run as many as you like" holds on one host too."""
+    env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_METRICS_HOST": "127.0.0.1"}
+    env.pop("PRISM_METRICS_PORT", None)
+    env["PRISM_CONCURRENSY"] = "8"  # a misspelling, named with the nearest setting
+    with contextlib.ExitStack() as holding:
+        with contextlib.suppress(OSError):
+            holding.enter_context(socket.create_server(("127.0.0.1", DEFAULT_METRICS_PORT)))
+        procs = [await start_notify(env) for _ in range(2)]
+        try:
+            outputs = []
+            for proc in procs:
+                assert proc.stdout is not None
+                outputs.append(await read_until(proc.stdout, "prism notify ready"))
+            urls = [out.split()[-1] for out in outputs]
+            assert len(set(urls)) == 2, urls
+            for out, url in zip(outputs, urls, strict=True):
+                port = int(url.rsplit(":", 1)[1].split("/")[0])
+                assert port != DEFAULT_METRICS_PORT
+                assert (
+                    f"WARNING prism.notify: metrics port {DEFAULT_METRICS_PORT} is in use (another prism "
+                    f"notify?); serving /metrics, /healthz and /readyz on port {port} instead "
+                    "(set PRISM_METRICS_PORT to choose one)\n"
+                ) in out
+                assert (
+                    "WARNING prism.config: PRISM_CONCURRENSY is not a Prism setting and is ignored; "
+                    "did you mean PRISM_CONCURRENCY?\n"
+                ) in out
+                assert await asyncio.to_thread(get, url.replace("/metrics", "/readyz")) == (200, b"ready\n")
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                assert proc.stdout is not None
+                stopping = (await asyncio.wait_for(proc.stdout.read(), 30)).decode()
+                assert await asyncio.wait_for(proc.wait(), 30) == 0
+                assert "notification service stopped" in stopping
+                assert "WARNING" not in stopping  # a drain is no "NATS disconnected"
+        finally:
+            for proc in procs:
+                await kill_process_tree(proc)
+
+
+async def test_prism_notify_on_a_metrics_port_it_was_given_and_is_taken_says_so(nats_server: Any) -> None:
+    """A port the operator chose is the one Prometheus scrapes: taken, it is an error, not a fallback."""
+    env = {**os.environ, "PRISM_NATS_URL": nats_server.url}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "notify",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            await kill_process_tree(proc)
+    assert proc.returncode == 2
+    assert out.decode() == (
+        f"prism: configuration error: cannot listen on 127.0.0.1:{port}: the port is in use by another "
+        "process (choose another with --metrics-port or PRISM_METRICS_PORT)\n"
+    )

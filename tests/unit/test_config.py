@@ -8,7 +8,9 @@ import dataclasses
 import pytest
 
 from gateway.config import GatewayConfig, random_node_id
-from shared.config import add_arguments, describe, env_name, flag_name, load
+from gateway.environment import known_variables, misspelled, without_unknown
+from notification_service.config import NotifyConfig
+from shared.config import add_arguments, describe, env_name, env_names, flag_name, load, unknown_variables
 from shared.errors import ConfigError
 from shared.subjects import Subjects, validate_node_id
 
@@ -139,6 +141,15 @@ def test_unparseable_flag_value_names_the_flag(flag: str, raw: str) -> None:
         load_config({}, flag, raw)
 
 
+def test_a_number_that_is_not_one_is_named_in_words() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"PRISM_PORT": "8o80", "PRISM_PING_INTERVAL": "20"})
+    assert str(caught.value) == "PRISM_PORT='8o80': not a whole number"
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, "--ping-interval", "20s")
+    assert str(caught.value) == "--ping-interval='20s': not a number"
+
+
 def test_bool_error_lists_the_accepted_spellings() -> None:
     with pytest.raises(ConfigError, match="'true'"):
         load_config({"PRISM_COMPRESSION": "maybe"})
@@ -173,6 +184,9 @@ def test_bool_error_lists_the_accepted_spellings() -> None:
         ({"PRISM_CLOSE_TIMEOUT": "-3"}, "close_timeout"),
         ({"PRISM_CLOSE_TIMEOUT": "inf"}, "close_timeout"),
         ({"PRISM_DRAIN_SECONDS": "-0.5"}, "drain_seconds"),
+        ({"PRISM_PORT": "99999"}, "port must be from 1 to 65535"),
+        ({"PRISM_PORT": "65536"}, "port must be from 1 to 65535"),
+        ({"PRISM_PORT": "-1"}, "port must be from 1 to 65535"),
     ],
 )
 def test_validation_refuses_unusable_settings(env: dict[str, str], message: str) -> None:
@@ -189,6 +203,11 @@ def test_zero_ping_interval_and_drain_are_allowed() -> None:
     config = load_config({"PRISM_PING_INTERVAL": "0", "PRISM_PING_TIMEOUT": "0", "PRISM_DRAIN_SECONDS": "0"})
     assert config.ping_interval == 0
     assert config.drain_seconds == 0
+
+
+@pytest.mark.parametrize("port", ["0", "1", "65535"])
+def test_every_port_number_and_zero_for_any_free_port_are_allowed(port: str) -> None:
+    assert load_config({"PRISM_PORT": port}).port == int(port)
 
 
 def test_empty_node_id_is_allowed() -> None:
@@ -277,3 +296,44 @@ def test_metrics_port_is_off_by_default_and_read_from_env_and_flag() -> None:
 def test_unusable_metrics_ports_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(env)
+
+
+# -- PRISM_* variables that name no setting --------------------------------------------------------------
+
+
+def test_a_misspelled_variable_is_named_with_the_nearest_setting() -> None:
+    environ = {
+        "PRISM_NATS_ULR": "nats://a:4222",
+        "PRISM_METRIC_PORT": "9000",  # the notification service's setting: known to every command
+        "PRISM_port": "1",
+        "PRISM_FROBNICATE": "yes",
+        "PRISM_PORT": "8080",  # valid ones, and other variables, say nothing
+        "PRISM_LOG_FORMAT": "json",
+        "PRISM_ROOM": "lobby",  # the load tests'
+        "HOME": "/root",
+    }
+    assert misspelled(environ) == [
+        "PRISM_FROBNICATE is not a Prism setting and is ignored",
+        "PRISM_METRIC_PORT is not a Prism setting and is ignored; did you mean PRISM_METRICS_PORT?",
+        "PRISM_NATS_ULR is not a Prism setting and is ignored; did you mean PRISM_NATS_URL?",
+        "PRISM_port is not a Prism setting and is ignored; did you mean PRISM_PORT?",
+    ]
+
+
+def test_unknown_variables_compares_names_without_the_shared_prefix() -> None:
+    # With the prefix, "PRISM_X" would look like half of every name; without it, like none.
+    assert unknown_variables({"PRISM_X": "1"}, {"PRISM_PORT", "PRISM_HOST"}) == [
+        "PRISM_X is not a Prism setting and is ignored"
+    ]
+
+
+def test_every_setting_of_both_services_is_known() -> None:
+    known = known_variables()
+    assert env_names(GatewayConfig) <= known
+    assert env_names(NotifyConfig) <= known
+    assert misspelled({name: "" for name in known}) == []
+
+
+def test_prism_dev_hands_its_processes_only_variables_prism_reads() -> None:
+    environ = {"PRISM_NATS_ULR": "x", "PRISM_PORT": "1", "PATH": "/bin"}
+    assert without_unknown(environ) == {"PRISM_PORT": "1", "PATH": "/bin"}

@@ -1,0 +1,51 @@
+"""What a gateway or a notification service logs about its NATS connection: one line per failed attempt
+while NATS is unreachable, a warning when the connection is lost, and no warning when it is closed on
+purpose."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from gateway.embedded_nats import NatsServer
+from gateway.io.bus import NatsBus, NatsOptions, NatsUnreachable
+from loadtest.targets.base import free_port
+from tests.helpers import eventually
+
+
+def bus_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "prism.bus" and r.levelno >= logging.WARNING]
+
+
+async def test_a_drain_or_a_close_is_no_warning_and_a_lost_server_is_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = NatsServer.start(tmp_path / "nats", log_file=tmp_path / "nats.log")
+    try:
+        options = NatsOptions(servers=[server.url], name="test")
+        drained = await NatsBus.connect(options)
+        await drained.drain()
+        closed = await NatsBus.connect(options)
+        await closed.close()
+        assert bus_warnings(caplog) == []
+        lost = await NatsBus.connect(options)
+        server.kill()
+        await eventually(lambda: "NATS disconnected" in bus_warnings(caplog), what="the lost connection")
+        await lost.close()
+    finally:
+        server.stop()
+
+
+async def test_an_unreachable_nats_is_one_line_per_attempt_until_the_connect_gives_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    with pytest.raises(NatsUnreachable, match=rf"^NATS at {url} unreachable \(Connection refused\)$"):
+        await NatsBus.connect(NatsOptions(servers=[url], name="test"), give_up_after=2.0)
+    warnings = bus_warnings(caplog)
+    assert warnings, "no line said NATS was unreachable"
+    # nats-py's own error callback adds nothing while the first connect is tried: one line per attempt.
+    expected = [f"cannot reach NATS at {url} (Connection refused); retrying in {d}" for d in ("0.5s", "1.0s")]
+    assert warnings == expected[: len(warnings)]
