@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -79,6 +80,10 @@ async def test_the_http_tour_of_the_readme_runs_on_prism_dev() -> None:
 
 
 async def test_bad_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = str(taken.getsockname()[1])
     routes = tmp_path / "routes.toml"
     routes.write_text('[[backend]]\nname = "app"\nevent_url = "http://127.0.0.1:1/e"\nevents = ["x"]\n')
     cases = [
@@ -87,6 +92,10 @@ async def test_bad_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
         (["gateway", "--api-port", "9999"], "api_port needs credentials"),
         (["gateway", "--api-port", "9999", "--api-keys", "short"], "at least 32 characters"),
         (["http-demo"], "PRISM_HTTP_DEMO_SECRET"),
+        (
+            ["gateway", "--host", "127.0.0.1", "--port", "0", "--api-port", busy, "--api-keys", "k" * 32],
+            "the port is in use by another process (choose another with --api-port or PRISM_API_PORT)",
+        ),
     ]
     for args, says in cases:
         async with prism(*args, env=dev_env()) as proc:
@@ -96,3 +105,4 @@ async def test_bad_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
             assert len(lines) == 1, out
             assert lines[0].startswith("prism: configuration error: ")
             assert says in lines[0]
+    taken.close()
