@@ -34,6 +34,8 @@ def test_the_gateways_label_values_are_listed() -> None:
         ("| `reason` (`prism_rejections_total`)", set(gm.REJECTION_REASONS)),
         ("| `op` (`prism_presence_op_seconds`)", set(gm.PRESENCE_OPS)),
         ("| `op` (`prism_presence_errors_total`)", set(gm.PRESENCE_ERROR_OPS)),
+        ("| `kind` (`prism_http_backend_calls_total`", set(gm.HTTP_BACKEND_KINDS)),
+        ("| `outcome` (`prism_http_backend_calls_total`)", set(gm.HTTP_BACKEND_OUTCOMES)),
     ]:
         row = _row(doc, starts)
         assert values <= _listed(row), f"{starts}: missing {sorted(values - _listed(row))}"
