@@ -149,10 +149,8 @@ class Sessions:
                 return
             rooms = decision.rooms
             logs.bind(self.node_id, conn.conn_id, conn.user)
-        if not await self._open(conn):
+        if not await self._open(conn, rooms):
             return
-        for room in rooms:  # before the client's first frame is read
-            await self.join(conn, room)
         if self.access is not None and identity is not None:
             self.access.opened(conn, identity)  # closes it with 4501 when the token expires
         try:
@@ -171,14 +169,24 @@ class Sessions:
         finally:
             await self._closed(conn)
 
-    async def _open(self, conn: LocalConn) -> bool:
+    async def _open(self, conn: LocalConn, rooms: tuple[str, ...] = ()) -> bool:
+        """Register ``conn`` (in ``rooms``, which a connect backend named): hub, subscriptions, presence
+        keys, ``client.connect``, then the welcome, so the welcome means all of it is in place."""
         conn.header_lines = encode_header_lines(self._headers(conn))  # once, for all it will publish
         changes = self.hub.add(conn.conn_id, conn.user, conn)
+        for room in rooms:  # beyond max_rooms_per_conn, the rest are left out
+            if (joined := self.hub.join(conn.conn_id, room))[0] is JoinOutcome.JOINED:
+                changes += joined[1]
         self._active += 1
         self.idle.clear()
         try:
             await self.interests.apply(changes)
-            await self.presence.register(record_of(conn, self.node_id))
+            record = record_of(conn, self.node_id)
+            written = [self.presence.register(record)]
+            written += [
+                self.presence.joined(record, room) for room in sorted(self.hub.rooms_of(conn.conn_id))
+            ]
+            await asyncio.gather(*written)
         except (PresenceUnavailable, BusUnavailable) as exc:
             # Whatever of it landed is purged by the repair the writer scheduled (it is not in the hub).
             log.warning("could not register %s: %s", conn.conn_id, exc)
@@ -193,6 +201,9 @@ class Sessions:
             self.keepalive.add(conn)
         welcome = frames.welcome(conn.conn_id, self.node_id, conn.user, conn.route)
         self.flusher.start(conn, Outgoing(welcome, binary=False))
+        if self.room_presence is not None:
+            for room in sorted(self.hub.rooms_of(conn.conn_id)):
+                self.room_presence.joined(conn, room)
         connects, connections = self._route_metrics(conn.route)
         connects.inc()
         connections.inc()
