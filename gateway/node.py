@@ -17,7 +17,7 @@ import math
 from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.config import GatewayConfig, random_node_id
 from gateway.core.api_auth import ApiCredentials
@@ -49,7 +49,6 @@ from gateway.io.presence_store import (
     BucketOptions,
     KvPresenceStore,
     open_layout,
-    open_layout_when_ready,
 )
 from gateway.io.presence_writer import PresenceWriter
 from gateway.io.requests import RequestMux
@@ -66,6 +65,7 @@ from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
 from shared.listen import check_can_listen
 from shared.presence import PresenceReader
+from shared.startup import StartupSteps
 
 log = logging.getLogger("prism.node")
 
@@ -89,6 +89,7 @@ class Node:
         self._written_bytes = self.metrics.bytes_out.labels(node=self.node_id)
         self.flusher = Flusher(config.max_outbound_bytes, self._on_slow_consumer, self._on_written)
         self._bus: NatsBus | None = None
+        self._steps = StartupSteps()  # what the start waits for (NATS, JetStream), in /readyz
         self._beats_bus: NatsBus | None = None  # liveness's own connection (gateway/io/liveness.py)
         self._sessions: Sessions | None = None
         self._server: Server | None = None
@@ -118,11 +119,18 @@ class Node:
         await check_can_listen(self.config.host, self.config.port, listen.GATEWAY)
         await self._open_metrics_port()  # a busy metrics port fails here too
         await self._open_api_port(keyring)  # and a busy API port
+        # Listen first: while NATS and JetStream settle (a whole cluster starting at once), /healthz says
+        # alive, /readyz says what the node waits for, and upgrades get 503.
+        authenticator = None
+        if keyring is not None:
+            authenticator = Authenticator(keyring, policy_of(self.config), self.metrics, self.node_id)
+        await self._listen(authenticator)
         options = NatsOptions(
             servers=self.config.nats_servers,
             name=f"prism-gateway-{self.node_id}",
             auth=self.config.nats_auth,
         )
+        self._steps.waiting = f"NATS at {', '.join(self.config.nats_servers)}"
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
         beats_options = replace(options, name=f"prism-gateway-{self.node_id}-liveness")
         beats = self._beats_bus = await NatsBus.connect(beats_options, self._on_beats_link)
@@ -136,7 +144,9 @@ class Node:
         )
         self._bucket = bucket
         js = bus.nc.jetstream(publish_async_max_pending=WINDOW)
-        layout, buckets = await open_layout_when_ready(js, bucket)
+        layout, buckets = await self._steps.run(
+            "JetStream to serve the presence buckets", lambda: open_layout(js, bucket)
+        )
         store = KvPresenceStore(js, layout, bus)
         writer = self.writer = PresenceWriter(
             store,
@@ -169,9 +179,7 @@ class Node:
             requests,
             self.metrics,
         )
-        authenticator = None
-        if keyring is not None:
-            authenticator = Authenticator(keyring, policy_of(self.config), self.metrics, self.node_id)
+        if authenticator is not None:
             callout = None
             if self.config.authz_subject:
                 subject = self.subjects.authz(self.config.authz_subject)
@@ -215,10 +223,29 @@ class Node:
             on_sweep=self._on_sweep,
             on_error=lambda op: self.metrics.presence_errors.labels(node=self.node_id, op=op).inc(),
         )
-        await liveness.start()
+        await self._steps.run("JetStream to record this node in the presence registry", liveness.prepare)
+        await liveness.run()
         self._presence_api = PresenceApi(bus, PresenceReader(js, layout), liveness.table.alive, self.subjects)
         await self._presence_api.start()
         await bus.flush()
+        if self.config.ping_interval > 0:
+            sessions.keepalive = Keepalive(
+                self.config.ping_interval,
+                self.config.ping_timeout,
+                lambda conn: sessions.close(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"),
+            )
+            self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
+        if self.api is not None:
+            self.api.attach(bus.nc)
+        if self._polls is not None:
+            self._polls.start()
+        self.state = State.READY
+        self.metrics.ready.labels(node=self.node_id).set(1)
+        log.info("node %s ready on port %d", self.node_id, self.port)
+
+    async def _listen(self, authenticator: Authenticator | None) -> None:
+        """Open the public port: health, readiness and static answers at once, WebSocket upgrades (503
+        until the node is ready) handed to the sessions."""
         static = await asyncio.to_thread(
             StaticSite.load,
             console=self.config.console,
@@ -235,34 +262,27 @@ class Node:
             static=static,
             node_id=self.node_id,
         )
-        if self.config.ping_interval > 0:
-            sessions.keepalive = Keepalive(
-                self.config.ping_interval,
-                self.config.ping_timeout,
-                lambda conn: sessions.close(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"),
-            )
         self._connections = connection_class(self.admission, self.admission.rejections, self.config)
         try:
-            self._server = await self._serve(sessions, routes)
+            self._server = await self._serve(routes)
         except OSError as exc:  # taken since the check above
             raise listen.unavailable(exc, self.config.host, self.config.port, listen.GATEWAY) from None
-        if sessions.keepalive is not None:
-            self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        if self.api is not None:
-            self.api.attach(bus.nc)
-        if self._polls is not None:
-            self._polls.start()
-        self.state = State.READY
-        self.metrics.ready.labels(node=self.node_id).set(1)
-        log.info("node %s ready on port %d", self.node_id, self.port)
+        log.info("node %s listening on port %d, starting", self.node_id, self.port)
 
-    async def _serve(self, sessions: Sessions, routes: HttpRoutes) -> Server:
+    async def _handle(self, ws: ServerConnection) -> None:
+        sessions = self._sessions
+        if sessions is None:  # HttpRoutes refuses upgrades until ready; this is only a safety net
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "node not ready")
+            return
+        await sessions.handle(ws)
+
+    async def _serve(self, routes: HttpRoutes) -> Server:
         assert self._connections is not None
         return await serve(
-            sessions.handle,
+            self._handle,
             self.config.host,
             self.config.port,
             compression="deflate" if self.config.compression else None,
@@ -312,6 +332,8 @@ class Node:
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) is None
 
     def not_ready_reason(self) -> str:
+        if self.state is State.STARTING and self._steps.waiting:
+            return f"starting: waiting for {self._steps.waiting}"
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) or "ready"
 
     async def drain(self) -> None:
@@ -324,7 +346,10 @@ class Node:
     async def _drain(self) -> None:
         self.state = State.DRAINING
         self.metrics.ready.labels(node=self.node_id).set(0)
-        if self._server is None or self._sessions is None:
+        if self._server is None:
+            return
+        if self._sessions is None:  # stopped while starting: nobody is connected yet
+            await self._close_listener()
             return
         # New upgrades now get 503 (not ready) while /healthz, /readyz and /metrics keep answering;
         # the listener closes once every connection has gone.
@@ -341,14 +366,18 @@ class Node:
             await asyncio.wait_for(self._sessions.idle.wait(), self.config.close_timeout + 5)
         except TimeoutError:
             log.warning("%d connections still open after drain; closing them", len(self.hub))
+        await self._close_listener()
+        if self._sessions.tasks:
+            await asyncio.gather(*self._sessions.tasks, return_exceptions=True)
+
+    async def _close_listener(self) -> None:
+        assert self._server is not None
         self._server.close(close_connections=True)
         if self._connections is not None:
             # A client that has not sent its upgrade request would hold the stop for handshake_timeout;
             # one that has gets websockets' 503. Both retry elsewhere.
             self._connections.abort_accepted(silent_only=True)
         await self._server.wait_closed()
-        if self._sessions.tasks:
-            await asyncio.gather(*self._sessions.tasks, return_exceptions=True)
         # A connection the kernel accepted just as the listener closed reaches the protocol one loop pass
         # later, after websockets stopped waiting for handshakes: drop it, so none outlives the node.
         await asyncio.sleep(0)

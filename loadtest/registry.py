@@ -17,8 +17,9 @@ from gateway.core.liveness import DEFAULT_TTL
 from gateway.core.presence_writes import ConnRecord, LocalState
 from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.liveness import Liveness
-from gateway.io.presence_store import WINDOW, BucketOptions, KvPresenceStore, open_layout_when_ready
+from gateway.io.presence_store import WINDOW, BucketOptions, KvPresenceStore, open_layout
 from gateway.io.presence_writer import PresenceWriter
+from shared.startup import StartupSteps
 from shared.subjects import Subjects
 from shared.timestamps import utc_now
 
@@ -50,7 +51,7 @@ class RegistryNode:
             NatsOptions(servers=nats_url.split(","), name=f"registry-{node_id}-liveness")
         )
         js = bus.nc.jetstream(publish_async_max_pending=WINDOW)
-        layout, _ = await open_layout_when_ready(js, options)
+        layout, _ = await StartupSteps().run("the presence buckets", lambda: open_layout(js, options))
         store = KvPresenceStore(js, layout, bus)
         node: RegistryNode
 

@@ -29,7 +29,7 @@ import nats
 
 from gateway.config import GatewayConfig
 from gateway.embedded_nats import NatsCluster
-from gateway.io.presence_store import BucketOptions, open_layout_when_ready
+from gateway.io.presence_store import BucketOptions, open_layout
 from gateway.node import Node
 from loadtest.registry import RegistryNode
 from shared import presence_keys as keys
@@ -225,7 +225,7 @@ class Bench:
         events_done = time.perf_counter()
         sweep_seconds = max(s for node in survivors for _, s in node.sweeps)
         js = nc.jetstream()
-        layout, _ = await open_layout_when_ready(js, self.options)
+        layout, _ = await open_layout(js, self.options)
         leftover = 0
         for bucket in layout.shard_buckets:
             for key_filter in keys.node_filters(victim_id):

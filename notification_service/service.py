@@ -16,11 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from prometheus_client import CollectorRegistry
 
 from gateway.io.bus import NatsBus, NatsOptions
@@ -35,14 +33,9 @@ from notification_service.streams import ensure_streams
 from notification_service.worker import FETCH_TIMEOUT, Worker
 from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
+from shared.startup import StartupSteps
 
 log = logging.getLogger("prism.notify")
-
-_JETSTREAM_NOT_READY = (
-    nats.js.errors.ServiceUnavailableError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-)
 
 
 class NotifyService:
@@ -67,6 +60,7 @@ class NotifyService:
         self.http = HealthServer(self.registry, self.is_ready, self.not_ready_reason)
         self.worker: Worker | None = None
         self._bus: NatsBus | None = None
+        self._steps = StartupSteps()  # what the start waits for (NATS, JetStream), in /readyz
         self._receipts: Receipts | None = None
         self._listener: ConnectListener | None = None
         self._self_notify: SelfNotifyListener | None = None
@@ -85,11 +79,14 @@ class NotifyService:
         config = self.config
         await self.http.start(config.metrics_host, config.metrics_port, self.metrics_port_fallback)
         options = NatsOptions(servers=config.nats_servers, name="prism-notify", auth=config.nats_auth)
+        self._steps.waiting = f"NATS at {', '.join(config.nats_servers)}"
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
         self.metrics.nats_connected.set(1)
         nc = bus.nc
         js = nc.jetstream()
-        await _when_jetstream_ready(lambda: ensure_streams(js, config))
+        await self._steps.run(
+            "JetStream to serve the notification streams", lambda: ensure_streams(js, config)
+        )
         receipts = self._receipts = Receipts(nc)
         await receipts.start()
         inbox = Inbox(
@@ -135,6 +132,8 @@ class NotifyService:
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) is None
 
     def not_ready_reason(self) -> str:
+        if self.state is State.STARTING and self._steps.waiting:
+            return f"starting: waiting for {self._steps.waiting}"
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) or "ready"
 
     async def drain(self) -> None:
@@ -212,21 +211,6 @@ class NotifyService:
             await ensure_streams(self._bus.nc.jetstream(), self.config)
         except Exception as exc:
             log.warning("checking the streams and consumer failed: %r", exc)
-
-
-async def _when_jetstream_ready(attempt: Callable[[], Awaitable[None]]) -> None:
-    """Retry ``attempt`` while JetStream cannot answer yet (a cluster electing its leaders)."""
-    delay = 0.5
-    while True:
-        try:
-            await attempt()
-            return
-        except _JETSTREAM_NOT_READY as exc:
-            log.warning(
-                "JetStream not available yet (%s); retrying in %.1fs", exc or type(exc).__name__, delay
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 async def run(config: NotifyConfig, metrics_port_fallback: bool = False) -> int:

@@ -106,16 +106,25 @@ class Liveness:
         self._stopping = False
         self._sweeping: set[str] = set()
         self._kv_beat_failing = False
-        self._swept_signal = asyncio.Event()
+        self._announced = False  # this node's info key is written: stop() removes it
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Refuse a node id that a live node has, sweep what an earlier process with this id left,
-        announce this one, and start beating and listening."""
+        """:meth:`prepare`, then :meth:`run` (a caller that retries the first calls them one by one)."""
+        await self.prepare()
+        await self.run()
+
+    async def prepare(self) -> None:
+        """Refuse a node id that a live node has, sweep what an earlier process with this id left, and
+        put this node's ``info`` key. Needs JetStream; safe to call again after a failure."""
         if await self.answers_ping(self.node_id):
             raise ConfigError(f"node id {self.node_id!r} is taken by a running node; give each node its own")
         await self.sweep(self.node_id, force=True)
         await self._put_info()
+        self._announced = True
+
+    async def run(self) -> None:
+        """Start beating and listening (core NATS only: JetStream may still be settling)."""
         loop = asyncio.get_running_loop()
         self._subs = [
             await self.beats.subscribe(self.subjects.node_beats, self._on_beat),
@@ -124,10 +133,9 @@ class Liveness:
         ]
         self.table.link_up(loop.time())
         await self._beat()
-        await self._kv_beat()
         self._tasks = [
             asyncio.ensure_future(self._beat_forever()),
-            asyncio.ensure_future(self._kv_beat_forever()),
+            asyncio.ensure_future(self._kv_beat_forever(first=True)),
             asyncio.ensure_future(self._judge_forever()),
             asyncio.ensure_future(self._check_forever()),
         ]
@@ -155,6 +163,8 @@ class Liveness:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs = []
+        if not self._announced:
+            return  # it stopped while starting: nothing of it is in the registry
         try:
             await self._purge(keys.node_info_key(self.node_id))
             await self._purge(keys.node_alive_key(self.node_id))
@@ -190,9 +200,11 @@ class Liveness:
         subject = keys.kv_subject(self.layout.bucket, keys.node_alive_key(self.node_id))
         await self.js.publish(subject, orjson.dumps(value), msg_ttl=self.ttl)
 
-    async def _kv_beat_forever(self) -> None:
+    async def _kv_beat_forever(self, first: bool = False) -> None:
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            if not first:
+                await asyncio.sleep(self.ttl / 3)
+            first = False
             try:
                 await self._kv_beat()
                 await self.check_not_swept()

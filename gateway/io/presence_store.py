@@ -36,7 +36,6 @@ from nats.js.kv import KeyValue
 from gateway.core.presence_writes import Write
 from gateway.io.bus import Bus, Headers
 from shared import presence_keys as keys
-from shared.backoff import Backoff
 from shared.presence import read_values
 from shared.presence_keys import Layout
 
@@ -284,23 +283,6 @@ async def open_layout(js: JetStreamContext, options: BucketOptions) -> tuple[Lay
     for bucket in layout.shard_buckets:
         opened[bucket] = await _open_bucket(js, bucket, options)
     return layout, opened
-
-
-async def open_layout_when_ready(
-    js: JetStreamContext, options: BucketOptions, backoff: Backoff | None = None
-) -> tuple[Layout, dict[str, KeyValue]]:
-    """:func:`open_layout`, retried with backoff while JetStream cannot serve it yet (a NATS cluster
-    that is still electing its leaders, or too few servers up for the replicas asked for)."""
-    schedule = (backoff or Backoff(base=0.5, cap=5.0)).schedule()
-    while True:
-        try:
-            return await open_layout(js, options)
-        except (*TRANSIENT_ERRORS, nats.errors.NoRespondersError) as exc:
-            delay = schedule.next_delay() or 5.0
-            log.warning(
-                "presence buckets not available yet (%s); retrying in %.1fs", exc or type(exc).__name__, delay
-            )
-            await asyncio.sleep(delay)
 
 
 async def _agree_layout(js: JetStreamContext, entry: KeyValue, options: BucketOptions) -> Layout:

@@ -79,7 +79,9 @@ async def gateway_process(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     """Start gateway processes; every one still running at teardown is killed by its PID."""
     started: list[GatewayProcess] = []
 
-    async def start(nats_url: str, node_id: str, port: int | None = None, **settings: Any) -> GatewayProcess:
+    async def start(
+        nats_url: str, node_id: str, port: int | None = None, timeout: float = 30.0, **settings: Any
+    ) -> GatewayProcess:
         env = {
             **os.environ,
             "PRISM_NATS_URL": nats_url,
@@ -90,7 +92,7 @@ async def gateway_process(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         env.update({f"PRISM_{k.upper()}": str(v) for k, v in settings.items()})
         gateway = GatewayProcess(node_id, port or free_port(), env, tmp_path / f"gateway-{node_id}.log")
         started.append(gateway)
-        return await gateway.start()
+        return await gateway.start(timeout)
 
     yield start
     for gateway in started:
