@@ -115,3 +115,25 @@ async def test_a_node_started_before_nats_waits_unready_and_says_for_what(tmp_pa
     finally:
         if gateway.proc is not None and gateway.proc.returncode is None:
             await kill_process_tree(gateway.proc)
+
+
+async def test_sigterm_while_waiting_for_nats_stops_at_once(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PRISM_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "PRISM_PRESENCE_STORAGE": "memory",
+    }
+    gateway = GatewayProcess("patient", port, env, tmp_path / "patient.log")
+    starting = asyncio.ensure_future(gateway.start(timeout=60))
+    try:
+        await eventually(lambda: readyz(port)[0] == 503, what="the node to listen and wait")
+        stopped = time.monotonic()
+        assert await gateway.terminate(timeout=10) == 0
+        assert time.monotonic() - stopped < 5
+        assert "Traceback" not in gateway.log.read_text()
+    finally:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)  # it ended when the process did
+        if gateway.proc is not None and gateway.proc.returncode is None:
+            await kill_process_tree(gateway.proc)
