@@ -267,6 +267,10 @@ def test_prefix_applies_to_every_subject() -> None:
         lambda s: s.notify_inbox("alice"),
         lambda s: s.notify_inboxes,
         lambda s: s.notify_dead_letters,
+        lambda s: s.recovery_room("lobby"),
+        lambda s: s.recovery_user("alice"),
+        lambda s: s.recovery_republish[0],
+        lambda s: s.recovery_republish[1],
     ]
     for build in builders:
         assert build(prefixed) == "acme." + build(plain)
@@ -275,6 +279,9 @@ def test_prefix_applies_to_every_subject() -> None:
 def test_every_public_subject_builder_is_covered_by_the_prefix_test() -> None:
     public = {name for name in dir(Subjects) if not name.startswith("_")} - {"prefix", "strip"}
     assert public == {
+        "recovery_room",
+        "recovery_user",
+        "recovery_republish",
         "conn",
         "user",
         "room",
