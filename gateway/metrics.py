@@ -49,6 +49,14 @@ NAMES = {
     "outbound_pending_bytes": "prism_outbound_pending_bytes",
     "outbound_max_pending_bytes": "prism_outbound_max_pending_bytes",
     "presence_op_latency": "prism_presence_op_seconds",
+    "recoveries": "prism_recoveries_total",
+    "recovery_replayed": "prism_recovery_replayed_messages_total",
+    "recovery_delivered": "prism_recovery_delivered_messages_total",
+    "recovery_repairs": "prism_recovery_repairs_total",
+    "recovery_gaps": "prism_recovery_gaps_total",
+    "recovery_members": "prism_recovery_members",
+    "recovery_read_latency": "prism_recovery_read_seconds",
+    "recovery_errors": "prism_recovery_errors_total",
 }
 
 # Seconds from a backend's publish (header ``Prism-Sent-At``) to the write into the client's socket.
@@ -80,6 +88,15 @@ FRAME_KINDS = ("command", "event", "request", "message", "invalid")
 DISCONNECT_CODES = tuple(str(code) for code in sorted({*map(int, CloseCode), 1005, 1006}))
 CLIENT_ERROR_CODES = tuple(code.value for code in ErrorCode)
 REJECTION_REASONS = (*(reason.value for reason in Reason), *AUTH_REJECTIONS)
+# Recovery (gateway/recovery.py). scope: a room's or a user's history. The outcome of a request for
+# positions: "fresh" (no position given: from now on), "recovered" (everything missed follows), "partial"
+# (the history no longer covers the gap: the client is told), "epoch" (the position is from a stream
+# that no longer exists), "not_recoverable" (no history for it: plain deliveries), "failed" (the history
+# could not be read: closed with 1013 to try again). errors: the history operation that failed.
+RECOVERY_SCOPES = ("room", "user")
+RECOVERY_OUTCOMES = ("fresh", "recovered", "partial", "epoch", "not_recoverable", "failed")
+RECOVERY_ERROR_OPS = ("read", "state", "sync", "subscribe")
+RECOVERY_READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def _strip_total(name: str) -> str:
@@ -202,7 +219,60 @@ class GatewayMetrics:
             buckets=PRESENCE_BUCKETS,
             registry=registry,
         )
+        self._recovery_metrics(registry)
         self._start_at_zero(node, routes)
+
+    def _recovery_metrics(self, registry: CollectorRegistry) -> None:
+        n = NAMES
+        self.recoveries = Counter(
+            _strip_total(n["recoveries"]),
+            "Requests for positions (a recover join, a connection with recover=user), by scope and outcome",
+            ["node", "scope", "outcome"],
+            registry=registry,
+        )
+        self.recovery_replayed = Counter(
+            _strip_total(n["recovery_replayed"]),
+            "Messages sent to clients from the history (what they missed), by scope",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_delivered = Counter(
+            _strip_total(n["recovery_delivered"]),
+            "Live messages with positions queued to client sockets (one per recipient), by scope",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_repairs = Counter(
+            _strip_total(n["recovery_repairs"]),
+            "History reads for a live message that never arrived (a republish lost in a NATS reconnect)",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_gaps = Counter(
+            _strip_total(n["recovery_gaps"]),
+            "Clients told that messages were lost (recovered: false) after they were live, by scope",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_members = Gauge(
+            n["recovery_members"],
+            "Recovering memberships on this node (a connection in a room or its user stream), by scope",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_read_latency = Histogram(
+            n["recovery_read_latency"],
+            "Seconds a history read took (the read and the stream state after it)",
+            ["node"],
+            buckets=RECOVERY_READ_BUCKETS,
+            registry=registry,
+        )
+        self.recovery_errors = Counter(
+            _strip_total(n["recovery_errors"]),
+            "Failed history operations, by op",
+            ["node", "op"],
+            registry=registry,
+        )
 
     def _start_at_zero(self, node: str, routes: Iterable[str]) -> None:
         """Create every series whose labels are known (see :data:`DELIVERY_OUTCOMES` and the others), at 0,
@@ -242,6 +312,15 @@ class GatewayMetrics:
             self.presence_op_latency.labels(node=node, op=op)
         for action in ("rewrite", "purge"):
             self.presence_repairs.labels(node=node, action=action)
+        for scope in RECOVERY_SCOPES:
+            for outcome in RECOVERY_OUTCOMES:
+                self.recoveries.labels(node=node, scope=scope, outcome=outcome)
+            for metric in (self.recovery_replayed, self.recovery_delivered, self.recovery_repairs):
+                metric.labels(node=node, scope=scope)
+            self.recovery_gaps.labels(node=node, scope=scope)
+        self.recovery_read_latency.labels(node=node)
+        for op in RECOVERY_ERROR_OPS:
+            self.recovery_errors.labels(node=node, op=op)
 
 
 class DeliveryCounters:

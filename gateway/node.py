@@ -15,13 +15,15 @@ import asyncio
 import errno
 import logging
 import math
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, serve
 
 from gateway.config import GatewayConfig, random_node_id
 from gateway.core.auth import choose_subprotocol
-from gateway.core.hub import Hub
+from gateway.core.history_layout import Recoverable, stream_specs
+from gateway.core.hub import Hub, Scope
 from gateway.delivery import Delivery, MembershipOps
 from gateway.io.admission import (
     INBOUND_QUEUE_FRAMES,
@@ -32,6 +34,7 @@ from gateway.io.admission import (
 )
 from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy_of
 from gateway.io.bus import NatsBus, NatsOptions
+from gateway.io.history import HistoryStore
 from gateway.io.http import HttpRoutes
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
@@ -44,6 +47,7 @@ from gateway.io.room_presence import RoomPresence
 from gateway.io.static import StaticSite
 from gateway.io.tasks import cancel_and_wait
 from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
+from gateway.recovery import Recovery
 from gateway.session import Sessions
 from gateway.traces import TracedDelivery
 from shared import listen, logs, tracing
@@ -78,6 +82,7 @@ class Node:
         self._draining: asyncio.Future[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._room_presence: RoomPresence | None = None
+        self._recovery: Recovery | None = None
         self._presence_api: PresenceApi | None = None
         self.liveness: Liveness | None = None
         self._repairing: asyncio.Task[None] | None = None
@@ -112,13 +117,15 @@ class Node:
         sessions: Sessions
         ops = MembershipOps(
             join=lambda conn, room: sessions.join(conn, room),
-            leave=lambda conn, room: sessions.leave(conn, room),
+            leave=lambda conn, room: sessions.leave_room(conn, room),
             close=lambda conn, code, reason: sessions.close(conn, code, reason),
         )
         delivery = Delivery(self.node_id, self.subjects, self.hub, self.flusher, bus, self.metrics, ops)
         # With tracing on, deliveries that carry a traceparent continue the trace (gateway/traces.py).
         handlers = TracedDelivery(delivery) if tracing.tracer is not None else delivery
-        interests = InterestSync(bus, self.hub.wants, delivery.subject_for, handlers.handler_for)
+        recovery = self._recovery = self._make_recovery(bus, delivery, lambda: sessions)
+        wants = recovery.wants_core if recovery is not None else self.hub.wants
+        interests = InterestSync(bus, wants, delivery.subject_for, handlers.handler_for)
         requests = RequestMux(bus, self.config.request_timeout, lambda *answer: sessions.on_answer(*answer))
         await requests.start()
         sessions = self._sessions = Sessions(
@@ -132,6 +139,9 @@ class Node:
             requests,
             self.metrics,
         )
+        sessions.recovery = recovery
+        if recovery is not None:
+            await recovery.start()  # creates or updates the history streams: a refusal stops the start
         authenticator = None
         if keyring is not None:
             authenticator = Authenticator(keyring, policy_of(self.config), self.metrics, self.node_id)
@@ -229,6 +239,38 @@ class Node:
             create_connection=self._connections,
         )
 
+    def _make_recovery(
+        self, bus: NatsBus, delivery: Delivery, sessions: Callable[[], Sessions]
+    ) -> Recovery | None:
+        """Missed-message recovery, when some rooms or users have history (PRISM_RECOVER_*)."""
+        config = self.config
+        recoverable = Recoverable(config.recover_rooms, config.recover_users)
+        if not recoverable:
+            return None
+        specs = stream_specs(
+            recoverable,
+            self.subjects,
+            config.recover_stream,
+            history=config.recover_history,
+            ttl=config.recover_ttl,
+            max_bytes=config.recover_max_bytes,
+            replicas=config.recover_replicas,
+            storage=config.recover_storage,
+        )
+        recovery = Recovery(
+            config,
+            self.node_id,
+            self.hub,
+            self.flusher,
+            bus,
+            HistoryStore(bus.nc, specs),
+            self.metrics,
+            close=lambda conn, code, reason: sessions().close(conn, code, reason),
+            slow_consumer=lambda conn: sessions().slow_consumer(conn),
+        )
+        delivery.use_recovery(recovery.channels[Scope.ROOM], recovery.channels[Scope.USER])
+        return recovery
+
     async def _open_metrics_port(self) -> None:
         if not self.config.metrics_port:
             return
@@ -303,6 +345,8 @@ class Node:
             await self._room_presence.stop()
         if self._presence_api is not None:
             await self._presence_api.stop()
+        if self._recovery is not None:
+            await self._recovery.stop()
         if self._repairing is not None:
             self._repairing.cancel()
         if self.liveness is not None:
@@ -320,6 +364,8 @@ class Node:
         if connected:
             self.metrics.nats_reconnects.labels(node=self.node_id).inc()
             self._schedule_repair(0.0)
+            if self._recovery is not None:
+                self._recovery.resync()  # republished messages sent while disconnected are lost
 
     def _schedule_repair(self, delay: float = 1.0) -> None:
         """Make the bucket match this node's connections soon: after NATS comes back, or after a presence
