@@ -262,7 +262,8 @@ def test_every_message_after_the_start_arrives_once_in_order(
     if behind:
         assert channel.restart("c")
         after = channel.members["c"].cursor
-        got.extend(m.seq for m in channel.fetched("c", [Stored(s, None, b"", False) for s in seqs if s > after]))
+        history = [Stored(s, None, b"", False) for s in seqs if s > after]
+        got.extend(m.seq for m in channel.fetched("c", history))
         got.extend(m.seq for m in channel.drain("c").sends)
     assert got == [s for s in seqs if s > start]
 
