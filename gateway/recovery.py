@@ -33,7 +33,7 @@ from gateway.config import GatewayConfig
 from gateway.core.framing import is_valid_utf8
 from gateway.core.history_layout import Recoverable
 from gateway.core.hub import Hub, Interest, JoinOutcome, Scope
-from gateway.core.recovery import Channel, Drained, Position, Stored, StreamState, history_covers
+from gateway.core.recovery import Channel, Drained, Stored, StreamState, history_covers
 from gateway.io.bus import Bus, Handler, Headers
 from gateway.io.history import HistoryStore, HistoryUnavailable
 from gateway.io.interests import InterestSync
@@ -42,6 +42,7 @@ from gateway.metrics import GatewayMetrics
 from shared import frames
 from shared import headers as h
 from shared.close_codes import CloseCode
+from shared.frames import Position
 from shared.subjects import Subjects
 
 log = logging.getLogger("prism.recovery")

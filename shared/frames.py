@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -15,6 +16,15 @@ import orjson
 
 PRISM_PREFIX = b'{"prism":'
 Ref = int | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A point in a recoverable room's or user's history: the history stream's ``epoch`` (it changes
+    only if the stream is recreated) and a sequence number (docs/protocol.md, "Recovery")."""
+
+    epoch: str
+    seq: int
 
 
 class Kind(StrEnum):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.core.limits import nesting_exceeds
-from gateway.core.recovery import Position, position_error
+from gateway.core.recovery import position_error
 from shared.errors import FrameError, InvalidName
-from shared.frames import ErrorCode, Ref
+from shared.frames import ErrorCode, Position, Ref
 from shared.subjects import validate_event, validate_room
 
 MAX_REF_LENGTH = 64

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from shared.frames import Position  # defined with the frames: the client SDK uses it too
+
 C = TypeVar("C")
 
 EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -41,14 +43,6 @@ MAX_SEQ = 2**53 - 1  # a position travels through JSON: keep it a safe integer i
 # How many times a catch-up reads the history again for a message that a live one said exists (a replica
 # that had not applied it yet) before it reports the gap instead.
 MAX_REFETCHES = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A point in a channel's history: the stream's ``epoch`` and a sequence number."""
-
-    epoch: str
-    seq: int
 
 
 def position_error(epoch: object, seq: object) -> str | None:

@@ -11,7 +11,6 @@ from gateway.core.recovery import (
     MAX_REFETCHES,
     MAX_SEQ,
     Channel,
-    Position,
     Stored,
     StreamState,
     epoch_of,
@@ -19,6 +18,7 @@ from gateway.core.recovery import (
     position_error,
     user_recovery,
 )
+from shared.frames import Position
 
 
 def msg(seq: int, prev: int | None = None) -> Stored:

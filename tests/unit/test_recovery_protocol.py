@@ -10,10 +10,9 @@ from gateway.config import GatewayConfig
 from gateway.core.history_layout import Recoverable, entry_error, stream_specs
 from gateway.core.hub import Scope
 from gateway.core.inbound import Join, parse_client_frame
-from gateway.core.recovery import Position
 from shared import frames
 from shared.errors import ConfigError, FrameError
-from shared.frames import ErrorCode
+from shared.frames import ErrorCode, Position
 from shared.subjects import Subjects
 
 
