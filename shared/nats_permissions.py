@@ -8,7 +8,9 @@ Roles:
 
 - ``gateway``: a gateway node. Subscribes to deliveries, control and presence queries; publishes client
   traffic and lifecycle events; writes the presence bucket and manages its own watches on it; answers
-  requests (receipts, control replies, presence answers) through ``allow_responses``.
+  requests (receipts, control replies, presence answers) through ``allow_responses``. For recovery it
+  creates and reads the history streams (``PRISM_RECOVER_STREAM``, default ``PRISM_RECOVERY``), writes
+  their anchors and subscribes to their republish (``recovery.>``); unused while recovery is off.
 - ``backend``: a service that reaches clients. Publishes deliveries, control and presence queries, and
   notifications (``notify.user.*``, ``notify.room.*``, ``notify.broadcast``); subscribes to client traffic
   and lifecycle events; may read the presence bucket (filtered watches, direct gets) but never write it.
@@ -64,7 +66,18 @@ def _kv_read(bucket: str) -> tuple[str, ...]:
     )
 
 
-def gateway(prefix: str = "", bucket: str = "presence") -> Permissions:
+def _history(prefix: str, history: str) -> tuple[str, ...]:
+    """What a node publishes for recovery: the history streams' management and direct gets (both
+    scopes), and the anchors it writes (docs/protocol.md, "Recovery")."""
+    streams = (f"{history}_ROOMS", f"{history}_USERS")
+    return (
+        *(f"$JS.API.STREAM.{op}.{name}" for name in streams for op in ("INFO", "CREATE", "UPDATE")),
+        *(f"$JS.API.DIRECT.GET.{name}" for name in streams),
+        f"{prefix}recovery-anchor.*",
+    )
+
+
+def gateway(prefix: str = "", bucket: str = "presence", history: str = "PRISM_RECOVERY") -> Permissions:
     stream = f"KV_{bucket}"
     return Permissions(
         publish=(
@@ -73,12 +86,14 @@ def gateway(prefix: str = "", bucket: str = "presence") -> Permissions:
             f"$JS.API.STREAM.CREATE.{stream}",
             f"$JS.API.STREAM.UPDATE.{stream}",
             *_kv_read(bucket),
+            *_history(prefix, history),
         ),
         subscribe=(
             *_deliveries(prefix),
             f"{prefix}control.conn.*.*.*",
             f"{prefix}control.user.*.*",
             f"{prefix}presence.>",
+            f"{prefix}recovery.>",
             INBOX,
         ),
     )
