@@ -268,7 +268,9 @@ class Node:
             close=lambda conn, code, reason: sessions().close(conn, code, reason),
             slow_consumer=lambda conn: sessions().slow_consumer(conn),
         )
-        delivery.use_recovery(recovery.channels[Scope.ROOM], recovery.channels[Scope.USER])
+        delivery.use_recovery(
+            recovery.channels[Scope.ROOM], recovery.channels[Scope.USER], recovery.recoverable.matches
+        )
         return recovery
 
     async def _open_metrics_port(self) -> None:
