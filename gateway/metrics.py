@@ -236,12 +236,6 @@ class GatewayMetrics:
             ["node", "scope"],
             registry=registry,
         )
-        self.recovery_delivered = Counter(
-            _strip_total(n["recovery_delivered"]),
-            "Live messages with positions queued to client sockets (one per recipient), by scope",
-            ["node", "scope"],
-            registry=registry,
-        )
         self.recovery_repairs = Counter(
             _strip_total(n["recovery_repairs"]),
             "History reads for a live message that never arrived (a republish lost in a NATS reconnect)",
@@ -315,8 +309,9 @@ class GatewayMetrics:
         for scope in RECOVERY_SCOPES:
             for outcome in RECOVERY_OUTCOMES:
                 self.recoveries.labels(node=node, scope=scope, outcome=outcome)
-            for metric in (self.recovery_replayed, self.recovery_delivered, self.recovery_repairs):
+            for metric in (self.recovery_replayed, self.recovery_repairs):
                 metric.labels(node=node, scope=scope)
+            self.hot.recovered[scope] += 0
             self.recovery_gaps.labels(node=node, scope=scope)
         self.recovery_read_latency.labels(node=node)
         for op in RECOVERY_ERROR_OPS:
@@ -327,11 +322,12 @@ class DeliveryCounters:
     """Per-message counts kept as plain ints on the delivery hot path (a prometheus_client Counter takes a
     lock per increment); :class:`_DeliveryCollector` exports them when Prometheus scrapes."""
 
-    __slots__ = ("delivered", "outcomes")
+    __slots__ = ("delivered", "outcomes", "recovered")
 
     def __init__(self) -> None:
         self.delivered: Tally[str] = Tally()  # target -> messages queued to sockets, one per recipient
         self.outcomes: Tally[tuple[str, str]] = Tally()  # (target, outcome) -> backend messages
+        self.recovered: Tally[str] = Tally()  # scope -> live messages with positions queued to sockets
 
 
 class _DeliveryCollector(Collector):
@@ -354,8 +350,16 @@ class _DeliveryCollector(Collector):
         )
         for target, count in sorted(self.counters.delivered.items()):
             delivered.add_metric([self.node, target], count)
+        recovered = CounterMetricFamily(
+            _strip_total(NAMES["recovery_delivered"]),
+            "Live messages with positions queued to client sockets (one per recipient), by scope",
+            labels=["node", "scope"],
+        )
+        for scope, count in sorted(self.counters.recovered.items()):
+            recovered.add_metric([self.node, scope], count)
         yield deliveries
         yield delivered
+        yield recovered
 
 
 class TimedPresence:

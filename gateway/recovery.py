@@ -105,6 +105,7 @@ class Recovery:
         self._epochs: dict[Scope, str] = {}
         self._fetches: dict[tuple[Scope, str, int], tuple[asyncio.Future[Fetched], float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._delivered = metrics.hot.recovered  # plain ints on the hot path, exported at scrape
         self._sync_task: asyncio.Task[None] | None = None
         prefix = self.subjects.prefix
         self._offsets = {s: len(f"{prefix}recovery.{KEYS[s]}.") for s in Scope}
@@ -415,7 +416,7 @@ class Recovery:
             for conn in targets:
                 send(conn, position)
                 send(conn, message)
-            self.metrics.recovery_delivered.labels(node=self.node_id, scope=key).inc(len(targets))
+            self._delivered[key] += len(targets)
         for conn_id in gaps:
             self.metrics.recovery_repairs.labels(node=self.node_id, scope=KEYS[scope]).inc()
             self._spawn(self._catch_up(scope, name, conn_id, None))
