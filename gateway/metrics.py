@@ -95,7 +95,7 @@ REJECTION_REASONS = (*(reason.value for reason in Reason), *AUTH_REJECTIONS)
 # could not be read: closed with 1013 to try again). errors: the history operation that failed.
 RECOVERY_SCOPES = ("room", "user")
 RECOVERY_OUTCOMES = ("fresh", "recovered", "partial", "epoch", "not_recoverable", "failed")
-RECOVERY_ERROR_OPS = ("read", "state", "sync", "subscribe")
+RECOVERY_ERROR_OPS = ("read", "state", "sync")
 RECOVERY_READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 

@@ -263,7 +263,7 @@ class Node:
             self.hub,
             self.flusher,
             bus,
-            HistoryStore(bus.nc, specs),
+            HistoryStore(bus.nc, specs, bus.subscribe),
             self.metrics,
             close=lambda conn, code, reason: sessions().close(conn, code, reason),
             slow_consumer=lambda conn: sessions().slow_consumer(conn),

@@ -50,6 +50,7 @@ log = logging.getLogger("prism.recovery")
 KEYS = {Scope.ROOM: "room", Scope.USER: "user"}
 PACE_BYTES = 64 * 1024  # a replay is written in slices this big, each once the socket has taken the last
 VERIFY_GRACE = 1.0  # seconds a member found behind by the periodic check has to get it live first
+SHARE_SECONDS = 1.0  # a history read serves other members at the same cursor this long after it was sent
 BUFFER_LIMIT = 10_000  # live messages held for one catching-up member before it counts as too slow
 UNAVAILABLE = "history unavailable: reconnect later"
 
@@ -68,9 +69,13 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
+    """A history read: the messages after a sequence, whether that is all of them, the stream state
+    taken after the read, and when the read was sent (loop time)."""
+
     messages: list[Stored]
     covered: bool
     state: StreamState
+    sent: float
 
 
 Closer = Callable[[LocalConn, int, str], None]
@@ -309,16 +314,26 @@ class Recovery:
         return "recovered" if recovered else "partial"
 
     async def _fetch(self, scope: Scope, name: str, after: int, began: float) -> Fetched:
-        """The history after ``after``, shared with other members at the same cursor whose read was sent
-        after this member began (an earlier read may predate messages it needs)."""
+        """The history after ``after`` for a member that began at ``began``. A read of the same cursor
+        sent in the last :data:`SHARE_SECONDS` is shared (after a node dies, its clients come back at
+        the same positions at once); when it was sent before the member began, a small read from its
+        last message on tops it up, since what was stored in between is in neither it nor the buffer."""
         key = (scope, name, after)
+        loop = asyncio.get_running_loop()
         entry = self._fetches.get(key)
-        if entry is None or entry[1] < began:
+        if entry is None or loop.time() - entry[1] > SHARE_SECONDS:
             future = asyncio.ensure_future(self._read(scope, name, after))
-            entry = (future, asyncio.get_running_loop().time())
+            entry = (future, loop.time())
             self._fetches[key] = entry
             future.add_done_callback(functools.partial(self._forget_fetch, key, entry))
-        return await asyncio.shield(entry[0])
+        shared = await asyncio.shield(entry[0])
+        if shared.sent >= began:
+            return shared
+        top = shared.messages[-1].seq if shared.messages else after
+        extra = await self._read(scope, name, top)
+        messages = shared.messages + extra.messages
+        covered = shared.covered and history_covers(top, extra.state, len(messages), self.limit)
+        return Fetched(messages, covered, extra.state, extra.sent)
 
     def _forget_fetch(
         self,
@@ -326,24 +341,31 @@ class Recovery:
         entry: tuple[asyncio.Future[Fetched], float],
         _: asyncio.Future[Fetched],
     ) -> None:
+        if not _.cancelled() and _.exception() is not None:  # retrieved: a failed read is not shared
+            if self._fetches.get(key) is entry:
+                del self._fetches[key]
+            return
+        # A finished read is shared for SHARE_SECONDS after it was sent, then forgotten.
+        delay = max(0.0, entry[1] + SHARE_SECONDS - asyncio.get_running_loop().time())
+        asyncio.get_running_loop().call_later(delay, self._drop_fetch, key, entry)
+
+    def _drop_fetch(self, key: tuple[Scope, str, int], entry: tuple[asyncio.Future[Fetched], float]) -> None:
         if self._fetches.get(key) is entry:
             del self._fetches[key]
-        if not _.cancelled():
-            _.exception()  # retrieved: the readers that waited have it; none waiting is not an error
 
     async def _read(self, scope: Scope, name: str, after: int) -> Fetched:
         loop = asyncio.get_running_loop()
         started = loop.time()
         subject = self._delivery_subject(scope, name)
         try:
-            found = await self.history.read(scope, subject, after, self.limit)
+            found = await self.history.read(scope, subject, after, self.limit)  # sent now
             state = await self.history.state_after(scope, loop.time())  # taken after the read
         except HistoryUnavailable:
             self.metrics.recovery_errors.labels(node=self.node_id, op="read").inc()
             raise
         self.metrics.recovery_read_latency.labels(node=self.node_id).observe(loop.time() - started)
         messages = [Stored(m.seq, None, m.payload, _is_binary(m.payload, m.headers)) for m in found]
-        return Fetched(messages, history_covers(after, state, len(messages), self.limit), state)
+        return Fetched(messages, history_covers(after, state, len(messages), self.limit), state, started)
 
     async def _send_paced(self, conn: LocalConn, key: str, name: str, messages: list[Stored]) -> None:
         """Queue a replay slice by slice, each once the socket has taken the previous one, so a long

@@ -24,12 +24,12 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RePublish, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 
 from gateway.core.history_layout import StreamSpec
 from gateway.core.hub import Scope
 from gateway.core.recovery import StreamState, epoch_of
+from gateway.io.bus import Handler, Headers, SubscriptionHandle
 from shared.errors import ConfigError
 
 log = logging.getLogger("prism.history")
@@ -142,19 +142,28 @@ class _Probe:
             return await asyncio.shield(self._start())
 
 
-class HistoryStore:
-    """The history streams of the scopes in ``specs``."""
+# One reply of a direct get: payload and headers (with ``Status`` for the end of a batch, or a 404).
+_Reply = tuple[bytes, Headers | None]
+Subscribe = Callable[[str, Handler], Awaitable[SubscriptionHandle]]
 
-    def __init__(self, nc: NatsClient, specs: dict[Scope, StreamSpec], timeout: float = 5.0) -> None:
+
+class HistoryStore:
+    """The history streams of the scopes in ``specs``. ``subscribe`` (the bus's) takes the replies of
+    direct gets, so they are parsed on the delivery path's fast reader, not as nats-py messages."""
+
+    def __init__(
+        self, nc: NatsClient, specs: dict[Scope, StreamSpec], subscribe: Subscribe, timeout: float = 5.0
+    ) -> None:
         self.nc = nc
+        self._subscribe = subscribe
         self.js = nc.jetstream(timeout=timeout)
         self.specs = specs
         self.timeout = timeout
         self._probes = {scope: _Probe(self._state_fn(scope)) for scope in specs}
         self._inbox = ""
-        self._sub: Any = None
+        self._sub: SubscriptionHandle | None = None
         self._tokens = itertools.count()
-        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self._waiting: dict[str, asyncio.Queue[_Reply]] = {}
 
     def _state_fn(self, scope: Scope) -> Callable[[], Awaitable[StreamState]]:
         return lambda: self._state(scope)
@@ -163,7 +172,7 @@ class HistoryStore:
         """Create or update every stream, retrying while JetStream cannot answer yet (a cluster electing
         its leaders); a setting the server refuses is a :class:`ConfigError`."""
         self._inbox = str(self.nc.new_inbox())
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        self._sub = await self._subscribe(f"{self._inbox}.*", self._on_reply)
         for scope in self.specs:
             delay = 0.5
             while True:
@@ -246,27 +255,27 @@ class HistoryStore:
             log.warning("could not write the anchor of %s: %r", self.specs[scope].name, exc)
 
     # -- reads -------------------------------------------------------------------------------------------
-    async def _on_reply(self, msg: Msg) -> None:
-        queue = self._waiting.get(msg.subject)
+    def _on_reply(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
+        queue = self._waiting.get(subject)
         if queue is not None:
-            queue.put_nowait(msg)
+            queue.put_nowait((data, headers))
 
-    async def _batch(self, scope: Scope, body: dict[str, Any]) -> tuple[list[Msg], dict[str, str]]:
+    async def _batch(self, scope: Scope, body: dict[str, Any]) -> tuple[list[_Reply], dict[str, str]]:
         """One direct-get request: the messages, and the headers of the end-of-batch (empty for 404)."""
         reply = f"{self._inbox}.{next(self._tokens)}"
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        queue: asyncio.Queue[_Reply] = asyncio.Queue()
         self._waiting[reply] = queue
-        messages: list[Msg] = []
+        messages: list[_Reply] = []
         stream = self.specs[scope].name
         try:
             await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(body), reply=reply)
             async with asyncio.timeout(self.timeout):
                 while True:
-                    msg = await queue.get()
-                    headers = msg.headers or {}
+                    data, parsed = await queue.get()
+                    headers = parsed or {}
                     status = headers.get("Status")
                     if status is None:
-                        messages.append(msg)
+                        messages.append((data, headers))
                     elif status == _STATUS_EOB:
                         return messages, headers
                     elif status == _STATUS_NOT_FOUND:
@@ -291,9 +300,9 @@ class HistoryStore:
                 "max_bytes": READ_PAGE_BYTES,
             }
             messages, end = await self._batch(scope, body)
-            for msg in messages:
-                headers = msg.headers or {}
-                found.append(HistoryMessage(int(headers["Nats-Sequence"]), msg.data, _own_headers(headers)))
+            for data, headers in messages:
+                assert headers is not None
+                found.append(HistoryMessage(int(headers["Nats-Sequence"]), data, _own_headers(headers)))
             if not messages or int(end.get("Nats-Num-Pending", "0")) == 0:
                 break
             start = found[-1].seq + 1
@@ -310,8 +319,8 @@ class HistoryStore:
             body: dict[str, Any] = {"multi_last": [*chunk, anchor]}
             while True:
                 messages, end = await self._batch(scope, body)
-                for msg in messages:
-                    headers = msg.headers or {}
+                for _, headers in messages:
+                    assert headers is not None
                     lasts[headers["Nats-Subject"]] = int(headers["Nats-Sequence"])
                 if "Nats-UpTo-Sequence" not in end:
                     raise HistoryUnavailable(f"{self.specs[scope].name}: no anchor in the history")

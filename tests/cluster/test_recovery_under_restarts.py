@@ -7,19 +7,19 @@ room and its user after it joined: nothing lost, nothing twice, in order, and ev
 from __future__ import annotations
 
 import asyncio
-import itertools
+import json
+import sys
 import time
 from collections import defaultdict
 from typing import Any
 
-import nats
 import pytest
 
 from shared.backoff import Backoff
 from shared.client import ConnState, PrismClient
 from shared.positions import Recovery
 from tests.cluster.conftest import GatewayFactory, GatewayProcess
-from tests.helpers import eventually
+from tests.helpers import eventually, kill_process_tree
 
 pytestmark = pytest.mark.cluster
 
@@ -46,51 +46,35 @@ class Recorder:
 
 
 class Publisher:
-    """JetStream publishes at ``RATE`` per second, round-robin over the rooms and users, up to
-    ``IN_FLIGHT`` awaiting their acknowledgement (one connection keeps them in order). Every one must be
-    acknowledged, that is stored: ``sent`` is then exactly what the clients must get."""
+    """tests/cluster/steady_publisher.py in a process of its own, stopped with a line on its stdin."""
 
-    IN_FLIGHT = 64
-
-    def __init__(self, nc: Any) -> None:
-        self.js = nc.jetstream()
-        self.sent: dict[str, int] = defaultdict(int)
-        self.running = True
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
         self.rate = 0.0
-        self._acks: set[asyncio.Future[Any]] = set()
-        self.task = asyncio.ensure_future(self._run())
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        channels = [f"room.room{i % ROOMS}" if i % 2 == 0 else f"user.user{i % USERS}" for i in range(600)]
-        targets = itertools.cycle(channels)
-        started = loop.time()
-        count = 0
-        while self.running:
-            if len(self._acks) >= self.IN_FLIGHT:
-                await asyncio.wait(self._acks, return_when=asyncio.FIRST_COMPLETED)
-                self._collect()
-            channel = next(targets)
-            self.sent[channel] += 1
-            payload = f"{channel}:{self.sent[channel]}".encode()
-            self._acks.add(asyncio.ensure_future(self.js.publish(channel, payload)))
-            count += 1
-            ahead = started + count / RATE - loop.time()
-            if ahead > 0:
-                await asyncio.sleep(ahead)  # pacing the load, not synchronising the test
-        self.rate = count / (loop.time() - started)
+    @classmethod
+    async def start(cls, nats_url: str) -> Publisher:
+        args = [nats_url, str(RATE), str(ROOMS), str(USERS)]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.cluster.steady_publisher", *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        return cls(proc)
 
-    def _collect(self) -> None:
-        for ack in [a for a in self._acks if a.done()]:
-            self._acks.discard(ack)
-            ack.result()  # a refused publish fails the test here
+    async def stop(self) -> dict[str, int]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"stop\n")
+        await self.proc.stdin.drain()
+        out, _ = await asyncio.wait_for(self.proc.communicate(), 30)
+        assert self.proc.returncode == 0
+        result = json.loads(out)
+        self.rate = float(result["rate"])
+        sent: dict[str, int] = result["sent"]
+        return sent
 
-    async def stop(self) -> None:
-        self.running = False
-        await self.task
-        if self._acks:
-            await asyncio.wait(self._acks)
-        self._collect()
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            await kill_process_tree(self.proc)
 
 
 async def test_rolling_restart_and_a_killed_node_lose_and_repeat_nothing(
@@ -123,10 +107,19 @@ async def test_rolling_restart_and_a_killed_node_lose_and_repeat_nothing(
     for first in range(0, CLIENTS, 50):
         recorders += await asyncio.gather(*(start_client(i) for i in range(first, first + 50)))
 
-    nc = await nats.connect(nats_server.url)
-    publisher = Publisher(nc)
+    publisher = await Publisher.start(nats_server.url)
     started = time.monotonic()
+    try:
+        await _restart_and_kill(gateways, recorders, publisher, started)
+    finally:
+        await publisher.kill()
+    for recorder in recorders:
+        await recorder.client.close()
 
+
+async def _restart_and_kill(
+    gateways: list[GatewayProcess], recorders: list[Recorder], publisher: Publisher, started: float
+) -> None:
     async def everyone_connected() -> bool:
         return all(r.client.state is ConnState.CONNECTED for r in recorders)
 
@@ -145,8 +138,7 @@ async def test_rolling_restart_and_a_killed_node_lose_and_repeat_nothing(
     await eventually(everyone_connected, timeout=30, what="the killed node's clients on the survivors")
     assert all(r.client.node != victim.node_id for r in on_victim)
 
-    await publisher.stop()
-    sent = dict(publisher.sent)
+    sent = await publisher.stop()
 
     def complete() -> bool:
         return all(len(r.got[ch]) >= sent.get(ch, 0) for r in recorders for ch in r.channels)
@@ -165,6 +157,3 @@ async def test_rolling_restart_and_a_killed_node_lose_and_repeat_nothing(
         assert resumed, "every client resumed at least once"
         assert all(r.recovered for r in resumed), recorder.recoveries
     assert sum(r.client.reconnects for r in recorders) >= CLIENTS
-    for recorder in recorders:
-        await recorder.client.close()
-    await nc.close()
