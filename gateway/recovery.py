@@ -451,7 +451,11 @@ class Recovery:
     async def _sync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sync_interval * random.uniform(0.8, 1.2))
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:  # a bug must not end the checks for the life of the node
+                log.exception("recovery check failed")
+                self.metrics.recovery_errors.labels(node=self.node_id, op="sync").inc()
 
     async def sync(self) -> None:
         """For every channel: read its last stored message (with the anchor, from one consistent
