@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from gateway.config import GatewayConfig
 from notification_service.config import NotifyConfig
 from shared.config import ENV_PREFIX, env_names, unknown_variables
+from shared.demo_backend import DemoConfig
 
 # Read outside the two config objects, so not misspellings: the log format (shared/logs.py), the load
 # tests' settings (loadtest/), and the test suite's (tests/).
@@ -30,7 +31,7 @@ OTHER_VARIABLES = frozenset(
 
 
 def known_variables() -> frozenset[str]:
-    return env_names(GatewayConfig) | env_names(NotifyConfig) | OTHER_VARIABLES
+    return env_names(GatewayConfig) | env_names(NotifyConfig) | env_names(DemoConfig) | OTHER_VARIABLES
 
 
 def misspelled(environ: Mapping[str, str]) -> list[str]:

@@ -12,7 +12,6 @@ a second one exits at once.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import math
 from collections.abc import Callable
@@ -52,7 +51,6 @@ from gateway.session import Sessions
 from gateway.traces import TracedDelivery
 from shared import listen, logs, tracing
 from shared.close_codes import CloseCode
-from shared.errors import ConfigError
 from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
 from shared.listen import check_can_listen
@@ -276,12 +274,8 @@ class Node:
     async def _open_metrics_port(self) -> None:
         if not self.config.metrics_port:
             return
-        try:
-            await self.metrics_server.start(self.config.host, self.config.metrics_port)
-        except OSError as exc:  # a user mistake (say, two nodes given one port): one line, no traceback
-            where = f"{self.config.host}:{self.config.metrics_port}"
-            why = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc)
-            raise ConfigError(f"cannot serve /metrics on {where} (metrics_port): {why}") from None
+        # A port that cannot be used is a user mistake: PortUnavailable, one line and no traceback.
+        await self.metrics_server.start(self.config.host, self.config.metrics_port)
         log.info("node %s serves /metrics on port %d", self.node_id, self.metrics_server.port)
 
     def is_ready(self) -> bool:

@@ -43,8 +43,8 @@ async def test_a_busy_metrics_port_is_one_line_and_a_nonzero_exit(nats_server: A
     assert out == b""
     lines = err.decode().splitlines()
     assert lines[-1] == (
-        f"prism: configuration error: cannot serve /metrics on 127.0.0.1:{busy} (metrics_port): "
-        "address already in use"
+        f"prism: configuration error: cannot listen on 127.0.0.1:{busy}: the port is in use by another "
+        "process (choose another with --metrics-port or PRISM_METRICS_PORT)"
     )
     assert "Traceback" not in err.decode()
     assert all(" INFO " in line for line in lines[:-1]), lines  # nothing else went wrong

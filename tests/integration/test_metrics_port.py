@@ -91,6 +91,8 @@ async def test_a_busy_metrics_port_fails_the_start_with_one_clear_error(nats_ser
                 await node.start()
         finally:
             await node.stop()
-    why = "address already in use"
-    assert str(caught.value) == f"cannot serve /metrics on 127.0.0.1:{port} (metrics_port): {why}"
+    assert str(caught.value) == (
+        f"cannot listen on 127.0.0.1:{port}: the port is in use by another process "
+        "(choose another with --metrics-port or PRISM_METRICS_PORT)"
+    )
     assert node._bus is None  # it failed before touching NATS
