@@ -100,7 +100,7 @@ class GatewayConfig(NatsSettings):
     )
     recover_replicas: int = setting(1, "replicas of the history streams when this node creates them")
     recover_storage: str = setting("file", "storage of the history streams: file or memory")
-    recover_stream: str = setting("PRISM_RECOVERY", "name of the history streams: <name>_ROOMS, <name>_USERS")
+    recover_stream: str = setting("RECOVERY", "name of the history streams: <name>_ROOMS, <name>_USERS")
     recover_sync: float = setting(
         10.0, "seconds between checks that move quiet positions forward and catch a live message missed"
     )

@@ -9,7 +9,7 @@ Roles:
 - ``gateway``: a gateway node. Subscribes to deliveries, control and presence queries; publishes client
   traffic and lifecycle events; writes the presence bucket and manages its own watches on it; answers
   requests (receipts, control replies, presence answers) through ``allow_responses``. For recovery it
-  creates and reads the history streams (``PRISM_RECOVER_STREAM``, default ``PRISM_RECOVERY``), writes
+  creates and reads the history streams (``PRISM_RECOVER_STREAM``, default ``RECOVERY``), writes
   their anchors and subscribes to their republish (``recovery.>``); unused while recovery is off.
 - ``backend``: a service that reaches clients. Publishes deliveries, control and presence queries, and
   notifications (``notify.user.*``, ``notify.room.*``, ``notify.broadcast``); subscribes to client traffic
@@ -77,7 +77,7 @@ def _history(prefix: str, history: str) -> tuple[str, ...]:
     )
 
 
-def gateway(prefix: str = "", bucket: str = "presence", history: str = "PRISM_RECOVERY") -> Permissions:
+def gateway(prefix: str = "", bucket: str = "presence", history: str = "RECOVERY") -> Permissions:
     stream = f"KV_{bucket}"
     return Permissions(
         publish=(

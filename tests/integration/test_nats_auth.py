@@ -383,7 +383,7 @@ async def test_recovery_works_under_least_privilege(tmp_path: Path, least_privil
     ada = await PrismClient.connect(url, user="ada", recover=True)
     await ada.join("lab", recover=True)
     ack = await nc.jetstream().publish("room.lab", b"stored")  # a backend's JetStream publish
-    assert ack.stream == "PRISM_RECOVERY_ROOMS"
+    assert ack.stream == "RECOVERY_ROOMS"
     await PrismBackend(nc).to_user("ada", "core publish, stored too")
     assert await ada.receive(5) == "stored"
     assert await ada.receive(5) == "core publish, stored too"

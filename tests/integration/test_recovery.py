@@ -33,7 +33,7 @@ RECOVER = {
     "recover_storage": "memory",
     "recover_sync": 0.5,
 }
-ROOMS = "PRISM_RECOVERY_ROOMS"
+ROOMS = "RECOVERY_ROOMS"
 
 
 @dataclass(frozen=True)

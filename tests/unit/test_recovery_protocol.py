@@ -106,7 +106,7 @@ def test_the_streams_capture_exactly_the_recoverable_subjects() -> None:
     specs = stream_specs(
         Recoverable(["lobby", "game"], ["*"]),
         Subjects("acme."),
-        "PRISM_RECOVERY",
+        "RECOVERY",
         history=100,
         ttl=60.0,
         max_bytes=-1,
@@ -114,7 +114,7 @@ def test_the_streams_capture_exactly_the_recoverable_subjects() -> None:
         storage="memory",
     )
     rooms, users = specs[Scope.ROOM], specs[Scope.USER]
-    assert rooms.name == "PRISM_RECOVERY_ROOMS"
+    assert rooms.name == "RECOVERY_ROOMS"
     assert rooms.subjects == ("acme.room.game", "acme.room.lobby", "acme.recovery-anchor.rooms")
     assert users.subjects == ("acme.user.*", "acme.recovery-anchor.users")
     assert rooms.republish == ("acme.>", "acme.recovery.>")
