@@ -16,7 +16,7 @@ import uvloop
 from gateway.config import GatewayConfig
 from gateway.environment import misspelled
 from notification_service.config import NotifyConfig
-from shared import demo_backend, logs, tracing
+from shared import demo_backend, http_demo, logs, tracing
 from shared.config import add_arguments, env_name, load
 from shared.errors import ConfigError
 
@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for NATS (PRISM_NATS_URL), then for each process, to be ready (default 30)",
     )
+    dev.add_argument(
+        "--http-backend",
+        dest="http_backend",
+        action="store_true",
+        help="also run the example HTTP backend (http.* events, connects, disconnects; needs the http-demo "
+        "extra) and each node's HTTP API on port + 100",
+    )
     _add_log_format(dev)
 
     gateway = commands.add_parser("gateway", help="run one gateway node against PRISM_NATS_URL")
@@ -92,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(demo, demo_backend.DemoConfig)
     _add_log_format(demo)
+
+    http = commands.add_parser(
+        "http-demo", help="run the example HTTP backend (Starlette; needs the http-demo extra)"
+    )
+    add_arguments(http, http_demo.HttpDemoConfig)
+    _add_log_format(http)
 
     loadtest = commands.add_parser(
         "loadtest",
@@ -143,13 +156,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo_config = load(demo_backend.DemoConfig, args)
             setup_telemetry(args, demo_config.log_level, None)  # it makes no spans of its own
             return run_on_uvloop(demo_backend.run(demo_config))
+        if args.command == "http-demo":
+            http_config = load(http_demo.HttpDemoConfig, args)
+            setup_telemetry(args, http_config.log_level, None)
+            return run_on_uvloop(http_demo.run(http_config))
         if args.command == "dev":
             setup_telemetry(args, "info", None)
             warn_unknown()  # only here: prism dev leaves these variables out of its processes' environment
             from gateway.dev import StartFailed, run_dev
 
             try:
-                dev = run_dev(args.nodes, args.port, args.host, args.ready_timeout, args.demo_backend)
+                dev = run_dev(
+                    args.nodes,
+                    args.port,
+                    args.host,
+                    args.ready_timeout,
+                    args.demo_backend,
+                    http_backend=args.http_backend,
+                )
                 return run_on_uvloop(dev)
             except StartFailed as exc:
                 print(f"prism dev: {exc}", file=sys.stderr)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 import secrets
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.core.auth import secret_key
 from gateway.core.history_layout import entry_error as history_entry_error
 from gateway.core.history_layout import stream_name_error
+from gateway.core.http_backends import BackendConfigError, HttpBackend, parse_backends
 from gateway.core.hub import Scope
 from gateway.core.limits import origin_pattern_error
 from gateway.core.room_presence import pattern_error as room_pattern_error
@@ -148,6 +152,22 @@ class GatewayConfig(NatsSettings):
         "", "NATS subject of the authorization callout asked about joins and events the token does not grant"
     )
     authz_timeout: float = setting(1.0, "seconds to wait for the authorization callout (then: denied)")
+    # The HTTP API (gateway/io/http_api.py, docs/http-api.md) and HTTP backends (docs/http-backends.md).
+    api_port: int = setting(0, "port of the authenticated HTTP API (publish, control, presence); 0: off")
+    api_keys: tuple[str, ...] = field(  # secrets: not in repr(), so a logged config does not show them
+        default=(),
+        repr=False,
+        metadata={
+            "help": "API keys (32+ characters each, comma-separated) accepted as 'Bearer <key>'; use the env"
+        },
+    )
+    api_jwt_audience: str = setting(
+        "", "accept JWTs (verified with the PRISM_JWT_* keys) whose aud names this as API credentials"
+    )
+    http_backends_file: str = setting(
+        "",
+        "TOML file of HTTP backends: per route, the URLs for connects, events, disconnects and polls",
+    )
 
     def validate(self) -> None:
         self.nats_auth.validate()
@@ -189,6 +209,8 @@ class GatewayConfig(NatsSettings):
         self._validate_metrics_port()
         self._validate_auth()
         self._validate_limits()
+        self._validate_api()
+        self.http_backends()  # a routes file that cannot be used stops the start here
 
     def _validate_recovery(self) -> None:
         for scope, entries in ((Scope.ROOM, self.recover_rooms), (Scope.USER, self.recover_users)):
@@ -259,6 +281,41 @@ class GatewayConfig(NatsSettings):
             except InvalidName:
                 subject = self.authz_subject
                 raise ConfigError(f"authz_subject must be dot-separated tokens, got {subject!r}") from None
+
+    def _validate_api(self) -> None:
+        if not 0 <= self.api_port <= 65535:
+            raise ConfigError(f"api_port must be a port number (0: off), got {self.api_port}")
+        if self.api_port and self.api_port in (self.port, self.metrics_port):
+            raise ConfigError(f"api_port must differ from port and metrics_port, got {self.api_port}")
+        for key in self.api_keys:
+            if len(key) < 32 or any(c.isspace() for c in key):
+                raise ConfigError("api_keys must be at least 32 characters each, without spaces")
+        if self.api_jwt_audience:
+            if not self.auth_enabled:
+                raise ConfigError(
+                    "api_jwt_audience needs a JWT key (PRISM_JWT_SECRET, ..._PUBLIC_KEY_FILE or JWKS)"
+                )
+            if self.api_jwt_audience in self.jwt_audience:
+                raise ConfigError(
+                    "api_jwt_audience must not be one of jwt_audience: client tokens would be API keys"
+                )
+        if self.api_port and not (self.api_keys or self.api_jwt_audience):
+            raise ConfigError("api_port needs credentials: set api_keys or api_jwt_audience")
+
+    def http_backends(self, environ: Mapping[str, str] | None = None) -> tuple[HttpBackend, ...]:
+        """The backends of ``http_backends_file`` (none if unset); :class:`ConfigError` if unusable. Secrets
+        are read from the environment variables the file names."""
+        if not self.http_backends_file:
+            return ()
+        path = self.http_backends_file
+        try:
+            with open(path, "rb") as file:
+                document = tomllib.load(file)
+            return parse_backends(document, self.routes, os.environ if environ is None else environ)
+        except OSError as exc:
+            raise ConfigError(f"http_backends_file {path}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, BackendConfigError) as exc:
+            raise ConfigError(f"http_backends_file {path}: {exc}") from None
 
     @property
     def auth_enabled(self) -> bool:

@@ -149,6 +149,17 @@ class Delivery:
             self._observe_latency("conn", headers[h.SENT_AT])
         return self._account("conn", 1 if sent else 0, reply, (conn,) if reply else ())
 
+    def to_local_conn(self, conn_id: str, data: bytes, binary: bool) -> bool:
+        """A message an HTTP backend's poll answer holds for one of this node's connections (no NATS on
+        the way); False if that connection is not open here."""
+        conn = self.hub.get(conn_id)
+        if conn is None or not is_open(conn):
+            self._tally.outcomes["conn", "gone"] += 1
+            return False
+        sent = self.flusher.send_payload(conn, data, binary or self._is_binary("conn", data, None))
+        self._account("conn", 1 if sent else 0, "", ())
+        return sent
+
     def on_user(
         self, subject: str, reply: str, data: bytes, headers: Headers | None
     ) -> Awaitable[None] | None:

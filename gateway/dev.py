@@ -1,5 +1,7 @@
 """``prism dev``: NATS with JetStream, N gateway nodes, the notification service and the demo backend
-(shared/demo_backend.py, unless ``--no-demo-backend``) on this machine, in one command.
+(shared/demo_backend.py, unless ``--no-demo-backend``) on this machine, in one command. With
+``--http-backend`` also the example HTTP backend (shared/http_demo.py) on port + 200, named in a routes
+file for every node, and each node's HTTP API on its port + 100 with a fresh API key.
 
 Every part is a child process started here and stopped here: Ctrl-C or SIGTERM stops the nodes (they
 drain), then NATS; children also die with this process if it is killed outright. A gateway node that exits
@@ -12,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import importlib.util
 import logging
 import math
 import os
+import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections import deque
@@ -27,6 +33,7 @@ from typing import Any
 from gateway.embedded_nats import NatsServer, die_with_parent
 from gateway.environment import without_unknown
 from gateway.io.bus import NatsBus, NatsOptions, NatsUnreachable
+from shared import http_demo
 from shared.config import load
 from shared.errors import ConfigError, PrismError
 from shared.listen import Settings, check_can_listen
@@ -41,6 +48,8 @@ RESTART_LIMIT = 5  # restarts allowed within RESTART_WINDOW seconds; one more st
 RESTART_WINDOW = 60.0
 _DEV_LISTEN = Settings(host="--host", port="--port")
 _SAMPLE_NOTIFICATION = '{"id":"n1","payload":"hello"}'
+API_PORT_OFFSET = 100  # --http-backend: node i's HTTP API is on its port + 100
+HTTP_DEMO_PORT_OFFSET = 200  # and the example HTTP backend on the first node's port + 200
 
 
 class StartFailed(PrismError):
@@ -203,6 +212,7 @@ class DevNode:
     port: int
     env: dict[str, str]
     ready_timeout: float = READY_TIMEOUT
+    api_port: int = 0  # the node's HTTP API, 0: off
     proc: asyncio.subprocess.Process | None = None
     restarts: deque[float] = field(default_factory=deque)  # loop times of recent restarts
 
@@ -211,6 +221,7 @@ class DevNode:
             sys.executable, "-m", "gateway", "gateway",
             "--host", self.host, "--port", str(self.port), "--node-id", self.name,
             "--metrics-port", "0",  # /metrics on the node's port; PRISM_METRICS_PORT is notify's here
+            *(["--api-port", str(self.api_port)] if self.api_port else []),
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=die_with_parent,
@@ -274,12 +285,62 @@ async def _restart(node: DevNode, shown_host: str, stop: asyncio.Event) -> bool:
     return True
 
 
+@dataclass
+class HttpBackendSetup:
+    """What ``--http-backend`` adds: the example backend's port, a signing secret, an API key, and the
+    routes file naming the backend (in a temporary directory, removed at the end)."""
+
+    port: int
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    directory: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="prism-dev-http-"))
+
+    def write_routes(self, host: str) -> str:
+        path = os.path.join(self.directory, "http-backends.toml")
+        with open(path, "w") as file:
+            file.write(http_demo.routes_file(f"http://{host}:{self.port}"))
+        return path
+
+    def node_env(self, host: str) -> dict[str, str]:
+        return {
+            "PRISM_HTTP_BACKENDS_FILE": self.write_routes(host),
+            "PRISM_HTTP_DEMO_SECRET": self.secret,
+            "PRISM_API_KEYS": self.api_key,
+        }
+
+    async def start(self, host: str, api_url: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+        demo_env = env | {
+            "PRISM_HTTP_DEMO_SECRET": self.secret,
+            "PRISM_HTTP_DEMO_API_URL": api_url,
+            "PRISM_HTTP_DEMO_API_KEY": self.api_key,
+        }
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "http-demo",
+            "--http-demo-host", host, "--http-demo-port", str(self.port),
+            env=demo_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,  # one line, "prism http-demo ready: ..."
+            preexec_fn=die_with_parent,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 async def run_dev(
-    nodes: int, port: int, host: str, ready_timeout: float = READY_TIMEOUT, demo_backend: bool = True
+    nodes: int,
+    port: int,
+    host: str,
+    ready_timeout: float = READY_TIMEOUT,
+    demo_backend: bool = True,
+    http_backend: bool = False,
 ) -> int:
     """Start everything, print the banner, supervise until stopped. Raises :class:`ConfigError` (bad
     layout, a port in use: before anything starts) or :class:`StartFailed`."""
     check_arguments(nodes, port, ready_timeout)
+    if http_backend and importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("--http-backend needs the http-demo extra: pip install -e '.[http-demo]'")
     for node_port in range(port, port + nodes):  # a taken port: one line now, not N failed nodes later
         await check_can_listen(host, node_port, _DEV_LISTEN)
     loop = asyncio.get_running_loop()
@@ -297,19 +358,31 @@ async def run_dev(
         nats_url = nats.url
     shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     env = dev_environment(nats_url, [f"ws://{shown_host}:{port + i}/ws" for i in range(nodes)])
-    gateways = [DevNode(f"node{i + 1}", host, port + i, env, ready_timeout) for i in range(nodes)]
+    http = HttpBackendSetup(port + HTTP_DEMO_PORT_OFFSET) if http_backend else None
+    if http is not None:
+        env |= http.node_env(host)
+    api_offset = API_PORT_OFFSET if http is not None else None
+    gateways = [
+        DevNode(
+            f"node{i + 1}", host, port + i, env, ready_timeout, port + i + api_offset if api_offset else 0
+        )
+        for i in range(nodes)
+    ]
     notify: asyncio.subprocess.Process | None = None
     demo: asyncio.subprocess.Process | None = None
+    http_proc: asyncio.subprocess.Process | None = None
 
     def children() -> list[asyncio.subprocess.Process]:
         procs = [g.proc for g in gateways if g.proc is not None]
-        return procs + [p for p in (notify, demo) if p is not None]
+        return procs + [p for p in (notify, demo, http_proc) if p is not None]
 
     try:
         for gateway in gateways:
             await gateway.start()
         notify = await _start_notify(host, env)
         demo = await _start_demo(env) if demo_backend else None
+        if http is not None:
+            http_proc = await http.start(host, f"http://{shown_host}:{gateways[0].api_port}", env)
         deadline = loop.time() + ready_timeout
         ready: list[Awaitable[object]] = []
         for g in gateways:
@@ -317,6 +390,8 @@ async def run_dev(
             ready.append(_wait_ready(g.name, f"http://{shown_host}:{g.port}/readyz", g.proc, deadline))
         if demo is not None:
             ready.append(_ready_line(demo, "the demo backend", deadline))
+        if http_proc is not None:
+            ready.append(_ready_line(http_proc, "the example HTTP backend", deadline))
         _, notify_url = await asyncio.gather(asyncio.gather(*ready), _notify_ready(notify, deadline))
         lines = ["", "Prism dev is running. Press Ctrl-C to stop.", f"  NATS      {nats_url}"]
         for g in gateways:
@@ -329,14 +404,28 @@ async def run_dev(
         lines.append(f"  notify    {notify_url}  /healthz  /readyz   pid {notify.pid}")
         if demo is not None:
             lines.append(f"  demo      answers echo, chat.send, chat.history   pid {demo.pid}")
+        if http is not None and http_proc is not None:
+            apis = "  ".join(f"http://{shown_host}:{g.api_port}" for g in gateways)
+            lines.append(f"  http api  {apis}   key {http.api_key}")
+            lines.append(
+                f"  http demo http://{shown_host}:{http.port}  decides connects, "
+                f"answers http.echo and http.shout   pid {http_proc.pid}"
+            )
         lines.append(f"  try       python -m shared.client ws://{shown_host}:{port}/ws?user=alice")
         lines.append(f"            nats pub -s {nats_url} notify.user.alice '{_SAMPLE_NOTIFICATION}'")
+        if http is not None:
+            lines.append(
+                f"            curl -H 'Authorization: Bearer {http.api_key}' -d hi "
+                f"http://{shown_host}:{gateways[0].api_port}/v1/users/alice/messages"
+            )
         print("\n".join(lines) + "\n", flush=True)
-        return await _supervise(gateways, notify, shown_host, stop, demo)
+        return await _supervise(gateways, notify, shown_host, stop, demo, http_proc)
     finally:
         await _stop_all(children())
         if nats is not None:
             await asyncio.to_thread(nats.stop)
+        if http is not None:
+            http.remove()
         print("prism dev stopped", flush=True)
 
 
@@ -346,10 +435,13 @@ async def _supervise(
     shown_host: str,
     stop: asyncio.Event,
     demo: asyncio.subprocess.Process | None = None,
+    http_demo_proc: asyncio.subprocess.Process | None = None,
 ) -> int:
     """Run until stopped (0); restart gateway nodes that die; stop everything (1) if the notification
     service or the demo backend dies or a node keeps crashing."""
     services = {notify: "the notification service"} | ({demo: "the demo backend"} if demo else {})
+    if http_demo_proc is not None:
+        services[http_demo_proc] = "the example HTTP backend"
     while True:
         waits: dict[asyncio.Future[Any], DevNode | str] = {}
         for g in gateways:

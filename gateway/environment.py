@@ -9,6 +9,7 @@ from gateway.config import GatewayConfig
 from notification_service.config import NotifyConfig
 from shared.config import ENV_PREFIX, env_names, unknown_variables
 from shared.demo_backend import DemoConfig
+from shared.http_demo import HttpDemoConfig
 
 # Read outside the two config objects, so not misspellings: the log format (shared/logs.py), the load
 # tests' settings (loadtest/), and the test suite's (tests/).
@@ -31,7 +32,13 @@ OTHER_VARIABLES = frozenset(
 
 
 def known_variables() -> frozenset[str]:
-    return env_names(GatewayConfig) | env_names(NotifyConfig) | env_names(DemoConfig) | OTHER_VARIABLES
+    return (
+        env_names(GatewayConfig)
+        | env_names(NotifyConfig)
+        | env_names(DemoConfig)
+        | env_names(HttpDemoConfig)
+        | OTHER_VARIABLES
+    )
 
 
 def misspelled(environ: Mapping[str, str]) -> list[str]:

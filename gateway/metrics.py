@@ -57,6 +57,9 @@ NAMES = {
     "recovery_members": "prism_recovery_members",
     "recovery_read_latency": "prism_recovery_read_seconds",
     "recovery_errors": "prism_recovery_errors_total",
+    "http_backend_calls": "prism_http_backend_calls_total",
+    "http_backend_latency": "prism_http_backend_seconds",
+    "api_requests": "prism_api_requests_total",
 }
 
 # Seconds from a backend's publish (header ``Prism-Sent-At``) to the write into the client's socket.
@@ -97,6 +100,13 @@ RECOVERY_SCOPES = ("room", "user")
 RECOVERY_OUTCOMES = ("fresh", "recovered", "partial", "epoch", "not_recoverable", "failed")
 RECOVERY_ERROR_OPS = ("read", "state", "sync")
 RECOVERY_READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# prism_http_backend_calls_total{kind, outcome}: what a node asked an HTTP backend, and how the call ended
+# (after its retries): ok (2xx), status (another HTTP status), refused (no connection), broken (the
+# connection failed mid-call), timeout, busy (the node's concurrency limit and queue for it were full).
+HTTP_BACKEND_KINDS = ("connect", "event", "request", "disconnect", "poll")
+HTTP_BACKEND_OUTCOMES = ("ok", "status", "refused", "broken", "timeout", "busy")
+# Seconds one call to an HTTP backend took, retries and the wait for a free slot included.
+HTTP_BACKEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def _strip_total(name: str) -> str:
@@ -220,6 +230,25 @@ class GatewayMetrics:
             registry=registry,
         )
         self._recovery_metrics(registry)
+        self.http_backend_calls = Counter(
+            _strip_total(n["http_backend_calls"]),
+            "Calls to HTTP backends by backend, kind and outcome (after retries)",
+            ["node", "backend", "kind", "outcome"],
+            registry=registry,
+        )
+        self.http_backend_latency = Histogram(
+            n["http_backend_latency"],
+            "Seconds a call to an HTTP backend took, retries and the wait for a free slot included",
+            ["node", "backend", "kind"],
+            buckets=HTTP_BACKEND_BUCKETS,
+            registry=registry,
+        )
+        self.api_requests = Counter(
+            _strip_total(n["api_requests"]),
+            "Requests to the HTTP API (PRISM_API_PORT) by operation and status",
+            ["node", "operation", "status"],
+            registry=registry,
+        )
         self._start_at_zero(node, routes)
 
     def _recovery_metrics(self, registry: CollectorRegistry) -> None:

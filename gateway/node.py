@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, serve
 
 from gateway.config import GatewayConfig, random_node_id
+from gateway.core.api_auth import ApiCredentials
 from gateway.core.auth import choose_subprotocol
 from gateway.core.history_layout import Recoverable, stream_specs
+from gateway.core.http_backends import HttpRouting
 from gateway.core.hub import Hub, Scope
 from gateway.delivery import Delivery, MembershipOps
 from gateway.io.admission import (
@@ -35,10 +37,14 @@ from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy
 from gateway.io.bus import NatsBus, NatsOptions
 from gateway.io.history import HistoryStore
 from gateway.io.http import HttpRoutes
+from gateway.io.http_api import HttpApi
+from gateway.io.http_backends import HttpBackends
+from gateway.io.http_hooks import HttpHooks
+from gateway.io.http_polls import HttpPolls
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
 from gateway.io.liveness import Liveness
-from gateway.io.outbox import Flusher, LocalConn
+from gateway.io.outbox import Flusher, LocalConn, is_open
 from gateway.io.presence_api import PresenceApi
 from gateway.io.presence_store import BucketOptions, KvPresenceStore, open_bucket, open_bucket_when_ready
 from gateway.io.requests import RequestMux
@@ -56,6 +62,9 @@ from shared.lifecycle import State, not_ready_reason, run_until_signalled
 from shared.listen import check_can_listen
 
 log = logging.getLogger("prism.node")
+
+# Seconds a stopping node waits for HTTP disconnect notifications still in flight.
+HTTP_NOTIFY_GRACE = 10.0
 
 
 class Node:
@@ -90,14 +99,19 @@ class Node:
         self.port = config.port
         # /metrics on a port of its own (PRISM_METRICS_PORT), so a public listener never exposes it.
         self.metrics_server = HealthServer(self.registry, self.is_ready, self.not_ready_reason)
+        self.api: HttpApi | None = None  # the HTTP API (PRISM_API_PORT)
+        self._http: HttpHooks | None = None  # HTTP backends (PRISM_HTTP_BACKENDS_FILE)
+        self._polls: HttpPolls | None = None  # their poll_url loops
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.state = State.STARTING
         keyring = KeyRing(self.config) if self.config.auth_enabled else None  # bad key files fail here
+        http_backends = self.config.http_backends()  # a bad routes file too
         # A taken port fails here, before this node touches NATS or the presence of its node id.
         await check_can_listen(self.config.host, self.config.port, listen.GATEWAY)
         await self._open_metrics_port()  # a busy metrics port fails here too
+        await self._open_api_port(keyring)  # and a busy API port
         options = NatsOptions(
             servers=self.config.nats_servers,
             name=f"prism-gateway-{self.node_id}",
@@ -163,6 +177,11 @@ class Node:
         await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
         self._presence_api = PresenceApi(bus, kv, self.subjects)
         await self._presence_api.start()
+        if http_backends:
+            backends = HttpBackends(HttpRouting(http_backends), self.node_id, self.metrics, _version())
+            await backends.start()
+            self._http = sessions.http = HttpHooks(backends, self.node_id, self.config.max_rooms_per_conn)
+            self._polls = HttpPolls(backends, self.node_id, self._open_conns_of, delivery.to_local_conn)
         await bus.flush()
         # Before accepting anyone: sweep what an earlier process with this id left, start beating, and
         # sweep nodes that died while no one was watching.
@@ -214,6 +233,10 @@ class Node:
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        if self.api is not None:
+            self.api.attach(bus.nc)
+        if self._polls is not None:
+            self._polls.start()
         self.state = State.READY
         self.metrics.ready.labels(node=self.node_id).set(1)
         log.info("node %s ready on port %d", self.node_id, self.port)
@@ -277,6 +300,29 @@ class Node:
         # A port that cannot be used is a user mistake: PortUnavailable, one line and no traceback.
         await self.metrics_server.start(self.config.host, self.config.metrics_port)
         log.info("node %s serves /metrics on port %d", self.node_id, self.metrics_server.port)
+
+    async def _open_api_port(self, keyring: KeyRing | None) -> None:
+        if not self.config.api_port:
+            return
+        config = self.config
+        credentials = ApiCredentials(config.api_keys, config.api_jwt_audience, config.jwt_leeway)
+        api = HttpApi(credentials, keyring, self.subjects, self.metrics, self.node_id, self._api_unavailable)
+        await api.start(config.host, config.api_port)  # ConfigError if the port is taken
+        self.api = api
+        log.info("node %s serves the HTTP API on port %d", self.node_id, api.port)
+
+    def _open_conns_of(self, route: str) -> list[str]:
+        """This node's open connections of ``route``: what a poll of an HTTP backend asks for."""
+        return [cid for cid, m in self.hub.conns.items() if m.handle.route == route and is_open(m.handle)]
+
+    def _api_unavailable(self) -> str | None:
+        """Why the HTTP API cannot publish now: it needs NATS, not the WebSocket listener (so it keeps
+        working while this node drains)."""
+        if self.state not in (State.READY, State.DRAINING):
+            return str(self.state.value)
+        if self._bus is None or not self._bus.connected:
+            return "NATS disconnected"
+        return None
 
     def is_ready(self) -> bool:
         return not_ready_reason(self.state, self._bus is not None and self._bus.connected) is None
@@ -343,6 +389,12 @@ class Node:
             await self._presence_api.stop()
         if self._recovery is not None:
             await self._recovery.stop()
+        if self.api is not None:
+            await self.api.stop()
+        if self._polls is not None:
+            await self._polls.stop()
+        if self._http is not None:  # disconnect notifications of the drained connections go out first
+            await self._http.stop(grace=HTTP_NOTIFY_GRACE)
         if self._repairing is not None:
             self._repairing.cancel()
         if self.liveness is not None:

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.config import GatewayConfig
 from gateway.core.auth import Refresh
+from gateway.core.http_backends import Deny, HttpBackend
 from gateway.core.hub import Hub, JoinOutcome
 from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame, ref_of
 from gateway.core.limits import InboundGuard, Reason, Verdict
@@ -33,11 +34,12 @@ from gateway.io.auth import Access
 from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
 from gateway.io.history import HistoryUnavailable
 from gateway.io.http import split_path, user_from_query
+from gateway.io.http_hooks import ClientError, HttpHooks
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
 from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.presence_store import ConnRecord, PresenceStore, utc_now
-from gateway.io.requests import RequestMux
+from gateway.io.requests import RequestMux, end_span
 from gateway.io.room_presence import RoomPresence
 from gateway.metrics import FRAME_KINDS, GatewayMetrics
 from gateway.recovery import UNAVAILABLE, Recovery, Start
@@ -93,6 +95,7 @@ class Sessions:
         self.access: Access | None = None  # set by the node when authentication is on
         self.keepalive: Keepalive | None = None  # set by the node when keepalive pings are on
         self.recovery: Recovery | None = None  # set by the node when some rooms or users have history
+        self.http: HttpHooks | None = None  # set by the node when HTTP backends are configured
         self.tasks: set[asyncio.Task[Any]] = set()
         # Called when a presence write fails, so the node can bring the bucket back in line later.
         self.on_presence_error: Callable[[], None] = lambda: None
@@ -138,6 +141,15 @@ class Sessions:
             raw_frames=not ws.protocol.extensions,
         )
         logs.bind(self.node_id, conn.conn_id, conn.user)  # this connection's task logs with its ids
+        rooms: tuple[str, ...] = ()
+        if self.http is not None:  # an HTTP connect backend may refuse it, or name its user and rooms
+            headers = ws.request.headers if ws.request else {}
+            decision = await self.http.connect(conn, query, headers, identity)
+            if isinstance(decision, Deny):
+                await self._bounded_close(conn, decision.code, decision.reason)
+                return
+            rooms = decision.rooms
+            logs.bind(self.node_id, conn.conn_id, conn.user)
         try:
             wants_user_history, user_position = user_recovery(query)  # checked before the upgrade
         except ValueError:
@@ -154,6 +166,8 @@ class Sessions:
             if self.recovery is not None:
                 await self.recovery.closed(conn)
             return
+        for room in rooms:  # before the client's first frame is read
+            await self.join(conn, room)
         if self.access is not None and identity is not None:
             self.access.opened(conn, identity)  # closes it with 4501 when the token expires
         try:
@@ -235,6 +249,8 @@ class Sessions:
         extra: dict[str, object] = {"code": code, "reason": reason, "rooms": sorted(rooms)}
         extra["disconnected_at"] = utc_now()
         await self._lifecycle(self.subjects.client_disconnect, conn, extra)
+        if self.http is not None:
+            self.http.disconnected(conn, extra)
         self._route_metrics(conn.route)[1].dec()
         self.metrics.disconnects.labels(node=self.node_id, code=str(code)).inc()
         self._set_idle()
@@ -476,6 +492,8 @@ class Sessions:
             self._frames_in["event" if event.ref is None else "request"].inc()
             self.send_error(conn, event.ref, ErrorCode.FORBIDDEN, denied)
             return False
+        if self.http is not None and (backend := self.http.backend_for(conn, event.name)) is not None:
+            return await self._send_http_event(conn, event, backend, span)
         subject = self.subjects.client_event(event.name)
         event_line = b"%s: %s\r\n" % (_EVENT_KEY, event.name.encode())
         block = header_block(conn.header_lines + event_line + trace_lines)
@@ -484,10 +502,7 @@ class Sessions:
             await self._publish(conn, subject, block, event.data, None)
             return False
         self._frames_in["request"].inc()
-        if conn.inflight_requests >= self.config.max_inflight_requests:
-            limit = self.config.max_inflight_requests
-            self.rejections.count(Reason.TOO_MANY_REQUESTS)
-            self.send_error(conn, event.ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
+        if self._too_many_requests(conn, event.ref):
             return False
         conn.inflight_requests += 1
         try:
@@ -496,6 +511,45 @@ class Sessions:
             conn.inflight_requests -= 1
             self.send_error(conn, event.ref, ErrorCode.BACKEND_UNAVAILABLE, f"cannot reach backends: {exc}")
             return False
+        return True
+
+    def _too_many_requests(self, conn: LocalConn, ref: Ref) -> bool:
+        """Refuse (with an error frame) a request over ``max_inflight_requests`` awaiting replies."""
+        if conn.inflight_requests < self.config.max_inflight_requests:
+            return False
+        limit = self.config.max_inflight_requests
+        self.rejections.count(Reason.TOO_MANY_REQUESTS)
+        self.send_error(conn, ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
+        return True
+
+    async def _send_http_event(
+        self, conn: LocalConn, event: Event, backend: HttpBackend, span: Span | None
+    ) -> bool:
+        """An event or request for an HTTP backend. An event is sent before the connection's next frame
+        is read (so a connection's events reach the backend in order); requests run side by side."""
+        assert self.http is not None
+        if event.ref is None:
+            self._frames_in["event"].inc()
+            failed = await self.http.event(conn, backend, event)
+            if failed is not None:
+                self.send_error(conn, None, *failed)
+            return False
+        self._frames_in["request"].inc()
+        if self._too_many_requests(conn, event.ref):
+            return False
+        conn.inflight_requests += 1
+        ref = event.ref
+
+        def done(failed: ClientError | None, body: bytes) -> None:
+            conn.inflight_requests -= 1
+            if failed is None:
+                self._send(conn, frames.reply(ref, body))
+            else:
+                self.send_error(conn, ref, *failed)
+            if span is not None:
+                end_span(span, failed[0] if failed else None)
+
+        self.http.request(conn, backend, event, done)
         return True
 
     def on_answer(

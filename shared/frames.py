@@ -57,6 +57,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     NO_RESPONDERS = "no_responders"
     BACKEND_UNAVAILABLE = "backend_unavailable"
+    BACKEND_ERROR = "backend_error"  # an HTTP backend answered the event or request with an error status
     FORBIDDEN = "forbidden"  # the token (or the authorization callout) does not allow it
     INVALID_TOKEN = "invalid_token"  # a refresh token was refused; the current one stays in force
     RATE_LIMITED = "rate_limited"  # over the connection's message rate: this message was dropped

@@ -69,6 +69,7 @@ class LocalConn:
     inflight_requests: int = 0
     header_lines: bytes = b""  # its identity headers in NATS wire form, encoded once at open
     keepalive_slot: int = -1  # its slot in the node's Keepalive ring, -1 when not in it
+    claims: bytes = b"{}"  # JSON an HTTP connect backend gave it, sent with its later HTTP backend calls
 
 
 def is_open(conn: LocalConn) -> bool:

@@ -74,20 +74,21 @@ class RequestMux:
             return  # answered already: it timed out
         pending.timer.cancel()
         if headers is not None and headers.get(h.STATUS) == "503":
-            _end(pending.span, ErrorCode.NO_RESPONDERS)
+            end_span(pending.span, ErrorCode.NO_RESPONDERS)
             self._answer(pending.conn, pending.ref, pending.event, None, ErrorCode.NO_RESPONDERS)
         else:
-            _end(pending.span, None)
+            end_span(pending.span, None)
             self._answer(pending.conn, pending.ref, pending.event, data, None)
 
     def _expire(self, token: str) -> None:
         pending = self._pending.pop(token, None)
         if pending is not None:
-            _end(pending.span, ErrorCode.TIMEOUT)
+            end_span(pending.span, ErrorCode.TIMEOUT)
             self._answer(pending.conn, pending.ref, pending.event, None, ErrorCode.TIMEOUT)
 
 
-def _end(span: Span | None, error: ErrorCode | None) -> None:
+def end_span(span: Span | None, error: ErrorCode | None) -> None:
+    """End a client request's span (tracing on), marked as failed with ``error`` if there is one."""
     if span is None:
         return
     if error is not None:

@@ -4,6 +4,7 @@ reaches the backend in the message headers, and with tracing off nothing is reco
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,6 +18,7 @@ from shared.client import PrismClient
 from shared.errors import RequestFailed
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
+from tests.integration.http_backend_support import RecordingBackend, reply, routes_file
 from tests.integration.test_client_to_backend import collect
 from tests.tracing_support import Traces, traces
 
@@ -144,3 +146,27 @@ async def test_with_tracing_off_nothing_is_recorded_or_added(make_node: NodeFact
     assert msg.headers is not None
     assert "traceparent" not in msg.headers
     assert [s.name for s in watcher.spans()] == ["backend publish"]
+
+
+async def test_a_request_to_an_http_backend_carries_its_span_and_ends_it_with_the_outcome(
+    make_node: NodeFactory, traces: Traces, tmp_path: Path
+) -> None:
+    http = await RecordingBackend().start()
+    try:
+        backend = {"name": "app", "event_url": http.url("event"), "events": ["app.*"], "unsigned": True}
+        node = await make_node(http_backends_file=routes_file(tmp_path, backend))
+        http.then("event", reply(200, b"{}"), reply(500))
+        async with await PrismClient.connect(ws_url(node)) as client:
+            await client.request("app.ok", {})
+            with pytest.raises(RequestFailed):
+                await client.request("app.fail", {})
+    finally:
+        await http.stop()
+    (ok,) = traces.spans("prism.client_event app.ok")
+    assert ok.context is not None
+    assert _trace_id(http.of("event")[0].headers["traceparent"]) == ok.context.trace_id
+    assert ok.status.status_code is not StatusCode.ERROR
+    (failed,) = traces.spans("prism.client_event app.fail")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None
+    assert failed.attributes["prism.error"] == "backend_error"

@@ -37,6 +37,8 @@ def test_the_gateways_label_values_are_listed() -> None:
         ("| `scope` (the `prism_recovery*` metrics)", set(gm.RECOVERY_SCOPES)),
         ("| `outcome` (`prism_recoveries_total`)", set(gm.RECOVERY_OUTCOMES)),
         ("| `prism_recovery_errors_total{op}`", set(gm.RECOVERY_ERROR_OPS)),
+        ("| `kind` (`prism_http_backend_calls_total`", set(gm.HTTP_BACKEND_KINDS)),
+        ("| `outcome` (`prism_http_backend_calls_total`)", set(gm.HTTP_BACKEND_OUTCOMES)),
     ]:
         row = _row(doc, starts)
         assert values <= _listed(row), f"{starts}: missing {sorted(values - _listed(row))}"
