@@ -10,7 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.core.auth import secret_key
+from gateway.core.history_layout import entry_error as history_entry_error
+from gateway.core.history_layout import stream_name_error
 from gateway.core.http_backends import BackendConfigError, HttpBackend, parse_backends
+from gateway.core.hub import Scope
 from gateway.core.limits import origin_pattern_error
 from gateway.core.liveness import DEFAULT_TTL
 from gateway.core.room_presence import pattern_error as room_pattern_error
@@ -94,6 +97,25 @@ class GatewayConfig(NatsSettings):
         5.0, "seconds a user must stay out of a room before its leave is announced (reconnects inside: none)"
     )
     presence_batch: float = setting(0.2, "seconds over which a room's join/leave events are coalesced")
+    # Missed-message recovery (docs/protocol.md, "Recovery"): rooms and users whose messages are kept in
+    # JetStream, so a client that reconnects to any node with its positions gets what it missed.
+    recover_rooms: tuple[str, ...] = setting(
+        (), "rooms whose messages are kept for recovery: names, or '*' for every room, comma-separated"
+    )
+    recover_users: tuple[str, ...] = setting(
+        (), "users whose messages are kept for recovery: ids, or '*' for every user, comma-separated"
+    )
+    recover_history: int = setting(1000, "messages kept per recoverable room and per user (oldest go first)")
+    recover_ttl: float = setting(300.0, "seconds a message is kept for recovery")
+    recover_max_bytes: int = setting(
+        1 << 30, "bytes each history stream (rooms, users) keeps at most, oldest go first; -1: no limit"
+    )
+    recover_replicas: int = setting(1, "replicas of the history streams when this node creates them")
+    recover_storage: str = setting("file", "storage of the history streams: file or memory")
+    recover_stream: str = setting("RECOVERY", "name of the history streams: <name>_ROOMS, <name>_USERS")
+    recover_sync: float = setting(
+        10.0, "seconds between checks that move quiet positions forward and catch a live message missed"
+    )
     close_timeout: float = setting(
         3.0,
         "seconds to wait for a client's close frame before dropping TCP (bounds a slow consumer's memory)",
@@ -194,6 +216,7 @@ class GatewayConfig(NatsSettings):
             seconds = getattr(self, name)
             if not 0 <= seconds < math.inf:
                 raise ConfigError(f"{name} must be zero or a positive number of seconds, got {seconds}")
+        self._validate_recovery()
         for url in self.console_nodes:
             if not url.startswith(("ws://", "wss://")) or any(c.isspace() for c in url):
                 raise ConfigError(f"console_nodes must be ws:// or wss:// URLs, got {url!r}")
@@ -202,6 +225,29 @@ class GatewayConfig(NatsSettings):
         self._validate_limits()
         self._validate_api()
         self.http_backends()  # a routes file that cannot be used stops the start here
+
+    def _validate_recovery(self) -> None:
+        for scope, entries in ((Scope.ROOM, self.recover_rooms), (Scope.USER, self.recover_users)):
+            for entry in entries:
+                if (problem := history_entry_error(scope, entry)) is not None:
+                    raise ConfigError(problem)
+        if (problem := stream_name_error(self.recover_stream)) is not None:
+            raise ConfigError(problem)
+        if not 1 <= self.recover_history <= 1_000_000:
+            raise ConfigError(f"recover_history must be 1 to 1000000 messages, got {self.recover_history}")
+        if not 1 <= self.recover_ttl < math.inf:
+            raise ConfigError(f"recover_ttl must be at least 1 second, got {self.recover_ttl}")
+        if not 0 < self.recover_sync <= self.recover_ttl / 2:
+            raise ConfigError(
+                f"recover_sync must be positive and at most half of recover_ttl ({self.recover_ttl:g}s), "
+                f"or positions of quiet rooms fall out of the history; got {self.recover_sync}"
+            )
+        if self.recover_max_bytes != -1 and self.recover_max_bytes < 1024:
+            raise ConfigError(f"recover_max_bytes must be -1 or at least 1024, got {self.recover_max_bytes}")
+        if not 1 <= self.recover_replicas <= 5:
+            raise ConfigError(f"recover_replicas must be 1 to 5, got {self.recover_replicas}")
+        if self.recover_storage not in ("file", "memory"):
+            raise ConfigError(f"recover_storage must be 'file' or 'memory', got {self.recover_storage!r}")
 
     def _validate_metrics_port(self) -> None:
         if not 0 <= self.metrics_port <= 65535:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -66,6 +66,25 @@ class Delivery:
         self._control_conn_offset = len(prefix) + len("control.conn.")
         self._control_user_offset = len(prefix) + len("control.user.")
         self._tally = metrics.hot
+        # Recovering members (gateway/recovery.py), by room and by user: they get these messages from the
+        # history stream, with positions, so the core path leaves them out. Empty unless recovery is on.
+        self._recovering_rooms: Mapping[str, Container[str]] = {}
+        self._recovering_users: Mapping[str, Container[str]] = {}
+        self._stored: Callable[[Scope, str], bool] = lambda scope, name: False
+
+    def use_recovery(
+        self,
+        rooms: Mapping[str, Container[str]],
+        users: Mapping[str, Container[str]],
+        stored: Callable[[Scope, str], bool],
+    ) -> None:
+        """Leave out the recovering members that ``rooms`` and ``users`` (live views) hold, and send no
+        receipt for a room or user that ``stored`` says has history: there the history stream's
+        JetStream acknowledgement is the one answer (a receipt arriving first would be taken for it by a
+        JetStream client, and fail its publish)."""
+        self._recovering_rooms = rooms
+        self._recovering_users = users
+        self._stored = stored
 
     def handler_for(self, scope: Scope) -> Handler:
         return self.on_room if scope is Scope.ROOM else self.on_user
@@ -144,13 +163,25 @@ class Delivery:
     def on_user(
         self, subject: str, reply: str, data: bytes, headers: Headers | None
     ) -> Awaitable[None] | None:
-        members = self.hub.user_conns(subject[self._user_offset :])
+        user = subject[self._user_offset :]
+        members: Iterable[LocalConn] = self.hub.user_conns(user)
+        recovering = self._recovering_users.get(user)
+        if recovering is not None:
+            members = [m for m in members if m.conn_id not in recovering]
+        if reply and self._stored(Scope.USER, user):
+            reply = ""
         return self._fan_out("user", list(members) if reply else members, reply, data, headers)
 
     def on_room(
         self, subject: str, reply: str, data: bytes, headers: Headers | None
     ) -> Awaitable[None] | None:
-        members = self.hub.room_members(subject[self._room_offset :])
+        room = subject[self._room_offset :]
+        members: Iterable[LocalConn] = self.hub.room_members(room)
+        recovering = self._recovering_rooms.get(room)
+        if recovering is not None:
+            members = [m for m in members if m.conn_id not in recovering]
+        if reply and self._stored(Scope.ROOM, room):
+            reply = ""
         return self._fan_out("room", list(members) if reply else members, reply, data, headers)
 
     def on_broadcast(

@@ -53,6 +53,14 @@ NAMES = {
     "outbound_pending_bytes": "prism_outbound_pending_bytes",
     "outbound_max_pending_bytes": "prism_outbound_max_pending_bytes",
     "presence_op_latency": "prism_presence_op_seconds",
+    "recoveries": "prism_recoveries_total",
+    "recovery_replayed": "prism_recovery_replayed_messages_total",
+    "recovery_delivered": "prism_recovery_delivered_messages_total",
+    "recovery_repairs": "prism_recovery_repairs_total",
+    "recovery_gaps": "prism_recovery_gaps_total",
+    "recovery_members": "prism_recovery_members",
+    "recovery_read_latency": "prism_recovery_read_seconds",
+    "recovery_errors": "prism_recovery_errors_total",
     "http_backend_calls": "prism_http_backend_calls_total",
     "http_backend_latency": "prism_http_backend_seconds",
     "api_requests": "prism_api_requests_total",
@@ -87,6 +95,15 @@ FRAME_KINDS = ("command", "event", "request", "message", "invalid")
 DISCONNECT_CODES = tuple(str(code) for code in sorted({*map(int, CloseCode), 1005, 1006}))
 CLIENT_ERROR_CODES = tuple(code.value for code in ErrorCode)
 REJECTION_REASONS = (*(reason.value for reason in Reason), *AUTH_REJECTIONS)
+# Recovery (gateway/recovery.py). scope: a room's or a user's history. The outcome of a request for
+# positions: "fresh" (no position given: from now on), "recovered" (everything missed follows), "partial"
+# (the history no longer covers the gap: the client is told), "epoch" (the position is from a stream
+# that no longer exists), "not_recoverable" (no history for it: plain deliveries), "failed" (the history
+# could not be read: closed with 1013 to try again). errors: the history operation that failed.
+RECOVERY_SCOPES = ("room", "user")
+RECOVERY_OUTCOMES = ("fresh", "recovered", "partial", "epoch", "not_recoverable", "failed")
+RECOVERY_ERROR_OPS = ("read", "state", "sync")
+RECOVERY_READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # prism_http_backend_calls_total{kind, outcome}: what a node asked an HTTP backend, and how the call ended
 # (after its retries): ok (2xx), status (another HTTP status), refused (no connection), broken (the
 # connection failed mid-call), timeout, busy (the node's concurrency limit and queue for it were full).
@@ -222,6 +239,7 @@ class GatewayMetrics:
             buckets=PRESENCE_BUCKETS,
             registry=registry,
         )
+        self._recovery_metrics(registry)
         self.http_backend_calls = Counter(
             _strip_total(n["http_backend_calls"]),
             "Calls to HTTP backends by backend, kind and outcome (after retries)",
@@ -242,6 +260,52 @@ class GatewayMetrics:
             registry=registry,
         )
         self._start_at_zero(node, routes)
+
+    def _recovery_metrics(self, registry: CollectorRegistry) -> None:
+        n = NAMES
+        self.recoveries = Counter(
+            _strip_total(n["recoveries"]),
+            "Requests for positions (a recover join, a connection with recover=user), by scope and outcome",
+            ["node", "scope", "outcome"],
+            registry=registry,
+        )
+        self.recovery_replayed = Counter(
+            _strip_total(n["recovery_replayed"]),
+            "Messages sent to clients from the history (what they missed), by scope",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_repairs = Counter(
+            _strip_total(n["recovery_repairs"]),
+            "History reads for a live message that never arrived (a republish lost in a NATS reconnect)",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_gaps = Counter(
+            _strip_total(n["recovery_gaps"]),
+            "Clients told that messages were lost (recovered: false) after they were live, by scope",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_members = Gauge(
+            n["recovery_members"],
+            "Recovering memberships on this node (a connection in a room or its user stream), by scope",
+            ["node", "scope"],
+            registry=registry,
+        )
+        self.recovery_read_latency = Histogram(
+            n["recovery_read_latency"],
+            "Seconds a history read took (the read and the stream state after it)",
+            ["node"],
+            buckets=RECOVERY_READ_BUCKETS,
+            registry=registry,
+        )
+        self.recovery_errors = Counter(
+            _strip_total(n["recovery_errors"]),
+            "Failed history operations, by op",
+            ["node", "op"],
+            registry=registry,
+        )
 
     def _start_at_zero(self, node: str, routes: Iterable[str]) -> None:
         """Create every series whose labels are known (see :data:`DELIVERY_OUTCOMES` and the others), at 0,
@@ -282,17 +346,28 @@ class GatewayMetrics:
             self.presence_op_latency.labels(node=node, op=op)
         for action in ("rewrite", "purge"):
             self.presence_repairs.labels(node=node, action=action)
+        for scope in RECOVERY_SCOPES:
+            for outcome in RECOVERY_OUTCOMES:
+                self.recoveries.labels(node=node, scope=scope, outcome=outcome)
+            for metric in (self.recovery_replayed, self.recovery_repairs):
+                metric.labels(node=node, scope=scope)
+            self.hot.recovered[scope] += 0
+            self.recovery_gaps.labels(node=node, scope=scope)
+        self.recovery_read_latency.labels(node=node)
+        for op in RECOVERY_ERROR_OPS:
+            self.recovery_errors.labels(node=node, op=op)
 
 
 class DeliveryCounters:
     """Per-message counts kept as plain ints on the delivery hot path (a prometheus_client Counter takes a
     lock per increment); :class:`_DeliveryCollector` exports them when Prometheus scrapes."""
 
-    __slots__ = ("delivered", "outcomes")
+    __slots__ = ("delivered", "outcomes", "recovered")
 
     def __init__(self) -> None:
         self.delivered: Tally[str] = Tally()  # target -> messages queued to sockets, one per recipient
         self.outcomes: Tally[tuple[str, str]] = Tally()  # (target, outcome) -> backend messages
+        self.recovered: Tally[str] = Tally()  # scope -> live messages with positions queued to sockets
 
 
 class _DeliveryCollector(Collector):
@@ -315,8 +390,16 @@ class _DeliveryCollector(Collector):
         )
         for target, count in sorted(self.counters.delivered.items()):
             delivered.add_metric([self.node, target], count)
+        recovered = CounterMetricFamily(
+            _strip_total(NAMES["recovery_delivered"]),
+            "Live messages with positions queued to client sockets (one per recipient), by scope",
+            labels=["node", "scope"],
+        )
+        for scope, count in sorted(self.counters.recovered.items()):
+            recovered.add_metric([self.node, scope], count)
         yield deliveries
         yield delivered
+        yield recovered
 
 
 class TimedPresence:

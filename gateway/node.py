@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
@@ -22,8 +23,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from gateway.config import GatewayConfig, random_node_id
 from gateway.core.api_auth import ApiCredentials
 from gateway.core.auth import choose_subprotocol
+from gateway.core.history_layout import Recoverable, stream_specs
 from gateway.core.http_backends import HttpRouting
-from gateway.core.hub import Hub
+from gateway.core.hub import Hub, Scope
 from gateway.delivery import Delivery, MembershipOps
 from gateway.io.admission import (
     INBOUND_QUEUE_FRAMES,
@@ -34,6 +36,7 @@ from gateway.io.admission import (
 )
 from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy_of
 from gateway.io.bus import NatsBus, NatsOptions
+from gateway.io.history import HistoryStore
 from gateway.io.http import HttpRoutes
 from gateway.io.http_api import HttpApi
 from gateway.io.http_backends import HttpBackends
@@ -56,6 +59,7 @@ from gateway.io.room_presence import RoomPresence
 from gateway.io.static import StaticSite
 from gateway.io.tasks import cancel_and_wait
 from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
+from gateway.recovery import Recovery
 from gateway.session import Sessions
 from gateway.traces import TracedDelivery
 from shared import listen, logs, tracing
@@ -97,6 +101,7 @@ class Node:
         self._draining: asyncio.Future[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._room_presence: RoomPresence | None = None
+        self._recovery: Recovery | None = None
         self._presence_api: PresenceApi | None = None
         self.liveness: Liveness | None = None
         self.writer: PresenceWriter | None = None
@@ -159,13 +164,15 @@ class Node:
         sessions: Sessions
         ops = MembershipOps(
             join=lambda conn, room: sessions.join(conn, room),
-            leave=lambda conn, room: sessions.leave(conn, room),
+            leave=lambda conn, room: sessions.leave_room(conn, room),
             close=lambda conn, code, reason: sessions.close(conn, code, reason),
         )
         delivery = Delivery(self.node_id, self.subjects, self.hub, self.flusher, bus, self.metrics, ops)
         # With tracing on, deliveries that carry a traceparent continue the trace (gateway/traces.py).
         handlers = TracedDelivery(delivery) if tracing.tracer is not None else delivery
-        interests = InterestSync(bus, self.hub.wants, delivery.subject_for, handlers.handler_for)
+        recovery = self._recovery = self._make_recovery(bus, delivery, lambda: sessions)
+        wants = recovery.wants_core if recovery is not None else self.hub.wants
+        interests = InterestSync(bus, wants, delivery.subject_for, handlers.handler_for)
         requests = RequestMux(bus, self.config.request_timeout, lambda *answer: sessions.on_answer(*answer))
         await requests.start()
         sessions = self._sessions = Sessions(
@@ -179,6 +186,10 @@ class Node:
             requests,
             self.metrics,
         )
+        sessions.recovery = recovery
+        if recovery is not None:
+            # Creates or updates the history streams (a refusal stops the start; JetStream not ready: wait).
+            await self._steps.run("JetStream to serve the history streams", recovery.start)
         if authenticator is not None:
             callout = None
             if self.config.authz_subject:
@@ -298,6 +309,40 @@ class Node:
             create_connection=self._connections,
         )
 
+    def _make_recovery(
+        self, bus: NatsBus, delivery: Delivery, sessions: Callable[[], Sessions]
+    ) -> Recovery | None:
+        """Missed-message recovery, when some rooms or users have history (PRISM_RECOVER_*)."""
+        config = self.config
+        recoverable = Recoverable(config.recover_rooms, config.recover_users)
+        if not recoverable:
+            return None
+        specs = stream_specs(
+            recoverable,
+            self.subjects,
+            config.recover_stream,
+            history=config.recover_history,
+            ttl=config.recover_ttl,
+            max_bytes=config.recover_max_bytes,
+            replicas=config.recover_replicas,
+            storage=config.recover_storage,
+        )
+        recovery = Recovery(
+            config,
+            self.node_id,
+            self.hub,
+            self.flusher,
+            bus,
+            HistoryStore(bus.nc, specs, bus.subscribe),
+            self.metrics,
+            close=lambda conn, code, reason: sessions().close(conn, code, reason),
+            slow_consumer=lambda conn: sessions().slow_consumer(conn),
+        )
+        delivery.use_recovery(
+            recovery.channels[Scope.ROOM], recovery.channels[Scope.USER], recovery.recoverable.matches
+        )
+        return recovery
+
     async def _open_metrics_port(self) -> None:
         if not self.config.metrics_port:
             return
@@ -400,6 +445,8 @@ class Node:
             await self._room_presence.stop()
         if self._presence_api is not None:
             await self._presence_api.stop()
+        if self._recovery is not None:
+            await self._recovery.stop()
         if self.api is not None:
             await self.api.stop()
         if self._polls is not None:
@@ -442,6 +489,8 @@ class Node:
         if connected:
             self.metrics.nats_reconnects.labels(node=self.node_id).inc()
             self._schedule_repair(0.0)
+            if self._recovery is not None:
+                self._recovery.resync()  # republished messages sent while disconnected are lost
 
     def _schedule_repair(self, delay: float = 1.0) -> None:
         """Make the registry match this node's connections soon: after NATS comes back, or after presence

@@ -8,6 +8,7 @@ Opening registers the connection in the hub and the presence bucket, announces i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -29,9 +30,11 @@ from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame, re
 from gateway.core.lifecycle_events import event_body, identity_headers
 from gateway.core.limits import InboundGuard, Reason, Verdict
 from gateway.core.presence_writes import ConnRecord, LocalState
+from gateway.core.recovery import user_recovery
 from gateway.io.admission import Rejections, rate_policy
 from gateway.io.auth import Access
 from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
+from gateway.io.history import HistoryUnavailable
 from gateway.io.http import split_path, user_from_query
 from gateway.io.http_hooks import ClientError, HttpHooks
 from gateway.io.interests import InterestSync
@@ -41,6 +44,7 @@ from gateway.io.presence_writer import PresenceOps, PresenceUnavailable
 from gateway.io.requests import RequestMux, end_span
 from gateway.io.room_presence import RoomPresence
 from gateway.metrics import FRAME_KINDS, GatewayMetrics
+from gateway.recovery import UNAVAILABLE, Recovery, Start
 from shared import frames, logs, tracing
 from shared import headers as h
 from shared.close_codes import CloseCode
@@ -93,6 +97,7 @@ class Sessions:
         self.room_presence: RoomPresence | None = None  # set by the node when room presence is on
         self.access: Access | None = None  # set by the node when authentication is on
         self.keepalive: Keepalive | None = None  # set by the node when keepalive pings are on
+        self.recovery: Recovery | None = None  # set by the node when some rooms or users have history
         self.http: HttpHooks | None = None  # set by the node when HTTP backends are configured
         self.tasks: set[asyncio.Task[Any]] = set()
         # Set while no connection is between its registration and its disconnect event (drain waits on
@@ -149,11 +154,27 @@ class Sessions:
                 return
             rooms = decision.rooms
             logs.bind(self.node_id, conn.conn_id, conn.user)
+        try:
+            wants_user_history, user_position = user_recovery(query)  # checked before the upgrade
+        except ValueError:
+            wants_user_history, user_position = False, None
+        user_start: Start | None = None
+        if wants_user_history and self.recovery is not None:
+            try:
+                user_start = await self.recovery.reserve_user(conn, user_position)
+            except HistoryUnavailable:
+                await self.recovery.closed(conn)
+                await self._bounded_close(conn, CloseCode.TRY_AGAIN_LATER, UNAVAILABLE)
+                return
         if not await self._open(conn, rooms):
+            if self.recovery is not None:
+                await self.recovery.closed(conn)
             return
         if self.access is not None and identity is not None:
             self.access.opened(conn, identity)  # closes it with 4501 when the token expires
         try:
+            if wants_user_history:
+                await self._start_user_history(conn, user_start)
             guard = self._watch_idle(conn) if self.config.idle_timeout > 0 else None
             async for message in ws:
                 if self._guard_inbound:
@@ -167,7 +188,17 @@ class Sessions:
         except ConnectionClosed:
             pass
         finally:
+            if self.recovery is not None:
+                await self.recovery.closed(conn)  # before the hub forgets it: see Recovery.wants_core
             await self._closed(conn)
+
+    async def _start_user_history(self, conn: LocalConn, start: Start | None) -> None:
+        """After the welcome of a connection opened with ``?recover=user``: its user's ``recovery`` frame,
+        what it missed, then live deliveries with positions (or, with no history, ``recoverable: false``)."""
+        if self.recovery is not None:
+            await self.recovery.start_user(conn, start)
+        else:
+            self._send(conn, frames.not_recoverable("user", conn.user))  # type: ignore[arg-type]
 
     async def _open(self, conn: LocalConn, rooms: tuple[str, ...] = ()) -> bool:
         """Register ``conn`` (in ``rooms``, which a connect backend named): hub, subscriptions, presence
@@ -371,7 +402,7 @@ class Sessions:
                 self.send_error(conn, command.ref, ErrorCode.FORBIDDEN, denied)
                 return
             try:
-                outcome = await self.join(conn, command.room)
+                outcome = await self._join_command(conn, command)
             except PresenceUnavailable:
                 text = "the presence registry is unavailable: not joined, try again later"
                 self.send_error(conn, command.ref, ErrorCode.UNAVAILABLE, text)
@@ -390,7 +421,7 @@ class Sessions:
                 self.send_error(conn, command.ref, refused.error_code, refused.message)
         elif isinstance(command, Leave):
             self._frames_in["command"].inc()
-            await self.leave(conn, command.room)
+            await self.leave_room(conn, command.room)
             self._send(conn, frames.ok(command.ref))
         elif isinstance(command, Event):
             await self._on_event(conn, command)
@@ -399,6 +430,24 @@ class Sessions:
             kind = _FRAME_BINARY_LINE if command.binary else _FRAME_TEXT_LINE
             block = header_block(conn.header_lines + kind)
             await self._publish(conn, self.subjects.client_message, block, command.payload, None)
+
+    async def _join_command(self, conn: LocalConn, command: Join) -> JoinOutcome:
+        """A client's join; with ``"recover": true`` through recovery (docs/protocol.md, "Recovery")."""
+        if not command.recover:
+            return await self.join(conn, command.room)
+        if self.recovery is not None:
+            join = functools.partial(self.join, conn, command.room)
+            return await self.recovery.join_room(conn, command.room, command.position, join)
+        outcome = await self.join(conn, command.room)
+        if outcome is JoinOutcome.JOINED:  # recovery is not configured: no room has history
+            self._send(conn, frames.not_recoverable("room", command.room))
+        return outcome
+
+    async def leave_room(self, conn: LocalConn, room: str) -> bool:
+        """Leave ``room`` (a client's leave, or a backend's control leave), recovering or not."""
+        if self.recovery is not None:
+            await self.recovery.left(conn, room)  # first: see Recovery.wants_core
+        return await self.leave(conn, room)
 
     async def join(self, conn: LocalConn, room: str) -> JoinOutcome:
         """Join ``room``; returns once the subscription and the room key are in place (raises

@@ -127,7 +127,10 @@ class Client(WSListener):
 
 
 class Fleet:
-    """The clients of one run, with shared counters: deliveries, latencies, a throughput timeline."""
+    """The clients of one run, with shared counters: deliveries, latencies, a throughput timeline.
+    ``client_class`` makes each client (a subclass may watch more control frames)."""
+
+    client_class: type[Client] = Client
 
     def __init__(self, dialect: Dialect | None = None) -> None:
         self.dialect = dialect or Dialect()
@@ -207,7 +210,7 @@ class Fleet:
 
         def factory() -> Client:
             nonlocal client
-            client = Client(self, sampled=sampled)
+            client = self.client_class(self, sampled=sampled)
             return client
 
         await ws_connect(factory, url, websocket_handshake_timeout=timeout, enable_auto_pong=True)

@@ -60,7 +60,9 @@ class PrismBackend:
         A ``conn.`` target has one owner, so this returns at its receipt. For ``user.``/``room.`` every
         node with a recipient answers: receipts are collected until ``window`` seconds after the first.
         Raises ``nats.errors.NoRespondersError`` when nobody holds the target (a gone connection, an
-        empty room), and returns ``[]`` if no receipt came within ``timeout``.
+        empty room), and returns ``[]`` if no receipt came within ``timeout``. A recoverable room or user
+        (docs/protocol.md section 16) answers with the history stream's acknowledgement instead, which
+        is not a receipt: this returns ``[]`` a ``window`` after it (use :meth:`store` there).
         """
         data = payload.encode() if isinstance(payload, str) else payload
         headers = self._headers(binary)
@@ -82,16 +84,37 @@ class PrismBackend:
                 return answers
             if first.headers and first.headers.get(h.STATUS) == "503":
                 raise nats.errors.NoRespondersError
-            answers.append(orjson.loads(first.data))
+            answers += _answer(first)
             deadline = asyncio.get_running_loop().time() + window
             while (left := deadline - asyncio.get_running_loop().time()) > 0:
                 try:
-                    answers.append(orjson.loads((await asyncio.wait_for(replies.get(), left)).data))
+                    answers += _answer(await asyncio.wait_for(replies.get(), left))
                 except TimeoutError:
                     break
         finally:
             await sub.unsubscribe()
         return answers
+
+    async def store(
+        self,
+        subject: str,
+        payload: bytes | str,
+        *,
+        binary: bool = False,
+        msg_id: str | None = None,
+        timeout: float = 5.0,
+    ) -> int:
+        """Publish to a recoverable room or user (docs/protocol.md section 16) through JetStream, and
+        return the message's stream sequence once it is stored: it then reaches every member online with
+        recovery on, and every one that comes back within the history window. ``msg_id`` (the header
+        ``Nats-Msg-Id``) makes a retry after a lost acknowledgement store it once. Raises
+        ``nats.js.errors.NoStreamResponseError`` if no history stream captures ``subject``."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        headers = self._headers(binary) or {}
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
+        ack = await self.nc.jetstream().publish(subject, data, timeout=timeout, headers=headers or None)
+        return int(ack.seq)
 
     async def control(self, subject: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         """A control request to one connection's node; raises NoRespondersError if it is gone."""
@@ -182,6 +205,13 @@ class PrismBackend:
         if "error" in answer:
             raise PresenceQueryError(str(answer["error"]), str(answer.get("message", "")))
         return answer
+
+
+def _answer(msg: Msg) -> list[dict[str, Any]]:
+    """A receipt or control reply as a one-item list; a history stream's JetStream acknowledgement
+    (``{"stream","seq"}``, on a recoverable room or user) is not one: an empty list."""
+    answer: dict[str, Any] = orjson.loads(msg.data)
+    return [] if "stream" in answer and "seq" in answer else [answer]
 
 
 class PresenceQueryError(Exception):

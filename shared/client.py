@@ -34,6 +34,13 @@ presence frames themselves.
 Rooms a backend joined on the client's behalf (``control.conn.<id>.join``) are not tracked by the client:
 the backend sees the new connection on ``client.connect`` and can join it again.
 
+Missed-message recovery (docs/protocol.md, "Recovery"): ``await client.join("lobby", recover=True)`` and
+``PrismClient.connect(..., recover=True)`` (the user's own stream) make the node send positions with
+each delivery of a recoverable room or user. The client keeps them (``client.positions``) and sends
+them on every rejoin and reconnect, to whichever node it reaches, which first sends what it missed, in
+order, with no duplicates. Each outcome goes to ``client.recoveries`` (and ``on_recovery``): a
+:class:`shared.positions.Recovery` whose ``recovered`` is False when messages were lost.
+
 Run ``python -m shared.client URL [URL ...]`` for a tiny interactive console that prints what arrives.
 """
 
@@ -62,6 +69,8 @@ from shared import frames
 from shared.backoff import Backoff, BackoffSchedule
 from shared.close_codes import CloseCode, should_reconnect
 from shared.errors import ClientError, ConnectFailed, ConnectionLost, RequestFailed
+from shared.frames import Position
+from shared.positions import Expected, Positions, Recovery
 
 log = logging.getLogger("prism.client")
 
@@ -103,10 +112,12 @@ class StateChange:
 
 
 StateCallback = Callable[[StateChange], None]
+RecoveryCallback = Callable[[Recovery], None]
 # A JWT, or a function giving one (called before every connection attempt, so a reconnect after a long
 # outage presents a fresh token).
 TokenSource = str | Callable[[], str | Awaitable[str]]
 PRESENCE_BACKLOG = 1000  # presence frames kept for client.presence; the oldest go first
+RECOVERY_BACKLOG = 1000  # recovery outcomes kept for client.recoveries; the oldest go first
 
 
 def retryable(error: BaseException) -> bool:
@@ -142,12 +153,15 @@ def with_user(url: str, user: str) -> str:
 
 
 class _Pending:
-    __slots__ = ("future", "kind", "room")
+    __slots__ = ("future", "kind", "recover", "room")
 
-    def __init__(self, future: asyncio.Future[dict[str, Any]], kind: str, room: str | None) -> None:
+    def __init__(
+        self, future: asyncio.Future[dict[str, Any]], kind: str, room: str | None, recover: bool = False
+    ) -> None:
         self.future = future
         self.kind = kind  # "join", "leave", "rejoin" or "request"
         self.room = room
+        self.recover = recover  # a join with positions
 
 
 class _Link:
@@ -179,6 +193,8 @@ class PrismClient:
         max_deliveries: int = 10_000,
         ws_options: dict[str, Any] | None = None,
         token: TokenSource | None = None,
+        recover: bool | Position = False,
+        on_recovery: RecoveryCallback | None = None,
     ) -> None:
         if not urls:
             raise ValueError("PrismClient needs at least one URL")
@@ -197,7 +213,14 @@ class PrismClient:
         self.presence: asyncio.Queue[dict[str, Any]] = asyncio.Queue(PRESENCE_BACKLOG)
         self._members: dict[str, set[str]] = {}
         self._token = token
-        self._rooms: dict[str, None] = {}  # joined rooms, in join order (restored after a reconnect)
+        # Joined rooms, in join order (restored after a reconnect), each with whether it recovers.
+        self._rooms: dict[str, bool] = {}
+        # Recovery: the positions this client holds, whether it wants them for its user stream, and the
+        # outcome of every recovery frame.
+        self.positions = Positions(recover if isinstance(recover, Position) else None)
+        self._recover_user = recover is not False
+        self._on_recovery = on_recovery
+        self.recoveries: asyncio.Queue[Recovery] = asyncio.Queue(RECOVERY_BACKLOG)
         self._link: _Link | None = None
         self._connected = asyncio.Event()  # set while connected and that connection is still open
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -224,6 +247,8 @@ class PrismClient:
         open_timeout: float = 10.0,
         max_deliveries: int = 10_000,
         token: TokenSource | None = None,
+        recover: bool | Position = False,
+        on_recovery: RecoveryCallback | None = None,
         **kwargs: Any,
     ) -> PrismClient:
         """Open a WebSocket to ``url`` (or one of several URLs) and return once the welcome arrived.
@@ -237,8 +262,11 @@ class PrismClient:
         are logged and ignored). ``open_timeout``: seconds for the handshake plus the welcome, and for
         the rejoin after a reconnect. ``max_deliveries``: deliveries buffered before the client stops
         reading its socket. ``token``: a JWT, or a function returning one (or an awaitable of one) that
-        is called before every connection attempt; it is sent as ``Authorization: Bearer``. Other
-        keyword arguments go to :func:`websockets.asyncio.client.connect`.
+        is called before every connection attempt; it is sent as ``Authorization: Bearer``.
+        ``recover``: True for positions in the user's own stream (``?recover=user``) from now on, or a
+        :class:`Position` kept from an earlier client to resume from it; every reconnect resumes from
+        the latest. ``on_recovery``: called with each :class:`Recovery` (also queued on
+        ``client.recoveries``). Other keyword arguments go to :func:`websockets.asyncio.client.connect`.
 
         Without ``reconnect`` each URL is tried once, in turn, and the last error is raised as is
         (``OSError``, ``websockets.exceptions.InvalidStatus``, ...). With ``reconnect`` the first
@@ -259,6 +287,8 @@ class PrismClient:
             max_deliveries=max_deliveries,
             ws_options=kwargs,
             token=token,
+            recover=recover,
+            on_recovery=on_recovery,
         )
         await client._start()
         return client
@@ -344,11 +374,33 @@ class PrismClient:
         return self.close_code
 
     # -- commands ----------------------------------------------------------------------------------
-    async def join(self, room: str, timeout: float = 10.0) -> None:
+    async def join(
+        self, room: str, timeout: float = 10.0, *, recover: bool = False, position: Position | None = None
+    ) -> None:
         """Join ``room`` (restored after reconnects). ``timeout`` bounds the wait for a connection and
         for the answer; raises :class:`RequestFailed` if refused, :class:`ConnectionLost` if the
-        connection is lost before the answer."""
-        await self._command("join", lambda ref: frames.join(room, ref), timeout, room)
+        connection is lost before the answer.
+
+        ``recover``: deliveries of the room come with positions (if the room has history), and every
+        rejoin resumes from the latest; ``position`` (implies ``recover``): resume from a position kept
+        earlier. It returns once what was missed has been received (before its ``ok``)."""
+        recover = recover or position is not None
+        if position is not None:
+            self.positions.rooms[room] = position
+        await self._command("join", lambda ref: self._join_frame(room, ref, recover), timeout, room, recover)
+
+    def _join_frame(self, room: str, ref: int, recover: bool) -> bytes:
+        if not recover:
+            return frames.join(room, ref)
+        position = self.positions.rooms.get(room)
+        if position is None:
+            return frames.join(room, ref, recover=True)
+        return frames.join(room, ref, recover=True, epoch=position.epoch, seq=position.seq)
+
+    def position(self, room: str | None = None) -> Position | None:
+        """The client's position in ``room``, or in its user stream (``room`` None); None before the
+        node sent one."""
+        return self.positions.rooms.get(room) if room is not None else self.positions.user
 
     async def leave(self, room: str, timeout: float = 10.0) -> None:
         """Leave ``room``. The room is forgotten (not rejoined) once the node confirms, or if the
@@ -396,13 +448,18 @@ class PrismClient:
             raise ConnectionLost(*_close_of(link.ws, exc)) from None
 
     async def _command(
-        self, kind: str, build: Callable[[int], bytes], timeout: float | None, room: str | None
+        self,
+        kind: str,
+        build: Callable[[int], bytes],
+        timeout: float | None,
+        room: str | None,
+        recover: bool = False,
     ) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             link = await self._open_link()
             ref = next(self._refs)
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            link.pending[ref] = _Pending(future, kind, room)
+            link.pending[ref] = _Pending(future, kind, room, recover)
             try:
                 with contextlib.suppress(ConnectionClosed):  # the reader then fails ``future``
                     await link.ws.send(build(ref), text=True)
@@ -581,6 +638,8 @@ class PrismClient:
             headers = dict(options.get("additional_headers") or {})
             headers["Authorization"] = f"Bearer {token}"
             options["additional_headers"] = headers
+        if self._recover_user:  # the user stream with positions, from where the last connection got to
+            url = url + ("&" if "?" in url else "?") + urlencode(self.positions.user_query())
         ws = await connect(url, open_timeout=self._open_timeout, **options)
         try:
             try:
@@ -601,15 +660,16 @@ class PrismClient:
             return
         loop = asyncio.get_running_loop()
         waits: list[tuple[str, int, asyncio.Future[dict[str, Any]]]] = []
-        for room in self._rooms:
+        for room, recover in self._rooms.items():
             ref = next(self._refs)
             future: asyncio.Future[dict[str, Any]] = loop.create_future()
-            link.pending[ref] = _Pending(future, "rejoin", room)
+            link.pending[ref] = _Pending(future, "rejoin", room, recover)
             waits.append((room, ref, future))
         try:
             with contextlib.suppress(ConnectionClosed):  # the reader then fails the futures
                 for room, ref, _ in waits:
-                    await link.ws.send(frames.join(room, ref), text=True)
+                    frame = self._join_frame(room, ref, self._rooms.get(room, False))
+                    await link.ws.send(frame, text=True)
             async with asyncio.timeout(self._open_timeout):
                 answers = await asyncio.gather(*(future for _, _, future in waits))
         finally:
@@ -619,10 +679,12 @@ class PrismClient:
             if answer.get("prism") == "error":
                 log.warning("rejoining %r refused: %s", room, answer.get("message"))
                 self._rooms.pop(room, None)
+                self.positions.forget_room(room)
                 self.errors.put_nowait({**answer, "room": room})
 
     async def _read(self, link: _Link) -> None:
         ws = link.ws
+        expected: Expected | None = None  # the position of the delivery that comes next (a pos frame)
         try:
             async for message in ws:
                 if frames.is_prism_frame(message):
@@ -631,9 +693,23 @@ class PrismClient:
                     except orjson.JSONDecodeError:
                         log.warning("ignoring a gateway frame that is not JSON: %r", message[:200])
                         continue
-                    if isinstance(frame, dict):
+                    if not isinstance(frame, dict):
+                        continue
+                    kind = frame.get("prism")
+                    if kind == "pos":
+                        expected = self.positions.expect(frame)
+                    elif kind == "mark":
+                        self.positions.mark(frame)
+                    elif kind == "recovery":
+                        self._on_recovery_frame(frame)
+                    else:
                         self._dispatch(link, frame)
                 else:
+                    if expected is not None:
+                        fresh = self.positions.accept(expected)
+                        expected = None
+                        if not fresh:
+                            continue  # already received before a reconnect
                     await self._deliveries.put(message)
         except ConnectionClosed:
             pass
@@ -656,13 +732,29 @@ class PrismClient:
                 if pending.kind == "leave":
                     self._rooms.pop(pending.room, None)
                     self._members.pop(pending.room, None)
+                    self.positions.forget_room(pending.room)
                 else:
-                    self._rooms[pending.room] = None
+                    self._rooms[pending.room] = pending.recover
             pending.future.set_result(frame)
         elif frame.get("prism") == "error":
             self.errors.put_nowait(frame)
         elif frame.get("prism") == "presence":
             self._on_presence(frame)
+
+    def _on_recovery_frame(self, frame: dict[str, Any]) -> None:
+        recovery = self.positions.recovery(frame)
+        if recovery is None:
+            return
+        if recovery.recovering and not recovery.recovered:
+            log.warning("messages of %s may be lost after seq %s", recovery.room or "the user", recovery.seq)
+        if self.recoveries.full():
+            self.recoveries.get_nowait()  # nobody reads them: keep the newest
+        self.recoveries.put_nowait(recovery)
+        if self._on_recovery is not None:
+            try:
+                self._on_recovery(recovery)
+            except Exception:
+                log.exception("on_recovery callback failed")
 
     def _on_presence(self, frame: dict[str, Any]) -> None:
         room = frame.get("room")

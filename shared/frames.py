@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -17,6 +18,15 @@ PRISM_PREFIX = b'{"prism":'
 Ref = int | str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A point in a recoverable room's or user's history: the history stream's ``epoch`` (it changes
+    only if the stream is recreated) and a sequence number (docs/protocol.md, "Recovery")."""
+
+    epoch: str
+    seq: int
+
+
 class Kind(StrEnum):
     # gateway -> client
     WELCOME = "welcome"
@@ -24,6 +34,9 @@ class Kind(StrEnum):
     ERROR = "error"
     REPLY = "reply"
     PRESENCE = "presence"
+    RECOVERY = "recovery"  # a recoverable room/user's epoch and position, and whether recovery was complete
+    POS = "pos"  # the next frame is the message at this position
+    MARK = "mark"  # nothing for this room/user up to this position
     # client -> gateway
     JOIN = "join"
     LEAVE = "leave"
@@ -48,6 +61,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"  # the token (or the authorization callout) does not allow it
     INVALID_TOKEN = "invalid_token"  # a refresh token was refused; the current one stays in force
     RATE_LIMITED = "rate_limited"  # over the connection's message rate: this message was dropped
+    INVALID_POSITION = "invalid_position"  # a join's recover, epoch or seq is malformed
     UNAVAILABLE = "unavailable"  # the node cannot do it now (its presence registry is unreachable)
 
 
@@ -116,9 +130,52 @@ def presence_diff(
     return frames
 
 
+# Recovery (docs/protocol.md, "Recovery"). ``key`` is "room" or "user", ``name`` the room or user id.
+def recovery(key: str, name: str, *, epoch: str, seq: int, recovering: bool, recovered: bool) -> bytes:
+    """Positions for ``name`` follow from ``seq`` in ``epoch``. ``recovering``: the client gave a position;
+    ``recovered``: and nothing after it is missing (false: messages after ``seq`` may be lost)."""
+    return orjson.dumps(
+        {
+            "prism": "recovery",
+            key: name,
+            "recoverable": True,
+            "epoch": epoch,
+            "seq": seq,
+            "recovering": recovering,
+            "recovered": recovered,
+        }
+    )
+
+
+def not_recoverable(key: str, name: str) -> bytes:
+    """The room or user has no history: its messages arrive as plain deliveries, without positions."""
+    return orjson.dumps({"prism": "recovery", key: name, "recoverable": False})
+
+
+def pos(key: str, name: str, seq: int) -> bytes:
+    """Precedes a delivery: the next frame is the message of ``name`` at ``seq``. (``name`` is a
+    validated id, so no escaping is needed; this is built once per message and node.)"""
+    return b'{"prism":"pos","%s":"%s","seq":%d}' % (key.encode(), name.encode(), seq)
+
+
+def mark(key: str, name: str, seq: int) -> bytes:
+    """No message of ``name`` up to ``seq``: the client's position moves there."""
+    return b'{"prism":"mark","%s":"%s","seq":%d}' % (key.encode(), name.encode(), seq)
+
+
 # Client-side builders (used by the SDKs and tests).
-def join(room: str, ref: Ref = None) -> bytes:
-    return orjson.dumps({"prism": "join", "room": room, "ref": ref})
+def join(
+    room: str, ref: Ref = None, *, recover: bool = False, epoch: str | None = None, seq: int | None = None
+) -> bytes:
+    """A join; with ``recover`` the room's deliveries come with positions, and with ``epoch`` and
+    ``seq`` (the last position received) the node first sends what was missed."""
+    frame: dict[str, Any] = {"prism": "join", "room": room, "ref": ref}
+    if recover:
+        frame["recover"] = True
+        if epoch is not None and seq is not None:
+            frame["epoch"] = epoch
+            frame["seq"] = seq
+    return orjson.dumps(frame)
 
 
 def leave(room: str, ref: Ref = None) -> bytes:

@@ -11,6 +11,9 @@ Roles:
   buckets (the entry bucket and every shard), purges a dead node's keys from them, and manages its own
   watches on them; answers requests (receipts, control replies, presence answers, pings) through
   ``allow_responses``.
+  For recovery it creates and reads the history streams (``PRISM_RECOVER_STREAM``, default
+  ``RECOVERY``), writes their anchors and subscribes to their republish (``recovery.>``); unused while
+  recovery is off.
 - ``backend``: a service that reaches clients. Publishes deliveries, control and presence queries, and
   notifications (``notify.user.*``, ``notify.room.*``, ``notify.broadcast``); subscribes to client traffic
   and lifecycle events; may read the presence buckets (filtered watches, direct gets) but never write them.
@@ -71,6 +74,17 @@ def _kv_read(bucket: str) -> tuple[str, ...]:
     )
 
 
+def _history(prefix: str, history: str) -> tuple[str, ...]:
+    """What a node publishes for recovery: the history streams' management and direct gets (both
+    scopes), and the anchors it writes (docs/protocol.md, "Recovery")."""
+    streams = (f"{history}_ROOMS", f"{history}_USERS")
+    return (
+        *(f"$JS.API.STREAM.{op}.{name}" for name in streams for op in ("INFO", "CREATE", "UPDATE")),
+        *(f"$JS.API.DIRECT.GET.{name}" for name in streams),
+        f"{prefix}recovery-anchor.*",
+    )
+
+
 def _buckets(bucket: str, shards: int) -> tuple[str, ...]:
     return (bucket, *Layout(bucket, shards).shard_buckets)
 
@@ -87,7 +101,9 @@ def _kv_write(bucket: str) -> tuple[str, ...]:
     )
 
 
-def gateway(prefix: str = "", bucket: str = "presence", shards: int = DEFAULT_SHARDS) -> Permissions:
+def gateway(
+    prefix: str = "", bucket: str = "presence", shards: int = DEFAULT_SHARDS, history: str = "RECOVERY"
+) -> Permissions:
     buckets = _buckets(bucket, shards)
     return Permissions(
         publish=(
@@ -96,6 +112,7 @@ def gateway(prefix: str = "", bucket: str = "presence", shards: int = DEFAULT_SH
             *(s for b in buckets for s in _kv_write(b)),
             *(s for b in buckets for s in _kv_read(b) if s != "$JS.API.INFO"),
             "$JS.API.INFO",
+            *_history(prefix, history),
         ),
         subscribe=(
             *_deliveries(prefix),
@@ -103,6 +120,7 @@ def gateway(prefix: str = "", bucket: str = "presence", shards: int = DEFAULT_SH
             f"{prefix}control.user.*.*",
             f"{prefix}presence.>",
             f"{prefix}node.>",
+            f"{prefix}recovery.>",
             INBOX,
         ),
     )

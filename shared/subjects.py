@@ -178,6 +178,20 @@ class Subjects:
         """The one wildcard a node subscribes for every ``conn.`` delivery it owns."""
         return f"{self.prefix}conn.{validate_node_id(node_id)}.*"
 
+    # Recovery (docs/protocol.md, "Recovery"): the history streams republish every stored ``room.`` and
+    # ``user.`` message here, with its sequence, for the nodes that have recovering members.
+    def recovery_room(self, room: str) -> str:
+        return f"{self.prefix}recovery.room.{validate_room(room)}"
+
+    def recovery_user(self, user_id: str) -> str:
+        return f"{self.prefix}recovery.user.{validate_user_id(user_id)}"
+
+    @property
+    def recovery_republish(self) -> tuple[str, str]:
+        """(source, destination) of the history streams' republish: every stored subject ``X`` (under
+        the prefix) is republished on ``recovery.X``."""
+        return f"{self.prefix}>", f"{self.prefix}recovery.>"
+
     # Client -> backends.
     def client_event(self, event: str) -> str:
         return f"{self.prefix}client.event.{validate_event(event)}"

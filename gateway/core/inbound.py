@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.core.limits import nesting_exceeds
+from gateway.core.recovery import position_error
 from shared.errors import FrameError, InvalidName
-from shared.frames import ErrorCode, Ref
+from shared.frames import ErrorCode, Position, Ref
 from shared.subjects import validate_event, validate_room
 
 MAX_REF_LENGTH = 64
@@ -25,8 +26,13 @@ _COMMAND_PREFIXES = ('{"prism"', '{"event"')
 
 @dataclass(frozen=True, slots=True)
 class Join:
+    """``recover``: deliveries of the room come with positions (docs/protocol.md, "Recovery");
+    ``position``: where the client resumes (what it missed since is sent first)."""
+
     room: str
     ref: Ref
+    recover: bool = False
+    position: Position | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +137,28 @@ def _parse_command(obj: dict[str, object]) -> Command:
         room = validate_room(obj.get("room"))
     except InvalidName as exc:
         raise FrameError(ErrorCode.INVALID_ROOM, str(exc), ref) from None
-    return Join(room, ref) if kind == "join" else Leave(room, ref)
+    if kind == "leave":
+        return Leave(room, ref)
+    return _parse_join(obj, room, ref)
+
+
+def _parse_join(obj: dict[str, object], room: str, ref: Ref) -> Join:
+    recover = obj.get("recover", False)
+    has_epoch, has_seq = "epoch" in obj, "seq" in obj
+    if not isinstance(recover, bool):
+        raise FrameError(ErrorCode.INVALID_POSITION, "recover must be true or false", ref)
+    if not (has_epoch or has_seq):
+        return Join(room, ref, recover)
+    if not recover:
+        raise FrameError(ErrorCode.INVALID_POSITION, 'epoch and seq need "recover": true', ref)
+    if has_epoch != has_seq:
+        raise FrameError(ErrorCode.INVALID_POSITION, "epoch and seq go together", ref)
+    epoch, seq = obj["epoch"], obj["seq"]
+    if (problem := position_error(epoch, seq)) is not None:
+        raise FrameError(ErrorCode.INVALID_POSITION, problem, ref)
+    assert isinstance(epoch, str)
+    assert isinstance(seq, int)
+    return Join(room, ref, True, Position(epoch, seq))
 
 
 def _parse_event(obj: dict[str, object]) -> Event:

@@ -16,6 +16,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from gateway.core.recovery import user_recovery
 from gateway.io.admission import Admission
 from gateway.io.auth import Authenticator
 from gateway.io.static import StaticSite
@@ -80,6 +81,10 @@ class HttpRoutes:
                 refusal = self.admission.check(connection, request)  # before auth: the cheap refusals
                 if refusal is not None:
                     return refusal
+            try:
+                user_recovery(query)  # ?recover=user&user_epoch=..&user_seq=.. (docs/protocol.md, "Recovery")
+            except ValueError as exc:
+                return connection.respond(400, f"invalid recover: {exc}\n")
             if self.auth is not None:
                 return self.auth.check(connection, request, route, query)
             try:

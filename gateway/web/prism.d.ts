@@ -65,6 +65,19 @@ export type ConnectionState = "idle" | "connecting" | "connected" | "reconnectin
 
 export type TokenSource = string | (() => string | Promise<string>);
 
+/** A point in a recoverable room's or user's history (docs/protocol.md, "Recovery"). */
+export interface Position {
+  /** The history stream's epoch: it changes only if the stream is recreated. */
+  epoch: string;
+  /** Every message up to this sequence has been received. */
+  seq: number;
+}
+
+export interface Positions {
+  rooms: Record<string, Position>;
+  user: Position | null;
+}
+
 export interface PrismClientOptions {
   /** Dev-mode identity (authentication off), sent as ?user=. */
   user?: string;
@@ -80,6 +93,31 @@ export interface PrismClientOptions {
   connectAttempts?: number;
   /** Start at a random URL (default true) instead of the first. */
   randomize?: boolean;
+  /** Positions for the user's own stream (?recover=user): true from now on, or a Position kept earlier
+   * to resume from it; every reconnect resumes from the latest (default false). */
+  recover?: boolean | Position;
+}
+
+export interface JoinOptions extends CallOptions {
+  /** Deliveries of the room come with positions (if it has history); rejoins resume from the latest. */
+  recover?: boolean;
+  /** Resume from a position kept earlier (implies recover). */
+  position?: Position;
+}
+
+/** A recovery frame: positions of a room (`room`) or of the user stream (`user`) start here. */
+export interface RecoveryEvent {
+  room?: string;
+  user?: string | null;
+  /** false: no history; deliveries come without positions, and nothing else is set. */
+  recoverable: boolean;
+  epoch?: string;
+  /** The position the messages that follow come after. */
+  seq?: number;
+  /** The client asked to resume from a position. */
+  recovering?: boolean;
+  /** ...and nothing after it is missing. recovering && !recovered: messages after `seq` may be lost. */
+  recovered?: boolean;
 }
 
 export interface Welcome {
@@ -122,6 +160,7 @@ export interface PrismEvents {
   presence: PresenceEvent;
   error: ErrorEvent;
   close: CloseEvent;
+  recovery: RecoveryEvent;
 }
 
 export interface CallOptions {
@@ -148,6 +187,10 @@ export declare class PrismClient {
 
   /** Users present in a presence-enabled room this client joined, sorted. */
   members(room: string): string[];
+  /** The position in `room`, or in the user stream (no argument); null before the node sent one. */
+  position(room?: string): Position | null;
+  /** Every position held (copies: keep them to resume a later client). */
+  positions(): Positions;
 
   /** Add a listener; returns a function that removes it. */
   on<K extends keyof PrismEvents>(type: K, listener: (value: PrismEvents[K]) => void): () => void;
@@ -155,7 +198,7 @@ export declare class PrismClient {
 
   /** Resolves with the first welcome; rejects with a PrismError if the first connection fails for good. */
   connect(): Promise<Welcome & Record<string, unknown>>;
-  join(room: string, options?: CallOptions): Promise<void>;
+  join(room: string, options?: JoinOptions): Promise<void>;
   leave(room: string, options?: CallOptions): Promise<void>;
   /** Replace this connection's token ({"prism":"refresh"}). */
   refresh(token: string, options?: CallOptions): Promise<void>;

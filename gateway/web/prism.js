@@ -9,8 +9,10 @@
 //
 // It mirrors the Python client (shared/client.py): the same close-code policy
 // (shared/close_codes.should_reconnect, docs/protocol.md section 11), exponential backoff with full
-// jitter, rooms rejoined after a reconnect before "connected" is reported, and requests in flight failed
-// (never resent) when a connection drops. docs/browser.md documents the API; prism.d.ts declares it.
+// jitter, rooms rejoined after a reconnect before "connected" is reported, requests in flight failed
+// (never resent) when a connection drops, and missed-message recovery: positions kept per recoverable
+// room and user stream and sent with every rejoin and reconnect (docs/protocol.md, "Recovery"; the same
+// rules as shared/positions.py). docs/browser.md documents the API; prism.d.ts declares it.
 
 /** Every close code Prism sends (shared/close_codes.py). */
 export const CloseCode = Object.freeze({
@@ -95,6 +97,16 @@ function decodeBase64(text) {
   return bytes;
 }
 
+function isPosition(value) {
+  return (
+    value !== null &&
+    typeof value === "object" &&
+    typeof value.epoch === "string" &&
+    Number.isSafeInteger(value.seq) &&
+    value.seq >= 0
+  );
+}
+
 function reconnectPolicy(option) {
   if (option === false) return null;
   if (option === undefined || option === true) return { ...DEFAULT_BACKOFF, maxAttempts: Infinity };
@@ -104,6 +116,14 @@ function reconnectPolicy(option) {
   }
   if (!(policy.maxAttempts >= 1)) throw new RangeError("reconnect.maxAttempts must be at least 1");
   return policy;
+}
+
+function expectedOf(frame) {
+  // [key, name, seq] of a pos or mark frame, or null if malformed.
+  const key = "room" in frame ? "room" : "user";
+  const name = frame[key];
+  if (!Number.isSafeInteger(frame.seq) || (key === "room" && typeof name !== "string")) return null;
+  return [key, name ?? "", frame.seq];
 }
 
 /**
@@ -129,7 +149,16 @@ export class PrismClient {
     this._connectAttempts = options.connectAttempts ?? 5;
     this._next = options.randomize === false ? 0 : Math.floor(Math.random() * this._urls.length);
     this._listeners = new Map();
-    this._rooms = new Set(); // joined (ok received), rejoined after every reconnect
+    this._rooms = new Map(); // joined (ok received) -> with recovery; rejoined after every reconnect
+    // Recovery (docs/protocol.md, "Recovery"): positions per room and for the user stream.
+    const { recover } = options;
+    if (recover !== undefined && typeof recover !== "boolean" && !isPosition(recover)) {
+      throw new TypeError("recover must be true, false or a position {epoch, seq}");
+    }
+    this._recoverUser = recover !== undefined && recover !== false;
+    this._userPosition = isPosition(recover) ? { epoch: recover.epoch, seq: recover.seq } : null;
+    this._roomPositions = new Map(); // room -> {epoch, seq}
+    this._expect = null; // the position of the delivery that comes next (after a pos frame)
     this._members = new Map(); // room -> Set of users, from presence frames
     this._pending = new Map(); // ref -> {resolve, reject, kind, room, timer}
     this._queue = []; // frames sent while not connected, written once connected
@@ -154,7 +183,22 @@ export class PrismClient {
 
   /** The rooms this client is in (a copy): rejoined after every reconnect. */
   get rooms() {
-    return new Set(this._rooms);
+    return new Set(this._rooms.keys());
+  }
+
+  /** The client's position in `room`, or in its user stream (no argument); null before the node sent
+   * one. A copy: keep it (say in localStorage) to resume a later client with join's `position` or the
+   * `recover` option. */
+  position(room) {
+    const found = room === undefined ? this._userPosition : this._roomPositions.get(room);
+    return found ? { ...found } : null;
+  }
+
+  /** Every position this client holds: {rooms: {room: {epoch, seq}}, user: {epoch, seq} | null}. */
+  positions() {
+    const rooms = {};
+    for (const [room, position] of this._roomPositions) rooms[room] = { ...position };
+    return { rooms, user: this._userPosition ? { ...this._userPosition } : null };
   }
 
   /** The users present in `room` (a presence-enabled room this client joined), sorted. */
@@ -195,9 +239,17 @@ export class PrismClient {
   }
 
   /** Join `room`; resolves once the node answered ok (deliveries to the room reach this client from
-   * then on). Waits for a connection while reconnecting, within `timeout` ms. */
-  async join(room, { timeout } = {}) {
-    await this._command({ prism: "join", room }, "join", room, timeout);
+   * then on). Waits for a connection while reconnecting, within `timeout` ms. `recover: true`: the
+   * room's deliveries come with positions (if it has history) and every rejoin resumes from the latest;
+   * `position` (implies recover): resume from a position kept earlier. With recovery, it resolves once
+   * what was missed has arrived. */
+  async join(room, { timeout, recover = false, position } = {}) {
+    if (position !== undefined) {
+      if (!isPosition(position)) throw new TypeError("position must be {epoch, seq}");
+      this._roomPositions.set(room, { epoch: position.epoch, seq: position.seq });
+    }
+    const withRecovery = recover || position !== undefined;
+    await this._command(this._joinFrame(room, withRecovery), "join", room, timeout, withRecovery);
   }
 
   async leave(room, { timeout } = {}) {
@@ -302,13 +354,20 @@ export class PrismClient {
     });
   }
 
-  async _command(frame, kind, room, timeout = this._requestTimeout) {
+  async _command(frame, kind, room, timeout = this._requestTimeout, recover = false) {
     const started = Date.now();
     await this._ready(timeout);
-    return this._send(frame, kind, room, Math.max(0, timeout - (Date.now() - started)));
+    return this._send(frame, kind, room, Math.max(0, timeout - (Date.now() - started)), undefined, recover);
   }
 
-  _send(frame, kind, room, timeout, ws = this._link.ws) {
+  _joinFrame(room, recover) {
+    if (!recover) return { prism: "join", room };
+    const position = this._roomPositions.get(room);
+    const frame = { prism: "join", room, recover: true };
+    return position ? { ...frame, epoch: position.epoch, seq: position.seq } : frame;
+  }
+
+  _send(frame, kind, room, timeout, ws = this._link.ws, recover = false) {
     return new Promise((resolve, reject) => {
       this._refs += 1;
       const ref = this._refs;
@@ -317,7 +376,7 @@ export class PrismClient {
         const what = kind === "request" ? `reply to '${frame.event}'` : `answer to ${kind}`;
         reject(new PrismError("timeout", `no ${what} within ${timeout} ms`));
       }, timeout);
-      this._pending.set(ref, { resolve, reject, kind, room, timer });
+      this._pending.set(ref, { resolve, reject, kind, room, timer, recover });
       ws.send(JSON.stringify({ ...frame, ref }));
     });
   }
@@ -340,7 +399,10 @@ export class PrismClient {
     for (const [ref, pending] of this._pending) {
       clearTimeout(pending.timer);
       // A leave in flight: the next connection is not in the room either.
-      if (pending.kind === "leave" && pending.room !== null) this._rooms.delete(pending.room);
+      if (pending.kind === "leave" && pending.room !== null) {
+        this._rooms.delete(pending.room);
+        this._roomPositions.delete(pending.room);
+      }
       pending.reject(error);
       this._pending.delete(ref);
     }
@@ -350,6 +412,14 @@ export class PrismClient {
     this._timer = null;
     this._dialing = true; // until the socket exists: a second attempt must not start meanwhile
     const url = new URL(this._urls[this._next]);
+    if (this._recoverUser) {
+      // The user stream with positions, resuming where the last connection got to.
+      url.searchParams.set("recover", "user");
+      if (this._userPosition) {
+        url.searchParams.set("user_epoch", this._userPosition.epoch);
+        url.searchParams.set("user_seq", String(this._userPosition.seq));
+      }
+    }
     const protocols = [SUBPROTOCOL];
     try {
       const token = typeof this._token === "function" ? await this._token() : this._token;
@@ -374,6 +444,7 @@ export class PrismClient {
     }
     ws.binaryType = "arraybuffer";
     const link = { ws, url: url.href, welcomed: false, onMessage: null, onClose: null };
+    this._expect = null;
     link.onMessage = (event) => this._onMessage(link, event);
     link.onClose = (event) => this._onClose(link, event.code, event.reason);
     ws.addEventListener("message", link.onMessage);
@@ -401,6 +472,9 @@ export class PrismClient {
     if (this._link !== link) return;
     const { data } = event;
     if (typeof data !== "string" || !data.startsWith(PRISM_PREFIX)) {
+      const expected = this._expect;
+      this._expect = null;
+      if (expected !== null && !this._accept(expected)) return; // already received before a reconnect
       this._emitEvent("message", data);
       return;
     }
@@ -423,6 +497,15 @@ export class PrismClient {
       case "presence":
         this._onPresence(frame);
         return;
+      case "pos":
+        this._expect = expectedOf(frame);
+        return;
+      case "mark":
+        this._onMark(frame);
+        return;
+      case "recovery":
+        this._onRecovery(frame);
+        return;
       default:
         return; // newer kinds of gateway frames: ignored, as additions must be
     }
@@ -443,12 +526,60 @@ export class PrismClient {
       pending.reject(new PrismError(frame.code, frame.message, pending.room ? { room: pending.room } : {}));
       return;
     }
-    if (pending.kind === "join" || pending.kind === "rejoin") this._rooms.add(pending.room);
+    if (pending.kind === "join" || pending.kind === "rejoin") this._rooms.set(pending.room, pending.recover);
     if (pending.kind === "leave") {
       this._rooms.delete(pending.room);
       this._members.delete(pending.room);
+      this._roomPositions.delete(pending.room);
     }
     pending.resolve(frame);
+  }
+
+  _positionOf(key, name) {
+    return key === "room" ? this._roomPositions.get(name) : this._userPosition;
+  }
+
+  _setPosition(key, name, position) {
+    if (key === "room") this._roomPositions.set(name, position);
+    else this._userPosition = position;
+  }
+
+  _accept([key, name, seq]) {
+    // The delivery after a pos frame: new (the position moves to it) or a duplicate (dropped).
+    const current = this._positionOf(key, name);
+    if (!current) return true;
+    if (seq <= current.seq) return false;
+    this._setPosition(key, name, { epoch: current.epoch, seq });
+    return true;
+  }
+
+  _onMark(frame) {
+    const expected = expectedOf(frame);
+    if (expected === null) return;
+    const [key, name, seq] = expected;
+    const current = this._positionOf(key, name);
+    if (current && seq > current.seq) this._setPosition(key, name, { epoch: current.epoch, seq });
+  }
+
+  _onRecovery(frame) {
+    const key = "room" in frame ? "room" : "user";
+    const name = frame[key];
+    if (key === "room" && typeof name !== "string") return;
+    const event = { [key]: name ?? null, recoverable: frame.recoverable === true };
+    if (frame.recoverable !== true) {
+      if (key === "room") this._roomPositions.delete(name);
+      else this._userPosition = null;
+    } else {
+      if (typeof frame.epoch !== "string" || !Number.isSafeInteger(frame.seq)) return;
+      this._setPosition(key, name, { epoch: frame.epoch, seq: frame.seq });
+      Object.assign(event, {
+        epoch: frame.epoch,
+        seq: frame.seq,
+        recovering: frame.recovering === true,
+        recovered: frame.recovered === true,
+      });
+    }
+    this._emitEvent("recovery", event);
   }
 
   _onPresence(frame) {
@@ -480,10 +611,14 @@ export class PrismClient {
     this.route = frame.route ?? null;
     this._members.clear(); // presence snapshots come again after the rejoins
     this._emitEvent("welcome", { conn: frame.conn, node: frame.node, user: this.user, route: this.route });
-    // Rejoin before reporting "connected", so that commands sent after that see every room.
-    const rooms = [...this._rooms];
+    // Rejoin before reporting "connected", so that commands sent after that see every room. Rooms with
+    // recovery resume from their positions: what was missed arrives before each answer.
+    const joined = [...this._rooms];
+    const rooms = joined.map(([room]) => room);
     const answers = await Promise.allSettled(
-      rooms.map((room) => this._send({ prism: "join", room }, "rejoin", room, this._openTimeout, link.ws)),
+      joined.map(([room, recover]) =>
+        this._send(this._joinFrame(room, recover), "rejoin", room, this._openTimeout, link.ws, recover),
+      ),
     );
     if (this._link !== link) return; // lost again (or closed) while rejoining: _onClose took over
     if (answers.some((a) => a.status === "rejected" && a.reason.code === "timeout")) {
@@ -493,6 +628,7 @@ export class PrismClient {
     answers.forEach((answer, i) => {
       if (answer.status === "rejected") {
         this._rooms.delete(rooms[i]); // refused (e.g. the new token no longer allows it): say so
+        this._roomPositions.delete(rooms[i]);
         const { code, message } = answer.reason;
         this._emitEvent("error", { code, message, ref: null, room: rooms[i] });
       }

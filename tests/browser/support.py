@@ -183,7 +183,7 @@ async () => {
     plain,
     make(name, urls, options = {}) {
       const client = new sdk.PrismClient(urls, options);
-      const log = { state: [], welcome: [], message: [], presence: [], error: [], close: [] };
+      const log = { state: [], welcome: [], message: [], presence: [], error: [], close: [], recovery: [] };
       for (const type of Object.keys(log)) client.on(type, (v) => log[type].push(plain(v)));
       this.clients[name] = client;
       this.log[name] = log;

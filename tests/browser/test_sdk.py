@@ -384,7 +384,7 @@ def test_the_declarations_type_check_a_usage_example(tmp_path: Path) -> None:
 
 USAGE_TS = """
 import { PrismClient, PrismError, CloseCode, shouldReconnect, backoffDelay } from "./prism";
-import type { ConnectionState, Delivery, PresenceEvent } from "./prism";
+import type { ConnectionState, Delivery, PresenceEvent, Position, Positions, RecoveryEvent } from "./prism";
 
 async function main(): Promise<void> {
   const client = new PrismClient(["ws://a/ws", "ws://b/ws"], {
@@ -403,6 +403,13 @@ async function main(): Promise<void> {
   const welcome = await client.connect();
   console.log(welcome.conn);
   await client.join("lobby");
+  await client.join("chat", { recover: true, timeout: 1000 });
+  const kept: Position | null = client.position("chat");
+  if (kept) await client.join("chat", { position: kept });
+  client.on("recovery", (r: RecoveryEvent) => console.log(r.room ?? r.user, r.recovering && !r.recovered));
+  const saved: Positions = client.positions();
+  const resumed = new PrismClient("ws://a/ws", { recover: saved.user ?? true });
+  console.log(resumed.position()?.seq, saved.rooms["chat"]?.epoch);
   await client.leave("lobby", { timeout: 1000 });
   const sent: boolean = client.emit("chat.send", { text: "hi" });
   const reply = await client.request<{ a: number }>("echo", { a: 1 }, { timeout: 2000 });

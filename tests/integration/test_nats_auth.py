@@ -356,3 +356,52 @@ async def test_the_demo_backend_needs_no_more_than_the_backend_permissions(
     finally:
         await demo.stop()
     assert violations(tmp_path) == []
+
+
+async def test_recovery_works_under_least_privilege(tmp_path: Path, least_privilege_nats: NatsServer) -> None:
+    config = GatewayConfig(
+        nats_url=least_privilege_nats.url,
+        nats_user="gateway",
+        nats_password=PASSWORDS["gateway"],
+        host="127.0.0.1",
+        port=0,
+        node_id="recovering",
+        drain_seconds=0,
+        presence_storage="memory",
+        recover_rooms=("lab",),
+        recover_users=("*",),
+        recover_storage="memory",
+        recover_sync=0.5,
+    )
+    node = Node(config)
+    await node.start()  # creates both history streams and writes their anchors
+    nc = await nats.connect(least_privilege_nats.url, user="backend", password=PASSWORDS["backend"])
+    url = f"ws://127.0.0.1:{node.port}/ws"
+    ada = await PrismClient.connect(url, user="ada", recover=True)
+    await ada.join("lab", recover=True)
+    ack = await nc.jetstream().publish("room.lab", b"stored")  # a backend's JetStream publish
+    assert ack.stream == "RECOVERY_ROOMS"
+    await PrismBackend(nc).to_user("ada", "core publish, stored too")
+    assert await ada.receive(5) == "stored"
+    assert await ada.receive(5) == "core publish, stored too"
+    stored_at = ada.position("lab")
+    assert stored_at is not None
+
+    def marked() -> bool:  # the periodic check (anchor, multi_last, stream info) moved the room on
+        position = ada.position("lab")
+        return position is not None and position.seq > stored_at.seq
+
+    await eventually(marked, what="a mark from the periodic check")
+    position = ada.position("lab")
+    await ada.close()
+    await nc.jetstream().publish("room.lab", b"missed")
+    back = await PrismClient.connect(url, user="ada")
+    await back.join("lab", position=position)
+    assert await back.receive(5) == "missed"
+    errors = "prism_recovery_errors_total"
+    for op in ("sync", "read", "state"):
+        assert node.registry.get_sample_value(errors, {"node": "recovering", "op": op}) == 0
+    await back.close()
+    await nc.close()
+    await node.stop()
+    assert violations(tmp_path) == []

@@ -79,3 +79,23 @@ async def test_quick_benchmark_of_prism_and_the_ceiling_writes_every_report(tmp_
     assert figures["conn", "nats-py-alone"]["deliveries_per_s"] > 0
     assert figures["connect", "prism"]["connects_per_s"] > 0
     assert "| conn | prism |" in (out / "summary.md").read_text()
+
+
+async def test_the_recovery_benchmark_runs_small_and_every_client_recovers(tmp_path: Path) -> None:
+    out = tmp_path / "recovery.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.recovery", "--members", "50", "--room-messages", "40",
+        "--users", "50", "--user-messages", "1000", "--paced-seconds", "1", "--acked", "200",
+        "--recover-clients", "50", "--missed", "20", "--storage", "memory", "--out", str(out),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(proc.communicate(), 110)
+    assert proc.returncode == 0, output.decode()[-3000:]
+    data = json.loads(out.read_text())
+    for scope in ("room", "user"):
+        for side in ("plain", "stored"):
+            assert data[scope][side]["peak_deliveries_per_s"] > 0
+            assert data[scope][side]["drops"] == 0, (scope, side)
+    assert data["acked"]["acked_publishes_per_s"] > 0
+    assert data["rejoin"]["stored"]["every_client_got_exactly_what_it_missed"] is True
+    assert data["rejoin"]["plain"]["received_of_missed"] == 0  # at most once: gone

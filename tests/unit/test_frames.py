@@ -76,7 +76,8 @@ def test_error_codes_are_lowercase_slugs() -> None:
 
 
 def test_frame_kinds_are_their_wire_names() -> None:
-    kinds = {"welcome", "ok", "error", "reply", "presence", "join", "leave", "refresh"}
+    kinds = {"welcome", "ok", "error", "reply", "presence", "recovery", "pos", "mark", "join", "leave"}
+    kinds.add("refresh")
     assert {kind.value for kind in Kind} == kinds
 
 

@@ -34,6 +34,9 @@ def test_the_gateways_label_values_are_listed() -> None:
         ("| `reason` (`prism_rejections_total`)", set(gm.REJECTION_REASONS)),
         ("| `op` (`prism_presence_op_seconds`)", set(gm.PRESENCE_OPS)),
         ("| `op` (`prism_presence_errors_total`)", set(gm.PRESENCE_ERROR_OPS)),
+        ("| `scope` (the `prism_recovery*` metrics)", set(gm.RECOVERY_SCOPES)),
+        ("| `outcome` (`prism_recoveries_total`)", set(gm.RECOVERY_OUTCOMES)),
+        ("| `prism_recovery_errors_total{op}`", set(gm.RECOVERY_ERROR_OPS)),
         ("| `kind` (`prism_http_backend_calls_total`", set(gm.HTTP_BACKEND_KINDS)),
         ("| `outcome` (`prism_http_backend_calls_total`)", set(gm.HTTP_BACKEND_OUTCOMES)),
     ]:

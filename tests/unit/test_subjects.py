@@ -276,6 +276,10 @@ def test_prefix_applies_to_every_subject() -> None:
         lambda s: s.node_ping("n1"),
         lambda s: s.node_swept("n1"),
         lambda s: s.nodes_swept,
+        lambda s: s.recovery_room("lobby"),
+        lambda s: s.recovery_user("alice"),
+        lambda s: s.recovery_republish[0],
+        lambda s: s.recovery_republish[1],
     ]
     for build in builders:
         assert build(prefixed) == "acme." + build(plain)
@@ -289,6 +293,9 @@ def test_every_public_subject_builder_is_covered_by_the_prefix_test() -> None:
         "node_ping",
         "node_swept",
         "nodes_swept",
+        "recovery_room",
+        "recovery_user",
+        "recovery_republish",
         "conn",
         "user",
         "room",
