@@ -281,7 +281,11 @@ class Node:
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("node %s listening on port %d, starting", self.node_id, self.port)
+        log.info(
+            "node %s answers HTTP on port %d while it starts (/readyz: 503 until ready)",
+            self.node_id,
+            self.port,
+        )
 
     async def _handle(self, ws: ServerConnection) -> None:
         sessions = self._sessions
