@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 # Failures that mean "not yet": no meta leader or stream leader (503, timeouts, no responders), a stream
 # that another process is creating or that is moving to a new leader.
-TRANSIENT = (
+TRANSIENT: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
     TimeoutError,
     nats.errors.NoRespondersError,
@@ -35,6 +35,17 @@ TRANSIENT = (
     nats.js.errors.ServerError,
     nats.js.errors.NoStreamResponseError,
 )
+# JetStream API errors that a cluster still forming gives: 10005 "no suitable peers for placement" (the
+# meta leader does not know enough servers yet for the replicas asked for), 10008 "JetStream system
+# temporarily unavailable", 10059 "stream not found" (another process's create is not done).
+TRANSIENT_API_ERRORS = frozenset({10005, 10008, 10059})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says JetStream (or NATS) is not ready yet, rather than that something is wrong."""
+    if isinstance(exc, (*TRANSIENT, nats.js.errors.BucketNotFoundError)):
+        return True
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in TRANSIENT_API_ERRORS
 
 
 def describe(exc: BaseException) -> str:
@@ -58,7 +69,9 @@ class StartupSteps:
         while True:
             try:
                 result = await step()
-            except TRANSIENT as exc:
+            except Exception as exc:  # only the transient ones are waited out; the rest end the start
+                if not is_transient(exc):
+                    raise
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():  # nats-py turns a cancelled wait into a timeout
                     raise asyncio.CancelledError from None

@@ -38,6 +38,7 @@ from gateway.io.bus import Bus, Headers
 from shared import presence_keys as keys
 from shared.presence import read_values
 from shared.presence_keys import Layout
+from shared.startup import is_transient
 
 log = logging.getLogger("prism.presence")
 
@@ -333,6 +334,9 @@ async def _create_bucket(js: JetStreamContext, name: str, options: BucketOptions
     )
     try:
         return await js.create_key_value(config=config)
-    except nats.js.errors.BadRequestError:
-        # Another node created it first with the same or a compatible config.
+    except nats.js.errors.BadRequestError as exc:
+        if is_transient(exc):  # a cluster still forming ("no suitable peers for placement"): wait
+            raise
+        # Another node created it first with the same or a compatible config (not found yet: still
+        # being created, which the caller waits for).
         return await js.key_value(name)
