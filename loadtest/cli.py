@@ -1,6 +1,7 @@
 """``python -m loadtest`` / ``prism loadtest``: run scenarios against Prism, the ceiling and peers.
 
     python -m loadtest --scenarios conn,room --targets prism,ceiling --out loadtest/results/latest
+    python -m loadtest --capacity --scenarios conn,room      # + the highest rate at p99 < 5 ms
 
 The generator pins itself to ``--client-core`` and every server to ``--server-core`` (taskset), runs each
 scenario against a fresh server per target, shows a progress bar, prints a summary table and writes
@@ -28,6 +29,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from loadtest import report, scenarios
+from loadtest.capacity import CapacityOptions
 from loadtest.procstat import machine_cores, pin_to, raise_fd_limit
 from loadtest.scenarios import Result, Settings
 from loadtest.targets.base import Target
@@ -88,7 +90,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seconds", type=float, default=1800, help="stop the whole run after this")
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/latest"))
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    capacity = parser.add_argument_group(
+        "capacity",
+        "after each scenario's paced phase, search for the highest paced rate whose p99 publish-to-receipt "
+        "latency stays under a bound with no drops: step up from 1/32 of the peak, doubling, then bisect "
+        "between the last pass and the first fail (docs/benchmarks.md)",
+    )
+    capacity.add_argument("--capacity", action="store_true", help="run the capacity search")
+    capacity.add_argument("--capacity-p99-ms", type=float, default=5.0, help="the p99 bound (default 5)")
+    capacity.add_argument("--capacity-step-seconds", type=float, default=3.0, help="each paced step")
+    capacity.add_argument("--capacity-steps", type=int, default=10, help="at most this many steps")
+    capacity.add_argument(
+        "--capacity-max-seconds", type=float, default=120.0, help="no step starts after this, per search"
+    )
     return parser
+
+
+def capacity_options(args: argparse.Namespace) -> CapacityOptions | None:
+    if not args.capacity:
+        return None
+    if args.capacity_p99_ms <= 0 or args.capacity_step_seconds <= 0 or args.capacity_steps < 1:
+        raise SystemExit("--capacity-p99-ms and --capacity-step-seconds must be > 0, --capacity-steps >= 1")
+    if args.quick:  # a smoke run: short steps, few of them
+        return CapacityOptions(p99_ms=args.capacity_p99_ms, step_seconds=0.5, max_steps=4, max_seconds=10)
+    return CapacityOptions(
+        p99_ms=args.capacity_p99_ms,
+        step_seconds=args.capacity_step_seconds,
+        max_steps=args.capacity_steps,
+        max_seconds=args.capacity_max_seconds,
+    )
 
 
 async def run(args: argparse.Namespace, console: Console) -> list[Result]:
@@ -102,6 +132,7 @@ async def run(args: argparse.Namespace, console: Console) -> list[Result]:
         size=args.size,
         idle_connections=args.idle_connections,
         connect_connections=args.connect_connections,
+        capacity=capacity_options(args),
     )
     if args.quick:
         settings = Settings(
@@ -114,6 +145,7 @@ async def run(args: argparse.Namespace, console: Console) -> list[Result]:
             connect_connections=300,
             users=50,
             timeout=30,
+            capacity=settings.capacity,
         )
     factories = target_factories(args.server_core, args.client_core)
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -178,6 +210,7 @@ def summary_table(results: list[Result]) -> Table:
         "p99 ms",
         "max ms",
         "CPU s",
+        "capacity/s",
         "other",
         "drops",
     ):
@@ -199,6 +232,9 @@ def summary_table(results: list[Result]) -> Table:
             f"{lat.p99:.2f}" if lat else "",
             f"{lat.max:.1f}" if lat else "",
             f"{f.get('server_cpu_s', '')}",
+            f"{f['capacity_per_s']:,.0f} (p99 {f.get('capacity_p99_ms', 0):.2f})"
+            if "capacity_per_s" in f
+            else "",
             other,
             f"{f.get('drops', 0)}",
         )

@@ -2,7 +2,9 @@
 
 - ``peak``: publish as fast as delivery keeps up (at most ``window`` messages ahead of what clients
   have received), for deliveries/s and server CPU seconds;
-- ``paced``: publish at half the peak rate, for latency percentiles (the p99-at-half-peak figure).
+- ``paced``: publish at half the peak rate, for latency percentiles (the p99-at-half-peak figure);
+- ``capacity`` (with ``Settings.capacity``): paced steps searching for the highest rate whose p99 stays
+  under a bound with no drops (:mod:`loadtest.capacity`).
 
 Every loop is bounded in count and time; a delivery that does not arrive in time counts as a drop.
 """
@@ -15,9 +17,10 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from loadtest import payload, server_latency
+from loadtest.capacity import CapacityOptions, Trial, search
 from loadtest.fleet import SAMPLE_EVERY, Client, Fleet
 from loadtest.procstat import cpu_seconds, rss_bytes
 from loadtest.stats import Latency, summarize
@@ -41,10 +44,23 @@ class Phase:
     timeline: list[float] = field(default_factory=list)
     generator_cpu_seconds: float = 0.0  # the load generator's own CPU
     helper_cpu_seconds: float = 0.0  # NATS/Redis beside the generator: with the generator's, the client core
+    offered_rate: float = 0.0  # deliveries/s a paced phase asked for (0: the peak phase, as fast as it goes)
 
     @property
     def drops(self) -> int:
         return max(0, self.expected - self.delivered)
+
+    def trial(self, errors: int = 0) -> Trial:
+        """This paced phase as a step of the capacity search."""
+        seconds = self.seconds or 1.0
+        return Trial(
+            self.offered_rate,
+            self.latency.p99 if self.latency else None,
+            self.drops,
+            errors,
+            self.cpu_seconds / seconds,
+            (self.generator_cpu_seconds + self.helper_cpu_seconds) / seconds,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -89,22 +105,40 @@ class Settings:
     idle_connections: int = 5000
     connect_connections: int = 2000
     timeout: float = 60.0
+    capacity: CapacityOptions | None = None  # search for the rate at p99 < a bound after the paced phase
 
 
-def _helpers_cpu(target: Target) -> float:
+class Measured(Protocol):
+    """What a phase's CPU is read from: a :class:`Target`, or nats-py alone."""
+
+    @property
+    def server_pid(self) -> int: ...
+
+    @property
+    def helper_pids(self) -> list[int]: ...
+
+
+def _helpers_cpu(target: Measured) -> float:
     return sum(cpu_seconds(pid) for pid in target.helper_pids)
 
 
 class _Meter:
     """CPU of the server, the generator and the target's helpers from now until :meth:`phase`."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Measured) -> None:
         self.target = target
         self.server = cpu_seconds(target.server_pid)
         self.generator = cpu_seconds(os.getpid())
         self.helpers = _helpers_cpu(target)
 
     def phase(self, name: str, messages: int, expected: int, got: int, seconds: float, fleet: Fleet) -> Phase:
+        phase = self.measured(name, messages, expected, got, seconds, summarize(fleet.latencies))
+        phase.timeline = fleet.timeline.rates()
+        return phase
+
+    def measured(
+        self, name: str, messages: int, expected: int, got: int, seconds: float, latency: Latency | None
+    ) -> Phase:
         return Phase(
             name,
             messages,
@@ -113,10 +147,9 @@ class _Meter:
             seconds,
             got / seconds,
             cpu_seconds(self.target.server_pid) - self.server,
-            summarize(fleet.latencies),
-            fleet.timeline.rates(),
-            cpu_seconds(os.getpid()) - self.generator,
-            _helpers_cpu(self.target) - self.helpers,
+            latency,
+            generator_cpu_seconds=cpu_seconds(os.getpid()) - self.generator,
+            helper_cpu_seconds=_helpers_cpu(self.target) - self.helpers,
         )
 
 
@@ -153,21 +186,11 @@ async def _peak(
     return meter.phase("peak", count, count * fanout, received(), time.perf_counter() - start, fleet)
 
 
-async def _paced(
-    fleet: Fleet,
-    target: Target,
-    publish: Publish,
-    fanout: int,
-    rate: float,
-    seconds: float,
-    timeout: float,
-    received: Callable[[], int],
-    progress: Progress,
-) -> Phase:
-    """Publish ``rate`` deliveries/s (``rate / fanout`` messages/s) for ``seconds``, open loop."""
-    fleet.reset()
-    meter = _Meter(target)
-    per_second = rate / fanout
+async def _publish_paced(
+    publish: Publish, per_second: float, seconds: float, stage: str, progress: Progress
+) -> int:
+    """Call ``publish(seq)`` ``per_second`` times a second for ``seconds``, open loop, in bursts every
+    2 ms; return how many were published."""
     tick = 0.002
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -182,10 +205,67 @@ async def _paced(
             await publish(seq)
             seq += 1
         next_tick = now + tick
-        progress("paced", (now - start) / seconds)
+        progress(stage, (now - start) / seconds)
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
+    return seq
+
+
+async def _paced(
+    fleet: Fleet,
+    target: Target,
+    publish: Publish,
+    fanout: int,
+    rate: float,
+    seconds: float,
+    timeout: float,
+    received: Callable[[], int],
+    progress: Progress,
+    name: str = "paced",
+) -> Phase:
+    """Publish ``rate`` deliveries/s (``rate / fanout`` messages/s) for ``seconds``, open loop."""
+    fleet.reset()
+    meter = _Meter(target)
+    start = asyncio.get_running_loop().time()
+    seq = await _publish_paced(publish, rate / fanout, seconds, name, progress)
     await fleet.wait_until(received, seq * fanout, timeout)
-    return meter.phase("paced", seq, seq * fanout, received(), loop.time() - start, fleet)
+    phase = meter.phase(name, seq, seq * fanout, received(), asyncio.get_running_loop().time() - start, fleet)
+    phase.offered_rate = rate
+    return phase
+
+
+async def _capacity(
+    result: Result,
+    fleet: Fleet,
+    target: Target,
+    publish: Publish,
+    fanout: int,
+    peak: float,
+    s: Settings,
+    received: Callable[[], int],
+    progress: Progress,
+) -> None:
+    """The capacity search (:mod:`loadtest.capacity`), each step a paced phase named ``capacity``."""
+    assert s.capacity is not None
+    options = s.capacity
+
+    async def step(rate: float) -> Trial:
+        phase = await _paced(
+            fleet,
+            target,
+            publish,
+            fanout,
+            rate,
+            options.step_seconds,
+            s.timeout,
+            received,
+            progress,
+            "capacity",
+        )
+        result.phases.append(phase)
+        return phase.trial(fleet.errors)  # _paced reset the fleet's counters: this step's errors
+
+    found = await search(step, peak, options)
+    result.figures.update(found.figures())
 
 
 async def _two_phases(
@@ -215,6 +295,9 @@ async def _two_phases(
     after = await target.latency_buckets(result.scenario) if before is not None else None
     if before is not None and after is not None:
         result.figures.update(_server_latency(server_latency.delta(before, after)))
+    errors = fleet.errors  # fleet.reset() in each capacity step zeroes it
+    if s.capacity is not None:
+        await _capacity(result, fleet, target, publish, fanout, peak.rate, s, counter, progress)
     p99 = round(paced.latency.p99, 3) if paced.latency else -1
     result.figures.update(
         {
@@ -226,7 +309,7 @@ async def _two_phases(
             "drops": peak.drops + paced.drops,
         }
     )
-    result.errors += fleet.errors
+    result.errors += errors
 
 
 def _conn_sender(pub: Publisher, ids: list[str], size: int) -> ConnSend:
@@ -467,7 +550,8 @@ SCENARIOS: dict[str, Callable[[Target, Publisher, Settings, Progress], Awaitable
 
 
 async def nats_alone_conn(target: Any, s: Settings, progress: Progress = _noop) -> Result:
-    """The conn scenario's publishes, received by nats-py alone (a callback that only counts)."""
+    """The conn scenario's publishes, received by nats-py alone (a callback that only counts; in the
+    capacity search's steps it also times the messages that carry their publish time)."""
     from loadtest.rawnats import RawPublisher
 
     result = Result(
@@ -481,10 +565,14 @@ async def nats_alone_conn(target: Any, s: Settings, progress: Progress = _noop) 
     # The same publishes as Prism's conn scenario: every SAMPLE_EVERY-th connection's message built fresh.
     untimed = payload.make(0, s.size)
     heads = raw.heads([f"conn.bench.c{i}" for i in range(s.connections)], len(untimed))
-    for seq in range(s.messages):
+
+    async def publish(seq: int) -> None:
         index = seq % s.connections
         data = payload.make(seq, s.size) if index % SAMPLE_EVERY == 0 else untimed
         await raw.publish_head(heads[index], data)
+
+    for seq in range(s.messages):
+        await publish(seq)
         if seq % 32 == 31:
             if seq + 1 - window > target.received:
                 await target.wait_until(seq + 1 - window, s.timeout)
@@ -494,8 +582,34 @@ async def nats_alone_conn(target: Any, s: Settings, progress: Progress = _noop) 
     await target.wait_until(expected, s.timeout)
     seconds = time.perf_counter() - start
     cpu = cpu_seconds(target.server_pid) - cpu0
-    await raw.close()
     peak = Phase("peak", s.messages, expected, target.received, seconds, target.received / seconds, cpu, None)
     result.phases.append(peak)
     result.figures.update({"deliveries_per_s": round(peak.rate), "server_cpu_s": round(cpu, 3)})
+    if s.capacity is not None:
+        options = s.capacity
+
+        async def step(rate: float) -> Trial:
+            phase = await _nats_alone_paced(target, publish, rate, options.step_seconds, s, progress)
+            result.phases.append(phase)
+            return phase.trial()
+
+        found = await search(step, peak.rate, options)
+        result.figures.update(found.figures())
+    await raw.close()
     return result
+
+
+async def _nats_alone_paced(
+    target: Any, publish: Publish, rate: float, seconds: float, s: Settings, progress: Progress
+) -> Phase:
+    """One capacity step for nats-py alone: ``rate`` messages/s, open loop, timed by the receiver."""
+    await target.reset(timing=True)
+    meter = _Meter(target)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = await _publish_paced(publish, rate, seconds, "capacity", progress)
+    await target.expect(sent, s.timeout)
+    stats = await target.stats()
+    phase = meter.measured("capacity", sent, sent, stats.count, loop.time() - start, stats.latency)
+    phase.offered_rate = rate
+    return phase

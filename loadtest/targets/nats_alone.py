@@ -1,7 +1,10 @@
 """What nats-py alone can receive on the server core: the floor under any Python gateway on NATS.
 
 A subscriber process pinned to the server core takes every ``conn.bench.*`` message through a callback
-that only counts, and reports its count on ``bench.progress`` every 1,000 messages.
+that only counts, and reports its count on ``bench.progress`` every 1,000 messages (and when it reaches
+the count ``bench.expect`` names). Reset with ``{"time": true}`` (the capacity search's steps), it also
+times the messages to the connections a WebSocket fleet samples (``conn.bench.c<i>``, every
+``SAMPLE_EVERY``-th), as those clients do, and ``bench.stats`` answers its count and latency percentiles.
 
     python -m loadtest.targets.nats_alone NATS_URL
 """
@@ -10,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
+import time
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
@@ -20,7 +27,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from gateway.embedded_nats import NatsServer
+from loadtest import payload
+from loadtest.fleet import SAMPLE_EVERY
 from loadtest.procstat import machine_cores
+from loadtest.stats import Latency, summarize
 from loadtest.targets.base import ServerProcess, python
 
 REPORT_EVERY = 1000
@@ -29,23 +39,57 @@ REPORT_EVERY = 1000
 async def main(url: str) -> None:
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     count = 0
+    generation = 0  # which reset a progress report belongs to: one sent before a reset is stale after it
+    expect = -1
+    timing = False
+    latencies: array[int] = array("q")
 
     async def on_msg(msg: Msg) -> None:
         nonlocal count
         count += 1
-        if count % REPORT_EVERY == 0:
-            await nc.publish("bench.progress", b"%d" % count)
+        # Only the connections a WebSocket fleet samples get freshly stamped messages; the others get one
+        # prebuilt message whose stamp is as old as the run.
+        if timing and int(msg.subject.rpartition(".c")[2]) % SAMPLE_EVERY == 0:
+            stamp = payload.sent_at(msg.data)
+            if stamp is not None:
+                latencies.append(time.time_ns() - stamp)
+        if count % REPORT_EVERY == 0 or count == expect:
+            await nc.publish("bench.progress", b"%d %d" % (generation, count))
 
     async def on_reset(msg: Msg) -> None:
-        nonlocal count
-        count = 0
-        await msg.respond(b"0")
+        nonlocal count, generation, expect, timing, latencies
+        count, expect = 0, -1
+        generation += 1
+        timing = bool(msg.data and json.loads(msg.data).get("time"))
+        latencies = array("q")
+        await msg.respond(b"%d" % generation)
+
+    async def on_expect(msg: Msg) -> None:
+        nonlocal expect
+        expect = int(msg.data)
+        await msg.respond(b"%d" % count)
+        if count >= expect:
+            await nc.publish("bench.progress", b"%d %d" % (generation, count))
+
+    async def on_stats(msg: Msg) -> None:
+        latency = summarize(latencies)
+        await msg.respond(
+            json.dumps({"count": count, "latency": latency.as_dict() if latency else None}).encode()
+        )
 
     await nc.subscribe("conn.bench.*", cb=on_msg, pending_msgs_limit=1_000_000)
     await nc.subscribe("bench.reset", cb=on_reset)
+    await nc.subscribe("bench.expect", cb=on_expect)
+    await nc.subscribe("bench.stats", cb=on_stats)
     await nc.flush()
     print("nats-alone ready", flush=True)
     await asyncio.Event().wait()
+
+
+@dataclass(frozen=True)
+class ReceiverStats:
+    count: int
+    latency: Latency | None
 
 
 class NatsAloneTarget:
@@ -62,6 +106,7 @@ class NatsAloneTarget:
         self.received = 0
         self._nc: NatsClient | None = None
         self._progress: asyncio.Event = asyncio.Event()
+        self._generation = -1
 
     async def start(self, workdir: Path) -> None:
         cores = {self.nats_core} if self.nats_core in machine_cores() else None
@@ -76,7 +121,9 @@ class NatsAloneTarget:
         self._nc = await nats.connect(self.nats.url)
 
         async def on_progress(msg: Msg) -> None:
-            self.received = max(self.received, int(msg.data))
+            generation, count = msg.data.split()
+            if int(generation) == self._generation:
+                self.received = max(self.received, int(count))
             self._progress.set()
 
         await self._nc.subscribe("bench.progress", cb=on_progress)
@@ -90,10 +137,29 @@ class NatsAloneTarget:
                     raise
                 await asyncio.sleep(0.05)
 
-    async def reset(self) -> None:
+    @property
+    def helper_pids(self) -> list[int]:
+        """nats-server, beside the load generator."""
+        return [self.nats.pid] if self.nats is not None else []
+
+    async def reset(self, timing: bool = False) -> None:
+        """Zero the receiver's count; ``timing``: also time the messages that carry their publish time."""
         assert self._nc is not None
-        await self._nc.request("bench.reset", b"", timeout=5)
+        answer = await self._nc.request("bench.reset", b'{"time": true}' if timing else b"", timeout=5)
+        self._generation = int(answer.data)
         self.received = 0
+
+    async def expect(self, count: int, timeout: float) -> bool:
+        """Wait until the receiver has ``count`` messages (it reports that count exactly)."""
+        assert self._nc is not None
+        await self._nc.request("bench.expect", b"%d" % count, timeout=5)
+        return await self.wait_until(count, timeout)
+
+    async def stats(self) -> ReceiverStats:
+        assert self._nc is not None
+        answer = json.loads((await self._nc.request("bench.stats", b"", timeout=10)).data)
+        latency = answer["latency"]
+        return ReceiverStats(int(answer["count"]), Latency(**latency) if latency else None)
 
     async def wait_until(self, target: int, timeout: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
