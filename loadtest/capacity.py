@@ -26,6 +26,7 @@ class CapacityOptions:
     resolution: float = 0.1  # stop bisecting once the first fail is within 10% of the last pass
     start_fraction: float = 1 / 32  # the first step's rate, as a share of the measured peak
     min_rate: float = 100.0  # deliveries/s: never step below this
+    min_messages: int = 10  # nor below this many publishes per step (a room publish is many deliveries)
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,15 @@ class Capacity:
 
 
 async def search(
-    run_step: Callable[[float], Awaitable[Trial]], peak: float, options: CapacityOptions
+    run_step: Callable[[float], Awaitable[Trial]], peak: float, options: CapacityOptions, fanout: int = 1
 ) -> Capacity:
-    """Step up from ``peak * start_fraction``, doubling, then bisect; see the module docstring."""
+    """Step up from ``peak * start_fraction``, doubling, then bisect; see the module docstring. Rates are
+    deliveries/s; ``fanout`` is the deliveries per publish."""
     result = Capacity(options.p99_ms)
     deadline = time.monotonic() + options.max_seconds
-    top = max(peak, options.min_rate)
-    rate = max(options.min_rate, min(top, peak * options.start_fraction))
+    floor = max(options.min_rate, fanout * options.min_messages / options.step_seconds)
+    top = max(peak, floor)
+    rate = max(floor, min(top, peak * options.start_fraction))
     low: float | None = None  # the highest rate that passed
     high: float | None = None  # the lowest rate that failed
     while len(result.trials) < options.max_steps and time.monotonic() < deadline:
@@ -106,9 +109,9 @@ async def search(
                 break  # passed at the measured peak: there is nothing higher to pace
             rate = min(top, rate * 2)
         elif low is None:  # the first step already failed: step down
-            if rate <= options.min_rate:
+            if rate <= floor:
                 break
-            rate = max(options.min_rate, rate / 2)
+            rate = max(floor, rate / 2)
         elif high <= low * (1 + options.resolution):
             break
         else:

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=400_000, help="1:1 messages in the peak phase")
     parser.add_argument("--room-messages", type=int, default=1000, help="room publishes in the peak phase")
+    parser.add_argument("--room-members", type=int, default=0, help="room size (default: --connections)")
     parser.add_argument("--idle-connections", type=int, default=5000)
     parser.add_argument("--connect-connections", type=int, default=3000)
     parser.add_argument("--paced-seconds", type=float, default=5.0)
@@ -126,6 +127,7 @@ async def run(args: argparse.Namespace, console: Console) -> list[Result]:
         connections=args.connections,
         messages=args.messages,
         room_messages=args.room_messages,
+        room_members=args.room_members,
         window=args.window,
         paced_seconds=args.paced_seconds,
         paced_rate=args.paced_rate,

@@ -97,6 +97,7 @@ class Settings:
     connections: int = 1000
     messages: int = 20_000
     room_messages: int = 300
+    room_members: int = 0  # 0: ``connections``
     window: int = 2000
     paced_seconds: float = 4.0
     paced_rate: float = 0.0  # deliveries/s in the paced phase; 0: half of the peak just measured
@@ -264,7 +265,7 @@ async def _capacity(
         result.phases.append(phase)
         return phase.trial(fleet.errors)  # _paced reset the fleet's counters: this step's errors
 
-    found = await search(step, peak, options)
+    found = await search(step, peak, options, fanout)
     result.figures.update(found.figures())
 
 
@@ -377,19 +378,19 @@ async def conn(target: Target, pub: Publisher, s: Settings, progress: Progress =
 
 
 async def room(target: Target, pub: Publisher, s: Settings, progress: Progress = _noop) -> Result:
-    """Room fan-out: one publish reaches every one of ``connections`` members of one room."""
-    result = Result(
-        "room", target.name, {"members": s.connections, "messages": s.room_messages, "size": s.size}
-    )
+    """Room fan-out: one publish reaches every one of ``room_members`` (default: ``connections``) members
+    of one room."""
+    members = s.room_members or s.connections
+    result = Result("room", target.name, {"members": members, "messages": s.room_messages, "size": s.size})
     fleet = Fleet(target.dialect)
-    clients = await _connect(fleet, target, s.connections, lambda i: None)
+    clients = await _connect(fleet, target, members, lambda i: None)
     await fleet.join(clients, "bench")
 
     async def publish(seq: int) -> None:
         await pub.room("bench", payload.make(seq, s.size))
 
-    window = max(2, s.window // s.connections * 10)
-    await _two_phases(result, fleet, target, publish, s.connections, s.room_messages, window, s, progress)
+    window = max(2, s.window // members * 10)
+    await _two_phases(result, fleet, target, publish, members, s.room_messages, window, s, progress)
     await fleet.close_all()
     return result
 

@@ -51,6 +51,10 @@ async def test_a_failing_first_step_steps_down_and_the_search_is_bounded_in_step
     assert asked[-1] == 320_000  # passing at the measured peak ends the search
     assert found.figures()["capacity_per_s"] == 320_000
 
+    asked, step = _node(0)
+    await search(step, 50_000, CapacityOptions(max_steps=10, step_seconds=2), fanout=1000)
+    assert min(asked) == 5_000  # a room of 1,000 steps no lower than 10 publishes per step
+
 
 async def test_quick_capacity_search_against_prism_writes_the_figure_and_the_report(tmp_path: Path) -> None:
     out = tmp_path / "bench"
