@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     capacity.add_argument("--capacity", action="store_true", help="run the capacity search")
     capacity.add_argument("--capacity-p99-ms", type=float, default=5.0, help="the p99 bound (default 5)")
     capacity.add_argument("--capacity-step-seconds", type=float, default=3.0, help="each paced step")
-    capacity.add_argument("--capacity-steps", type=int, default=10, help="at most this many steps")
+    capacity.add_argument("--capacity-steps", type=int, default=12, help="at most this many steps")
+    capacity.add_argument(
+        "--capacity-retries", type=int, default=1, help="run a failed step again this often (default 1)"
+    )
     capacity.add_argument(
         "--capacity-max-seconds", type=float, default=120.0, help="no step starts after this, per search"
     )
@@ -113,12 +116,20 @@ def capacity_options(args: argparse.Namespace) -> CapacityOptions | None:
     if args.capacity_p99_ms <= 0 or args.capacity_step_seconds <= 0 or args.capacity_steps < 1:
         raise SystemExit("--capacity-p99-ms and --capacity-step-seconds must be > 0, --capacity-steps >= 1")
     if args.quick:  # a smoke run: short steps, few of them
-        return CapacityOptions(p99_ms=args.capacity_p99_ms, step_seconds=0.5, max_steps=4, max_seconds=10)
+        return CapacityOptions(
+            p99_ms=args.capacity_p99_ms,
+            step_seconds=0.5,
+            max_steps=4,
+            max_seconds=10,
+            min_samples=50,
+            retries=0,
+        )
     return CapacityOptions(
         p99_ms=args.capacity_p99_ms,
         step_seconds=args.capacity_step_seconds,
         max_steps=args.capacity_steps,
         max_seconds=args.capacity_max_seconds,
+        retries=max(0, args.capacity_retries),
     )
 
 

@@ -265,7 +265,7 @@ async def _capacity(
         result.phases.append(phase)
         return phase.trial(fleet.errors)  # _paced reset the fleet's counters: this step's errors
 
-    found = await search(step, peak, options, fanout)
+    found = await search(step, peak, options, fanout, SAMPLE_EVERY)
     result.figures.update(found.figures())
 
 
@@ -594,7 +594,7 @@ async def nats_alone_conn(target: Any, s: Settings, progress: Progress = _noop) 
             result.phases.append(phase)
             return phase.trial()
 
-        found = await search(step, peak.rate, options)
+        found = await search(step, peak.rate, options, 1, SAMPLE_EVERY)
         result.figures.update(found.figures())
     await raw.close()
     return result

@@ -27,7 +27,7 @@ def _node(capacity: float, drops_above: float = float("inf")) -> tuple[list[floa
 
 async def test_steps_up_doubling_then_bisects_to_the_resolution() -> None:
     asked, step = _node(37_000)
-    found = await search(step, 320_000, CapacityOptions(max_steps=20))
+    found = await search(step, 320_000, CapacityOptions(max_steps=20, retries=0))
     assert asked[:5] == [10_000, 20_000, 40_000, 30_000, 35_000]  # 1/32 of the peak, doubling, bisect
     figures = found.figures()
     assert 37_000 / 1.1 <= figures["capacity_per_s"] <= 37_000
@@ -37,23 +37,39 @@ async def test_steps_up_doubling_then_bisects_to_the_resolution() -> None:
 
 async def test_a_step_with_drops_fails_however_low_its_p99() -> None:
     _, step = _node(100_000, drops_above=15_000)
-    found = await search(step, 320_000, CapacityOptions(max_steps=20))
+    found = await search(step, 320_000, CapacityOptions(max_steps=20, retries=0))
     assert 15_000 / 1.1 <= found.figures()["capacity_per_s"] <= 15_000
 
 
 async def test_a_failing_first_step_steps_down_and_the_search_is_bounded_in_steps() -> None:
     asked, step = _node(1_000)
-    found = await search(step, 320_000, CapacityOptions(max_steps=4))
+    found = await search(step, 320_000, CapacityOptions(max_steps=4, retries=0))
     assert asked == [10_000, 5_000, 2_500, 1_250]
     assert found.figures()["capacity_per_s"] == 0  # none passed within the 4 steps
     asked, step = _node(10**9)
-    found = await search(step, 320_000, CapacityOptions(max_steps=20))
+    found = await search(step, 320_000, CapacityOptions(max_steps=20, retries=0))
     assert asked[-1] == 320_000  # passing at the measured peak ends the search
     assert found.figures()["capacity_per_s"] == 320_000
 
     asked, step = _node(0)
-    await search(step, 50_000, CapacityOptions(max_steps=10, step_seconds=2), fanout=1000)
+    await search(step, 50_000, CapacityOptions(max_steps=10, step_seconds=2, retries=0), fanout=1000)
     assert min(asked) == 5_000  # a room of 1,000 steps no lower than 10 publishes per step
+    asked, step = _node(0)
+    await search(step, 50_000, CapacityOptions(max_steps=10, step_seconds=2, retries=0), sample_every=8)
+    assert min(asked) == 1_200  # nor lower than 300 timed deliveries per step
+
+
+async def test_a_failed_step_is_run_again_before_its_rate_counts_as_failed() -> None:
+    # A one-off breach at 20,000/s, a real one at 40,000/s.
+    flaky: dict[float, list[float]] = {20_000: [9.0, 4.0], 40_000: [9.0, 9.0]}
+
+    async def step(rate: float) -> Trial:
+        outcomes = flaky.get(rate)
+        return Trial(rate, outcomes.pop(0) if outcomes else (4.0 if rate < 40_000 else 9.0), 0)
+
+    found = await search(step, 320_000, CapacityOptions(max_steps=20, retries=1))
+    assert [t.rate for t in found.trials][:5] == [10_000, 20_000, 20_000, 40_000, 40_000]
+    assert 40_000 / 1.1 <= found.figures()["capacity_per_s"] < 40_000
 
 
 async def test_quick_capacity_search_against_prism_writes_the_figure_and_the_report(tmp_path: Path) -> None:
