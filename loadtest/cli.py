@@ -22,13 +22,14 @@ import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loadtest import report, scenarios
+from loadtest import noise, report, scenarios
 from loadtest.capacity import CapacityOptions
 from loadtest.procstat import machine_cores, pin_to, raise_fd_limit
 from loadtest.scenarios import Result, Settings
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()
     if not pin_to({args.client_core}) or args.server_core not in machine_cores():
         console.print("[yellow]fewer than two cores: generator and server share the CPU; compare ratios only")
-    meta = {
+    meta: dict[str, Any] = {
         "command": "python -m loadtest " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         "machine": report.machine(),
         "versions": f"Python {sys.version.split()[0]}, websockets {version('websockets')}, "
@@ -268,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pinning": f"servers on core {args.server_core}, generator and NATS on core {args.client_core}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if args.capacity:  # the floor under any p99: how late the machine itself wakes a sleeping process
+        meta["noise"] = noise.measure(1.0 if args.quick else 5.0)
+        console.print("machine noise: " + noise.describe(meta["noise"]))
 
     async def bounded() -> list[Result]:
         return await asyncio.wait_for(run(args, console), args.max_seconds)

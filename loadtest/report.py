@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from loadtest.noise import describe as describe_noise
 from loadtest.scenarios import Result
 
 # The figures the project promises (issues #3 and #17), checked on every run that measured them.
@@ -120,6 +121,7 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
         f"- machine: {meta.get('machine', '')}",
         f"- versions: {meta.get('versions', '')}",
         f"- pinning: {meta.get('pinning', '')}",
+        *([f"- machine noise before the run: {describe_noise(meta['noise'])}"] if "noise" in meta else []),
         "",
         "| scenario | target | deliveries/s (peak) | server CPU s | deliveries / CPU s | p50 ms | p99 ms "
         "| p99.9 ms | max ms | other | drops | errors |",
