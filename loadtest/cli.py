@@ -257,6 +257,7 @@ def summary_table(results: list[Result]) -> Table:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    capacity_options(args)  # a bad capacity setting ends the run before anything starts
     console = Console(width=None if sys.stdout.isatty() else 140)
     raise_fd_limit()
     if not pin_to({args.client_core}) or args.server_core not in machine_cores():

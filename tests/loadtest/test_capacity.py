@@ -100,3 +100,16 @@ async def test_quick_capacity_search_against_prism_writes_the_figure_and_the_rep
     assert "## Capacity at p99 < 200 ms" in summary
     assert "| conn | prism |" in summary.split("## Capacity")[1]
     assert "| conn | nats-py-alone |" in summary.split("## Capacity")[1]
+
+
+async def test_a_bad_capacity_setting_is_one_line_and_a_non_zero_exit_before_anything_runs() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "loadtest", "--capacity", "--capacity-steps", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0
+    assert err.decode().strip().splitlines() == [
+        "--capacity-p99-ms and --capacity-step-seconds must be > 0, --capacity-steps >= 1"
+    ]
+    assert b"machine noise" not in out
