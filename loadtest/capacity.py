@@ -47,6 +47,7 @@ class Trial:
     errors: int = 0
     server_busy: float = 0.0
     client_busy: float = 0.0
+    steal: float = 0.0  # the share of the machine's CPU time the hypervisor took meanwhile
 
     def passed(self, bound_ms: float) -> bool:
         return self.p99_ms is not None and self.p99_ms < bound_ms and self.drops == 0 and self.errors == 0
@@ -89,6 +90,7 @@ class Capacity:
         if edge is not None:
             figures["capacity_server_busy"] = round(edge.server_busy, 2)
             figures["capacity_client_busy"] = round(edge.client_busy, 2)
+            figures["capacity_steal"] = round(edge.steal, 3)
         return figures
 
 

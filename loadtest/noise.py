@@ -25,7 +25,7 @@ import numpy as np
 from loadtest.procstat import machine_cores
 
 
-def _steal_ticks() -> int:
+def steal_ticks() -> int:
     """Clock ticks stolen from all CPUs so far (the 8th value of /proc/stat's ``cpu`` line)."""
     try:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()
@@ -58,7 +58,7 @@ def measure(seconds: float = 5.0) -> dict[str, Any]:
     """Probe every core at once (one process each) and read the steal over the same time."""
     ticks = os.sysconf("SC_CLK_TCK")
     cores = sorted(machine_cores())
-    steal0 = _steal_ticks()
+    steal0 = steal_ticks()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "loadtest.noise", "--probe", str(core), "--seconds", str(seconds)],
@@ -67,7 +67,7 @@ def measure(seconds: float = 5.0) -> dict[str, Any]:
         for core in cores
     ]
     per_core = [json.loads(p.communicate(timeout=seconds + 30)[0]) for p in procs]
-    stolen = (_steal_ticks() - steal0) / ticks
+    stolen = (steal_ticks() - steal0) / ticks
     return {"seconds": seconds, "steal_share": round(stolen / (seconds * len(cores)), 4), "cores": per_core}
 
 

@@ -91,6 +91,7 @@ def capacity_rows(results: list[Result]) -> list[list[str]]:
                 _num(f.get("capacity_steps")),
                 _num(f.get("capacity_server_busy")),
                 _num(f.get("capacity_client_busy")),
+                _num(f.get("capacity_steal")),
                 *ratios,
             ]
         )
@@ -163,11 +164,12 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
             "",
             f"The highest paced rate (deliveries/s) whose p99 publish-to-receipt latency stayed under "
             f"{bound:g} ms with no drops; the first failing rate above it, and how busy the server's core "
-            "and the generator's core (generator + broker) were at that step (CPU s per s).",
+            "and the generator's core (generator + broker) were at that step (CPU s per s), and the "
+            "share of the machine's CPU time the hypervisor took meanwhile (steal).",
             "",
             "| scenario | target | deliveries/s | p99 ms there | first fail /s | its p99 ms | steps "
-            "| server core busy | generator core busy | / ceiling | / nats-py alone |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| server core busy | generator core busy | steal | / ceiling | / nats-py alone |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in capacity]
         lines.append("")

@@ -19,15 +19,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from loadtest import payload, server_latency
+from loadtest import noise, payload, server_latency
 from loadtest.capacity import CapacityOptions, Trial, search
 from loadtest.fleet import SAMPLE_EVERY, Client, Fleet
-from loadtest.procstat import cpu_seconds, rss_bytes
+from loadtest.procstat import cpu_seconds, machine_cores, rss_bytes
 from loadtest.stats import Latency, summarize
 from loadtest.targets.base import ConnSend, PreparingPublisher, Publisher, StampingPublisher, Target
 from shared import gc_policy
 
 PEAK_SECONDS = 15.0
+_TICKS = os.sysconf("SC_CLK_TCK")
 Publish = Callable[[int], Awaitable[None]]
 Progress = Callable[[str, float], None]
 
@@ -46,6 +47,7 @@ class Phase:
     generator_cpu_seconds: float = 0.0  # the load generator's own CPU
     helper_cpu_seconds: float = 0.0  # NATS/Redis beside the generator: with the generator's, the client core
     offered_rate: float = 0.0  # deliveries/s a paced phase asked for (0: the peak phase, as fast as it goes)
+    steal_share: float = 0.0  # of the machine's CPU time, taken by the hypervisor during the phase
 
     @property
     def drops(self) -> int:
@@ -61,6 +63,7 @@ class Phase:
             errors,
             self.cpu_seconds / seconds,
             (self.generator_cpu_seconds + self.helper_cpu_seconds) / seconds,
+            self.steal_share,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -140,6 +143,7 @@ class _Meter:
         self.server = cpu_seconds(target.server_pid)
         self.generator = cpu_seconds(os.getpid())
         self.helpers = _helpers_cpu(target)
+        self.steal = noise.steal_ticks()
 
     def phase(self, name: str, messages: int, expected: int, got: int, seconds: float, fleet: Fleet) -> Phase:
         phase = self.measured(name, messages, expected, got, seconds, summarize(fleet.latencies))
@@ -160,6 +164,7 @@ class _Meter:
             latency,
             generator_cpu_seconds=cpu_seconds(os.getpid()) - self.generator,
             helper_cpu_seconds=_helpers_cpu(self.target) - self.helpers,
+            steal_share=(noise.steal_ticks() - self.steal) / _TICKS / (seconds * len(machine_cores())),
         )
 
 

@@ -94,6 +94,7 @@ async def test_quick_capacity_search_against_prism_writes_the_figure_and_the_rep
         steps = [p for p in results[key]["phases"] if p["name"] == "capacity"]
         assert len(steps) == figures["capacity_steps"] <= 4
         assert all(p["offered_rate"] > 0 and p["latency"]["samples"] > 0 for p in steps)
+        assert 0 <= figures["capacity_steal"] < 1
     assert {c["core"] for c in data["meta"]["noise"]["cores"]} >= {0}
     summary = (out / "summary.md").read_text()
     assert "machine noise before the run: a 1 ms sleep" in summary
