@@ -32,12 +32,12 @@ from typing import Any
 
 from gateway.embedded_nats import NatsServer, die_with_parent
 from gateway.environment import without_unknown
-from gateway.io.bus import NatsBus, NatsOptions, NatsUnreachable
 from shared import http_demo
 from shared.config import load
 from shared.errors import ConfigError, PrismError
 from shared.listen import Settings, check_can_listen
 from shared.nats_auth import NatsSettings
+from shared.nats_connection import NatsOptions, NatsUnreachable, connect
 
 log = logging.getLogger("prism.dev")
 
@@ -178,10 +178,10 @@ async def _reach_nats(timeout: float) -> None:
     settings.nats_auth.validate()
     options = NatsOptions(servers=settings.nats_servers, name="prism-dev", auth=settings.nats_auth)
     try:
-        bus = await NatsBus.connect(options, give_up_after=timeout)
+        connection = await connect(options, give_up_after=timeout)
     except NatsUnreachable as exc:
         raise StartFailed(f"{exc}; gave up after {timeout:.0f}s: check PRISM_NATS_URL") from None
-    await bus.close()
+    await connection.close()
 
 
 def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:

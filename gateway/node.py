@@ -35,7 +35,7 @@ from gateway.io.admission import (
     connection_class,
 )
 from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy_of
-from gateway.io.bus import NatsBus, NatsOptions
+from gateway.io.bus import NatsBus
 from gateway.io.history import HistoryStore
 from gateway.io.http import HttpRoutes
 from gateway.io.http_api import HttpApi
@@ -68,6 +68,7 @@ from shared.close_codes import CloseCode
 from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
 from shared.listen import check_can_listen
+from shared.nats_connection import NatsOptions
 from shared.presence import PresenceReader
 from shared.startup import StartupSteps
 
