@@ -140,6 +140,28 @@ async def wait_for_port(port: int, proc: ServerProcess, timeout: float = 30.0) -
         return
 
 
+async def wait_until_ready(port: int, proc: ServerProcess, timeout: float = 30.0) -> None:
+    """Wait until the Prism node on ``port`` answers ``GET /readyz`` with 200: it listens before it is
+    ready (while it connects to NATS), and refuses upgrades with 503 until then."""
+    await wait_for_port(port, proc, timeout)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        assert proc.proc is not None
+        if proc.proc.returncode is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.proc.returncode} before it was ready")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        status = await reader.readline()
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        if status.split()[1:2] == [b"200"]:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"the node on {port} was not ready after {timeout}s: {status!r}")
+        await asyncio.sleep(0.05)  # another process is starting: nothing to await but its answer
+
+
 def python() -> str:
     return sys.executable
 

@@ -14,7 +14,15 @@ from gateway.embedded_nats import NatsServer
 from loadtest import server_latency
 from loadtest.procstat import machine_cores
 from loadtest.rawnats import RawPublisher
-from loadtest.targets.base import ConnSend, Publisher, ServerProcess, Target, free_port, python, wait_for_port
+from loadtest.targets.base import (
+    ConnSend,
+    Publisher,
+    ServerProcess,
+    Target,
+    free_port,
+    python,
+    wait_until_ready,
+)
 from shared.headers import SENT_AT
 
 
@@ -84,8 +92,7 @@ class PrismTarget(Target):
         args = [
             python(),
             "-m",
-            "gateway",
-            "gateway",
+            "gateway",  # prism gateway
             "--host",
             "127.0.0.1",
             "--port",
@@ -95,7 +102,7 @@ class PrismTarget(Target):
         ]
         self.gateway = ServerProcess(args, self.server_core, env)
         await self.gateway.start(workdir / "gateway.log")
-        await wait_for_port(self.port, self.gateway)
+        await wait_until_ready(self.port, self.gateway)
         self.server_pid = self.gateway.pid
 
     async def stop(self) -> None:
