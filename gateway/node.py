@@ -190,7 +190,7 @@ class Node:
         sessions.recovery = recovery
         if recovery is not None:
             # Creates or updates the history streams (a refusal stops the start; JetStream not ready: wait).
-            await self._steps.run("JetStream to serve the history streams", recovery.start)
+            await recovery.start(self._steps)
         if authenticator is not None:
             callout = None
             if self.config.authz_subject:
