@@ -22,14 +22,16 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from gateway.config import GatewayConfig
+from gateway.core import session as core
 from gateway.core.auth import Refresh
 from gateway.core.http_backends import Deny, HttpBackend
 from gateway.core.hub import Hub, JoinOutcome
 from gateway.core.inbound import Command, Event, Join, Leave, Raw, parse_client_frame, ref_of
-from gateway.core.lifecycle_events import event_body, identity_headers
-from gateway.core.limits import InboundGuard, Reason, Verdict
+from gateway.core.lifecycle_events import disconnect_details, event_body, identity_headers
+from gateway.core.limits import InboundGuard, Verdict
 from gateway.core.presence_writes import LocalState
 from gateway.core.recovery import user_recovery
+from gateway.core.session import Close, Send, SessionRules, limit_broken
 from gateway.features import Features
 from gateway.io.admission import Rejections, rate_policy
 from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
@@ -56,14 +58,6 @@ log = logging.getLogger("prism.session")
 _EVENT_KEY = h.EVENT.encode()
 _FRAME_BINARY_LINE = f"{h.FRAME}: {h.FRAME_BINARY}\r\n".encode()
 _FRAME_TEXT_LINE = f"{h.FRAME}: {h.FRAME_TEXT}\r\n".encode()
-
-
-# Closes websockets sends on its own when a client breaks a limit, counted as rejections.
-_LIMIT_CLOSES: dict[int, Reason] = {
-    CloseCode.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
-    CloseCode.INVALID_DATA: Reason.INVALID_UTF8,
-    CloseCode.MESSAGE_TOO_BIG: Reason.MESSAGE_TOO_BIG,
-}
 
 
 class Sessions:
@@ -116,6 +110,13 @@ class Sessions:
         # idle timeout (a timer per connection, only when it is on).
         self.rejections = Rejections(metrics, node_id)
         self._rate = rate_policy(config)
+        self.rules = SessionRules(
+            config.max_rooms_per_conn,
+            config.max_inflight_requests,
+            config.request_timeout,
+            config.idle_timeout,
+            self._rate.rate,
+        )
         self._guard_inbound = self._rate.enabled or config.idle_timeout > 0
         self._max_depth = config.max_json_depth
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
@@ -254,8 +255,7 @@ class Sessions:
         except PresenceUnavailable as exc:  # the writer scheduled a repair, which purges the keys
             log.warning("could not unregister %s: %s", conn.conn_id, exc)
             self.metrics.presence_errors.labels(node=self.node_id, op="unregister").inc()
-        extra: dict[str, object] = {"code": code, "reason": reason, "rooms": sorted(rooms)}
-        extra["disconnected_at"] = utc_now()
+        extra = disconnect_details(code, reason, rooms, utc_now())
         await self._lifecycle(self.subjects.client_disconnect, conn, extra)
         self.http.disconnected(conn, extra)
         self._route_metrics(conn.route)[1].dec()
@@ -305,16 +305,7 @@ class Sessions:
         self._bytes_in.inc(len(message))
         if conn.closing:
             return
-        rate = self._rate.rate
-        if verdict is Verdict.DROP:
-            self.rejections.count(Reason.RATE_LIMITED)
-            ref = ref_of(message, self._max_depth)
-            text = f"over {rate:g} messages per second: message dropped"
-            self.send_error(conn, ref, ErrorCode.RATE_LIMITED, text)
-        else:
-            self.rejections.count(Reason.RATE_ABUSE)
-            reason = f"message rate limit: over {rate:g} messages per second, again and again"
-            self.close(conn, CloseCode.POLICY_VIOLATION, reason)
+        self._act(conn, self.rules.over_rate(verdict, ref_of(message, self._max_depth)))
 
     def _watch_idle(self, conn: LocalConn) -> InboundGuard:
         guard = InboundGuard(self._rate, time.monotonic())
@@ -327,15 +318,13 @@ class Sessions:
         if conn.closing:
             self._idle_timers.pop(conn.conn_id, None)
             return
-        timeout = self.config.idle_timeout
-        idle = guard.idle_for(time.monotonic())
-        if idle >= timeout - 0.001:  # a timer may fire a hair early
+        decision = self.rules.idle(guard.idle_for(time.monotonic()))
+        if isinstance(decision, Close):
             self._idle_timers.pop(conn.conn_id, None)
-            self.rejections.count(Reason.IDLE_TIMEOUT)
-            self.close(conn, CloseCode.GOING_AWAY, f"idle timeout: no message for {timeout:g}s")
+            self._act(conn, decision)
         else:
             loop = asyncio.get_running_loop()
-            self._idle_timers[conn.conn_id] = loop.call_later(timeout - idle, self._check_idle, conn, guard)
+            self._idle_timers[conn.conn_id] = loop.call_later(decision, self._check_idle, conn, guard)
 
     def _closed_by_limit(self, conn: LocalConn) -> None:
         """Stop the idle timer; count the closes websockets made for a limit (size, UTF-8, protocol)."""
@@ -344,10 +333,9 @@ class Sessions:
             timer.cancel()
         protocol = conn.ws.protocol
         sent = protocol.close_sent
-        if sent is not None and protocol.close_rcvd_then_sent is not True:  # the node closed first
-            reason = _LIMIT_CLOSES.get(sent.code)
-            if reason is not None:
-                self.rejections.count(reason)
+        node_first = protocol.close_rcvd_then_sent is not True
+        if (broken := limit_broken(sent.code if sent is not None else None, node_first)) is not None:
+            self.rejections.count(broken)
 
     # -- client frames ---------------------------------------------------------------------------------
     async def _on_frame(self, conn: LocalConn, message: str | bytes) -> None:
@@ -356,37 +344,29 @@ class Sessions:
             command = self._parse(message, self._max_depth)
         except FrameError as exc:
             self._frames_in["invalid"].inc()
-            if exc.code == ErrorCode.INVALID_FRAME:  # nested deeper than max_json_depth (or than orjson can)
-                self.rejections.count(Reason.JSON_DEPTH)
-            self.send_error(conn, exc.ref, ErrorCode(exc.code), exc.message)
+            self._act(conn, self.rules.invalid(exc.ref, ErrorCode(exc.code), exc.message))
             return
         if isinstance(command, Join):
             self._frames_in["command"].inc()
             if self.access is not None and (denied := await self.access.deny_join(conn, command.room)):
-                self.send_error(conn, command.ref, ErrorCode.FORBIDDEN, denied)
+                self._act(conn, self.rules.forbidden(command.ref, denied))
                 return
             try:
                 outcome = await self._join_command(conn, command)
             except PresenceUnavailable:
-                text = "the presence registry is unavailable: not joined, try again later"
-                self.send_error(conn, command.ref, ErrorCode.UNAVAILABLE, text)
+                self._act(conn, self.rules.join_unavailable(command.ref))
                 return
-            if outcome is JoinOutcome.TOO_MANY_ROOMS:
-                limit = self.config.max_rooms_per_conn
-                self.rejections.count(Reason.TOO_MANY_ROOMS)
-                self.send_error(conn, command.ref, ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms")
-            else:
-                self._send(conn, frames.ok(command.ref))
+            self._act(conn, self.rules.join_answer(command.ref, outcome))
         elif isinstance(command, Refresh) and self.access is not None:  # parsed only with auth on
             self._frames_in["command"].inc()
             if (refused := self.access.refresh(conn, command.token)) is None:
-                self._send(conn, frames.ok(command.ref))
+                self._act(conn, core.ok(command.ref))
             else:
-                self.send_error(conn, command.ref, refused.error_code, refused.message)
+                self._act(conn, core.error(command.ref, refused.error_code, refused.message))
         elif isinstance(command, Leave):
             self._frames_in["command"].inc()
             await self.membership.leave_room(conn, command.room)
-            self._send(conn, frames.ok(command.ref))
+            self._act(conn, core.ok(command.ref))
         elif isinstance(command, Event):
             await self._on_event(conn, command)
         elif isinstance(command, Raw):
@@ -435,7 +415,7 @@ class Sessions:
         """Publish the event, or send the request; True if the request (and ``span``) is now pending."""
         if self.access is not None and (denied := await self.access.deny_event(conn, event.name)):
             self._frames_in["event" if event.ref is None else "request"].inc()
-            self.send_error(conn, event.ref, ErrorCode.FORBIDDEN, denied)
+            self._act(conn, self.rules.forbidden(event.ref, denied))
             return False
         if (backend := self.http.backend_for(conn, event.name)) is not None:
             return await self._send_http_event(conn, event, backend, span)
@@ -454,17 +434,16 @@ class Sessions:
             await self.requests.send(conn, subject, block, event.data, event.ref, event.name, span)
         except Exception as exc:
             conn.inflight_requests -= 1
-            self.send_error(conn, event.ref, ErrorCode.BACKEND_UNAVAILABLE, f"cannot reach backends: {exc}")
+            self._act(conn, self.rules.unreachable(event.ref, exc))
             return False
         return True
 
     def _too_many_requests(self, conn: LocalConn, ref: Ref) -> bool:
         """Refuse (with an error frame) a request over ``max_inflight_requests`` awaiting replies."""
-        if conn.inflight_requests < self.config.max_inflight_requests:
+        refused = self.rules.request_refused(conn.inflight_requests, ref)
+        if refused is None:
             return False
-        limit = self.config.max_inflight_requests
-        self.rejections.count(Reason.TOO_MANY_REQUESTS)
-        self.send_error(conn, ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
+        self._act(conn, refused)
         return True
 
     async def _send_http_event(
@@ -476,7 +455,7 @@ class Sessions:
             self._frames_in["event"].inc()
             failed = await self.http.event(conn, backend, event)
             if failed is not None:
-                self.send_error(conn, None, *failed)
+                self._act(conn, core.error(None, *failed))
             return False
         self._frames_in["request"].inc()
         if self._too_many_requests(conn, event.ref):
@@ -486,10 +465,7 @@ class Sessions:
 
         def done(failed: ClientError | None, body: bytes) -> None:
             conn.inflight_requests -= 1
-            if failed is None:
-                self._send(conn, frames.reply(ref, body))
-            else:
-                self.send_error(conn, ref, *failed)
+            self._act(conn, self.rules.answered(ref, failed, body))
             if span is not None:
                 end_span(span, failed[0] if failed else None)
 
@@ -502,19 +478,13 @@ class Sessions:
         """A backend's reply to a client request, or why there is none (from :class:`RequestMux`)."""
         assert isinstance(conn, LocalConn)
         conn.inflight_requests -= 1
-        if error is ErrorCode.TIMEOUT:
-            seconds = self.config.request_timeout
-            self.send_error(conn, ref, error, f"no reply to {event!r} in {seconds}s")
-        elif error is ErrorCode.NO_RESPONDERS:
-            self.send_error(conn, ref, error, f"no backend handles {event!r}")
-        else:
-            self._send(conn, frames.reply(ref, data or b""))
+        self._act(conn, self.rules.request_answer(ref, event, data, error))
 
     async def _publish(self, conn: LocalConn, subject: str, block: bytes, payload: bytes, ref: Ref) -> None:
         try:
             await self.bus.publish_encoded(subject, "", block, payload)
         except BusUnavailable as exc:
-            self.send_error(conn, ref, ErrorCode.BACKEND_UNAVAILABLE, f"message not sent: {exc}")
+            self._act(conn, self.rules.not_sent(ref, exc))
 
     def _headers(self, conn: LocalConn) -> Headers:
         return identity_headers(record_of(conn, self.node_id))
@@ -526,9 +496,13 @@ class Sessions:
         except Exception as exc:
             log.warning("could not publish %s for %s: %s", subject, conn.conn_id, exc)
 
-    def _send(self, conn: LocalConn, frame: bytes) -> None:
-        self.flusher.send(conn, Outgoing(frame, binary=False))
-
-    def send_error(self, conn: LocalConn, ref: Ref, code: ErrorCode, message: str) -> None:
-        self.metrics.client_errors.labels(node=self.node_id, code=code.value).inc()
-        self._send(conn, frames.error(ref, code, message))
+    def _act(self, conn: LocalConn, action: Send | Close) -> None:
+        """Carry out a decision of the session core (gateway/core/session.py)."""
+        if action.rejected is not None:
+            self.rejections.count(action.rejected)
+        if isinstance(action, Close):
+            self.close(conn, action.code, action.reason)
+            return
+        if action.error is not None:
+            self.metrics.client_errors.labels(node=self.node_id, code=action.error.value).inc()
+        self.flusher.send(conn, Outgoing(action.frame, binary=False))
