@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from websockets.protocol import State
 
 from gateway.core.hub import Hub
-from gateway.delivery import Delivery, MembershipOps
+from gateway.delivery import Delivery
 from gateway.io import direct_subscription
 from gateway.io.nats_reader import DeliveryReader
 from gateway.io.outbox import Flusher, LocalConn
@@ -92,8 +92,7 @@ async def delivery_path(messages_per_read: int = 100, reads: int = 1000) -> floa
     hub: Hub[LocalConn] = Hub(100)
     flusher = Flusher(1 << 20, lambda conn: None, lambda frames, written: None)
     metrics = GatewayMetrics(CollectorRegistry(), "node1")
-    ops = MembershipOps(join=None, leave=None, close=None)  # type: ignore[arg-type]
-    delivery = Delivery("node1", Subjects(""), hub, flusher, None, metrics, ops)  # type: ignore[arg-type]
+    delivery = Delivery("node1", Subjects(""), hub, flusher, None, metrics)  # type: ignore[arg-type]
     for i in range(CONNECTIONS):
         ws = SimpleNamespace(protocol=SimpleNamespace(state=State.OPEN), transport=NullTransport())
         conn = LocalConn(f"node1.c{i}", None, "/ws", "127.0.0.1:1", ws, "now")  # type: ignore[arg-type]

@@ -6,24 +6,18 @@ nats-py's client has a 35-argument ``connect()`` and a wide surface; the rest of
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import nats
-import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol import command as prot_command
 
 from gateway.io import direct_subscription, nats_reader
-from shared.errors import ConfigError
-from shared.nats_auth import NatsAuth
+from shared import nats_connection
+from shared.nats_connection import ConnectionEvents, NatsConnection, NatsOptions
 
 log = logging.getLogger("prism.bus")
 
@@ -79,60 +73,12 @@ class Bus(Protocol):
     async def flush(self, timeout: float = 5.0) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class NatsOptions:
-    servers: list[str]
-    name: str
-    connect_timeout: float = 5.0
-    max_reconnect_attempts: int = -1
-    reconnect_time_wait: float = 1.0
-    drain_timeout: float = 10.0
-    auth: NatsAuth = field(default_factory=NatsAuth)
-
-
-class NatsUnreachable(Exception):
-    """No NATS server answered within the time :meth:`NatsBus.connect` was given; the message says
-    where and why (the last error, e.g. connection refused)."""
-
-
-@dataclass(slots=True)
-class _ConnectionEvents:
-    """nats-py's callbacks, which log only what an operator should act on."""
-
-    on_state: Callable[[bool], Awaitable[None]] | None
-    connected: bool = False  # the first connect succeeded: errors from now on are news
-    closing: bool = False  # closed on purpose (drain, close): its disconnect is not a warning
-    last_error: Exception | None = None  # the first connect's latest error, for its retry line
-    refused: list[Exception] = field(default_factory=list)  # authorization errors of the first connect
-
-    async def disconnected(self) -> None:
-        if self.closing:
-            log.debug("NATS connection closed")
-        else:
-            log.warning("NATS disconnected")
-        if self.on_state:
-            await self.on_state(False)
-
-    async def reconnected(self) -> None:
-        log.info("NATS reconnected")
-        if self.on_state:
-            await self.on_state(True)
-
-    async def error(self, exc: Exception) -> None:
-        if "authorization violation" in str(exc).lower():
-            self.refused.append(exc)
-        if not self.connected:  # the connect loop says what went wrong, once per attempt
-            self.last_error = exc
-            return
-        log.warning("NATS error: %s", exc)
-
-
 class NatsBus:
     """:class:`Bus` over one nats-py connection."""
 
-    def __init__(self, nc: NatsClient, events: _ConnectionEvents | None = None) -> None:
+    def __init__(self, nc: NatsClient, events: ConnectionEvents | None = None) -> None:
         self.nc = nc
-        self._events = events if events is not None else _ConnectionEvents(None, connected=True)
+        self._connection = NatsConnection(nc, events)
         self._direct = direct_subscription.supported(nc)
         if not self._direct:
             log.warning("this nats-py lacks what direct subscriptions need; using one task per subscription")
@@ -145,54 +91,10 @@ class NatsBus:
         on_state: Callable[[bool], Awaitable[None]] | None = None,
         give_up_after: float | None = None,
     ) -> NatsBus:
-        """Connect, retrying while no server answers (a node may start before NATS does): forever, or
-        for ``give_up_after`` seconds and then raise :class:`NatsUnreachable`. Refused credentials and
-        TLS failures raise :class:`ConfigError` at once: retrying cannot help."""
-        events = _ConnectionEvents(on_state)
-        servers = ", ".join(options.servers)
-        loop = asyncio.get_running_loop()
-        deadline = None if give_up_after is None else loop.time() + give_up_after
-        # nats-py's own first connect retries silently forever when reconnects are unlimited. Try each
-        # server a couple of times, say so in one line when NATS is not there, back off and try again,
-        # then allow unlimited reconnects for the life of the connection.
-        delay = 0.5
-        while True:
-            nc = NatsClient()
-            if not nats_reader.install(nc):
-                log.warning("this nats-py's parser is not one Prism knows; delivery uses nats-py's own")
-            events.last_error = None
-            try:
-                await nc.connect(
-                    servers=options.servers,
-                    name=options.name,
-                    connect_timeout=int(options.connect_timeout),
-                    max_reconnect_attempts=1,
-                    reconnect_time_wait=int(options.reconnect_time_wait),
-                    drain_timeout=int(options.drain_timeout),
-                    disconnected_cb=events.disconnected,
-                    reconnected_cb=events.reconnected,
-                    error_cb=events.error,
-                    **options.auth.connect_kwargs(),
-                )
-                break
-            except ssl.SSLCertVerificationError as exc:
-                raise ConfigError(f"TLS to NATS at {servers} failed: {exc}") from None
-            except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
-                if events.refused:  # the servers answered, and said no: retrying cannot help
-                    raise _credentials_refused(options) from None
-                why = _reason(events.last_error or exc)
-                if deadline is not None and loop.time() + delay > deadline:
-                    raise NatsUnreachable(f"NATS at {servers} unreachable ({why})") from None
-                log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", servers, why, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except nats.errors.Error as exc:
-                if "authorization violation" not in str(exc).lower():
-                    raise
-                raise _credentials_refused(options) from None
-        events.connected = True
-        nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
-        return cls(nc, events)
+        """:func:`shared.nats_connection.connect` (retries, log lines, :class:`NatsUnreachable`,
+        :class:`ConfigError`), with Prism's reader in nats-py's parser's place."""
+        connection = await nats_connection.connect(options, on_state, give_up_after, _install_reader)
+        return cls(connection.nc, connection.events)
 
     @property
     def connected(self) -> bool:
@@ -282,33 +184,15 @@ class NatsBus:
         return self.nc.jetstream()
 
     async def drain(self) -> None:
-        self._events.closing = True
-        if not self.nc.is_closed:
-            try:
-                await self.nc.drain()
-            except (nats.errors.ConnectionClosedError, nats.errors.FlushTimeoutError, TimeoutError):
-                await self.nc.close()
+        await self._connection.drain()
 
     async def close(self) -> None:
-        self._events.closing = True
-        if not self.nc.is_closed:
-            await self.nc.close()
+        await self._connection.close()
 
 
-def _reason(exc: BaseException) -> str:
-    """Why a connect failed, in words: "Connection refused" (the loop's own message varies: uvloop and
-    asyncio word a refused connect differently), else the error's message or its type."""
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return str(exc) or type(exc).__name__
-
-
-def _credentials_refused(options: NatsOptions) -> ConfigError:
-    return ConfigError(
-        f"NATS at {', '.join(options.servers)} refused this node's credentials: check "
-        "PRISM_NATS_USER / PRISM_NATS_PASSWORD, PRISM_NATS_TOKEN, PRISM_NATS_NKEY_SEED_FILE or "
-        "PRISM_NATS_CREDS_FILE"
-    )
+def _install_reader(nc: NatsClient) -> None:
+    if not nats_reader.install(nc):
+        log.warning("this nats-py's parser is not one Prism knows; delivery uses nats-py's own")
 
 
 def encode_header_lines(headers: dict[str, str]) -> bytes:

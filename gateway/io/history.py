@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import nats.errors
@@ -31,6 +32,7 @@ from gateway.core.hub import Scope
 from gateway.core.recovery import StreamState, epoch_of
 from gateway.io.bus import Handler, Headers, SubscriptionHandle
 from shared.errors import ConfigError
+from shared.startup import StartupSteps
 
 log = logging.getLogger("prism.history")
 
@@ -168,25 +170,13 @@ class HistoryStore:
     def _state_fn(self, scope: Scope) -> Callable[[], Awaitable[StreamState]]:
         return lambda: self._state(scope)
 
-    async def start(self) -> None:
-        """Create or update every stream, retrying while JetStream cannot answer yet (a cluster electing
-        its leaders); a setting the server refuses is a :class:`ConfigError`."""
+    async def start(self, steps: StartupSteps) -> None:
+        """Create or update every stream, through ``steps``: retried while JetStream cannot answer yet (a
+        cluster electing its leaders); a setting the server refuses is a :class:`ConfigError`."""
         self._inbox = str(self.nc.new_inbox())
         self._sub = await self._subscribe(f"{self._inbox}.*", self._on_reply)
-        for scope in self.specs:
-            delay = 0.5
-            while True:
-                try:
-                    await self.ensure(scope)
-                    break
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                    problem: Exception = exc
-                except nats.js.errors.ServiceUnavailableError as exc:
-                    problem = exc
-                name = self.specs[scope].name
-                log.warning("history stream %s unavailable (%r); retrying in %.1fs", name, problem, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        for scope, spec in self.specs.items():
+            await steps.run(f"JetStream to serve the history stream {spec.name}", partial(self.ensure, scope))
             await self.write_anchor(scope)
 
     async def stop(self) -> None:

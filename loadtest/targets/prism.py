@@ -92,8 +92,7 @@ class PrismTarget(Target):
         args = [
             python(),
             "-m",
-            "gateway",
-            "gateway",
+            "gateway",  # prism gateway
             "--host",
             "127.0.0.1",
             "--port",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.io.bus import NatsBus, NatsOptions
+from gateway.io.bus import NatsBus
 from gateway.io.presence_store import (
     WINDOW,
     BucketOptions,
@@ -17,6 +17,7 @@ from gateway.io.presence_store import (
     PresenceStore,
     open_layout,
 )
+from shared.nats_connection import NatsOptions
 from shared.presence_keys import Layout
 
 SHARDS = 4

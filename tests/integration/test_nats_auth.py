@@ -241,7 +241,7 @@ async def test_token_authentication(tmp_path: Path) -> None:
         # nats-py leaves the refused socket for the garbage collector).
         env = {**os.environ, "PRISM_NATS_URL": server.url, "PRISM_NATS_TOKEN": "wrong"}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "gateway", "--port", "0",
+            sys.executable, "-m", "shared.cli", "gateway", "--port", "0",
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=env,
         )  # fmt: skip
         _, err = await asyncio.wait_for(proc.communicate(), 30)

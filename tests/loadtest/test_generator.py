@@ -63,7 +63,7 @@ def test_latency_summary_and_timeline() -> None:
 async def test_quick_benchmark_of_prism_and_the_ceiling_writes_every_report(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "loadtest", "--quick", "--scenarios", "conn,room,request,connect",
+        sys.executable, "-m", "shared.cli", "loadtest", "--quick", "--scenarios", "conn,room,request,connect",
         "--targets", "prism,ceiling", "--out", str(out), "--max-seconds", "100",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
