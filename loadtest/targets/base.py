@@ -140,6 +140,24 @@ async def wait_for_port(port: int, proc: ServerProcess, timeout: float = 30.0) -
         return
 
 
+async def wait_for_ready(port: int, proc: ServerProcess, timeout: float = 30.0) -> None:
+    """Wait until ``GET /readyz`` on ``port`` answers 200: a Prism node listens before it is ready (it
+    answers 503 while it connects to NATS and sets up), so an open port is not enough."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    await wait_for_port(port, proc, timeout)
+    while True:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        status = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        if status.split()[1:2] == [b"200"]:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"the server on {port} not ready after {timeout}s: {status!r}")
+        await asyncio.sleep(0.05)  # another process is starting: nothing to await but its answer
+
+
 def python() -> str:
     return sys.executable
 
