@@ -45,6 +45,7 @@ from gateway.io.http_polls import HttpPolls
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
 from gateway.io.liveness import Liveness
+from gateway.io.nats_link import NatsLink
 from gateway.io.outbox import Flusher, LocalConn, is_open
 from gateway.io.presence_api import PresenceApi
 from gateway.io.presence_store import (
@@ -94,7 +95,7 @@ class Node:
         self.flusher = Flusher(config.max_outbound_bytes, self._on_slow_consumer, self._on_written)
         self._bus: NatsBus | None = None
         self._steps = StartupSteps()  # what the start waits for (NATS, JetStream), in /readyz
-        self._beats_bus: NatsBus | None = None  # liveness's own connection (gateway/io/liveness.py)
+        self._beats_bus: NatsLink | None = None  # liveness's own connection (gateway/io/liveness.py)
         self._sessions: Sessions | None = None
         self._server: Server | None = None
         self._connections: type[GuardedConnection] | None = None
@@ -138,7 +139,7 @@ class Node:
         self._steps.waiting = f"NATS at {', '.join(self.config.nats_servers)}"
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
         beats_options = replace(options, name=f"prism-gateway-{self.node_id}-liveness")
-        beats = self._beats_bus = await NatsBus.connect(beats_options, self._on_beats_link)
+        beats = self._beats_bus = await NatsLink.connect(beats_options, self._on_beats_link)
         self.flusher.backlogged = bus.backlogged
         self.metrics.nats_connected.labels(node=self.node_id).set(1)
         bucket = BucketOptions(
@@ -333,7 +334,7 @@ class Node:
             self.hub,
             self.flusher,
             bus,
-            HistoryStore(bus.nc, specs, bus.subscribe),
+            HistoryStore(bus.nc, specs, bus),
             self.metrics,
             close=lambda conn, code, reason: sessions().close(conn, code, reason),
             slow_consumer=lambda conn: sessions().slow_consumer(conn),
