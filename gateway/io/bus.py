@@ -60,28 +60,49 @@ class SubscriptionHandle(Protocol):
 
 
 class Bus(Protocol):
+    """What the gateway does on NATS. Implementations: :class:`NatsBus`, and
+    :class:`gateway.io.memory_bus.MemoryBus` (the fake); tests/contract/test_bus.py holds both to it.
+
+    A handler gets ``(subject, reply, payload, headers)``, ``reply`` ``""`` and ``headers`` ``None`` when
+    there are none (a status line reads as ``{"Status": "503"}``), and returns an awaitable only when it
+    has I/O left to do. Messages reach a subscription in the order they were published. A publish raises
+    :class:`BusUnavailable` when the message was not sent (closed, reconnect buffer full, or
+    :class:`PayloadTooLarge`)."""
+
     @property
     def connected(self) -> bool: ...
 
     async def publish(self, subject: str, payload: bytes, headers: Headers | None = None) -> None: ...
 
-    async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> SubscriptionHandle: ...
+    async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> SubscriptionHandle:
+        """Subscribe ``subject`` (``*`` and ``>`` wildcards; with ``queue``, one member of the group
+        gets each message)."""
+        ...
 
-    async def publish_encoded(
-        self, subject: str, reply: str, header_block: bytes, payload: bytes
-    ) -> None: ...
+    async def publish_encoded(self, subject: str, reply: str, header_block: bytes, payload: bytes) -> None:
+        """Publish with a header block in wire form (:func:`header_block`; ``b""`` for none). A message
+        with a ``reply`` that nobody hears brings an empty status-503 message to ``reply``."""
+        ...
 
-    async def reply_no_responders(self, reply: str) -> None: ...
+    async def reply_no_responders(self, reply: str) -> None:
+        """Answer a request as nats-server does when nobody listens (status 503)."""
+        ...
 
-    async def publish_many(self, subject: str, messages: Sequence[tuple[bytes, bytes]]) -> None: ...
+    async def publish_many(self, subject: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """:meth:`publish_encoded` of each (header block, payload) pair to ``subject``, in order."""
+        ...
 
-    def new_inbox(self) -> str: ...
+    def new_inbox(self) -> str:
+        """A subject no one else uses, under ``_INBOX.``."""
+        ...
 
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
         """The first reply's payload; raises nats-py's ``NoRespondersError`` or ``TimeoutError``."""
         ...
 
-    async def flush(self, timeout: float = 5.0) -> None: ...
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Return once NATS has everything sent before, subscriptions included."""
+        ...
 
 
 @dataclass(slots=True)
