@@ -49,6 +49,7 @@ from gateway.io.http_polls import HttpPolls
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
 from gateway.io.liveness import Liveness
+from gateway.io.nats_link import NatsLink
 from gateway.io.outbox import Flusher, LocalConn, Outgoing, is_open
 from gateway.io.presence_api import PresenceApi
 from gateway.io.presence_store import (
@@ -128,7 +129,7 @@ class Node:
         )
         self._bus: NatsBus | None = None
         self._steps = StartupSteps()  # what the start waits for (NATS, JetStream), in /readyz
-        self._beats_bus: NatsBus | None = None  # liveness's own connection (gateway/io/liveness.py)
+        self._beats_bus: NatsLink | None = None  # liveness's own connection (gateway/io/liveness.py)
         self._sessions: Sessions | None = None
         self._server: Server | None = None
         self._connections: type[GuardedConnection] | None = None
@@ -179,7 +180,7 @@ class Node:
         await self._listen(authenticator)
         return authenticator
 
-    async def _connect_nats(self) -> tuple[NatsBus, NatsBus]:
+    async def _connect_nats(self) -> tuple[NatsBus, NatsLink]:
         """The data-plane connection, and liveness's own (gateway/io/liveness.py): heartbeats must not
         queue behind deliveries."""
         options = NatsOptions(
@@ -190,7 +191,7 @@ class Node:
         self._steps.waiting = f"NATS at {', '.join(self.config.nats_servers)}"
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
         beats_options = replace(options, name=f"prism-gateway-{self.node_id}-liveness")
-        beats = self._beats_bus = await NatsBus.connect(beats_options, self._on_beats_link)
+        beats = self._beats_bus = await NatsLink.connect(beats_options, self._on_beats_link)
         self.flusher.backlogged = bus.backlogged
         self.metrics.nats_connected.labels(node=self.node_id).set(1)
         return bus, beats
@@ -304,7 +305,7 @@ class Node:
             await parts.http_backends.start()
 
     async def _join_cluster(
-        self, bus: NatsBus, beats: NatsBus, registry: _Registry, sessions: Sessions
+        self, bus: NatsBus, beats: NatsLink, registry: _Registry, sessions: Sessions
     ) -> None:
         """Before accepting anyone: sweep what an earlier process with this id left, start beating, and
         (once it has listened for a TTL) sweep nodes that died while no one was watching; then answer
@@ -443,7 +444,7 @@ class Node:
             self.hub,
             self.flusher,
             bus,
-            HistoryStore(bus.nc, specs, bus.subscribe),
+            HistoryStore(bus.nc, specs, bus),
             self.metrics,
             close=self.closer.close,
             slow_consumer=self.closer.slow_consumer,

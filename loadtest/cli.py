@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import os
 import shlex
@@ -51,6 +52,19 @@ def target_factories(server_core: int, client_core: int) -> dict[str, Callable[[
     return factories
 
 
+def other_checkouts(names: list[str], server_core: int, client_core: int) -> dict[str, Callable[[], Target]]:
+    """``prism@<dir>`` targets: another checkout of Prism (the commit before a change, say), measured side
+    by side with this one."""
+    found: dict[str, Callable[[], Target]] = {}
+    for name in names:
+        if name.startswith("prism@"):
+            source = Path(name.removeprefix("prism@")).resolve()
+            if not (source / "gateway" / "__main__.py").is_file():
+                raise SystemExit(f"{name}: {source} is not a checkout of Prism")
+            found[name] = functools.partial(PrismTarget, server_core, client_core, source=source)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prism loadtest", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -61,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--targets",
         default="prism,ceiling",
-        help="comma-separated: prism, ceiling, and opt-in peers socketio, channels",
+        help="comma-separated: prism, ceiling, prism@<dir> (another checkout of Prism, e.g. the commit "
+        "before a change), and opt-in peers socketio, channels",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip nats-py alone in the conn scenario")
     parser.add_argument("--connections", type=int, default=1000)
@@ -117,6 +132,7 @@ async def run(args: argparse.Namespace, console: Console) -> list[Result]:
         )
     factories = target_factories(args.server_core, args.client_core)
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    factories.update(other_checkouts(names, args.server_core, args.client_core))
     unknown = [n for n in names if n not in factories]
     if unknown:
         raise SystemExit(f"unknown target(s) {unknown}; known: {sorted(factories)}")

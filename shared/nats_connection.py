@@ -4,8 +4,9 @@ dev``): nats-py's client, connected the same way everywhere, with the same log l
 :func:`connect` retries while no server answers (a process may start before NATS does), one warning per
 attempt with exponential backoff and full jitter (:class:`shared.backoff.Backoff`), and then allows
 unlimited reconnects for the life of the connection. Refused credentials and TLS failures are a
-:class:`ConfigError` at once: retrying cannot help. The gateway's data plane (``gateway/io/bus.py``) is
-built on a connection made here.
+:class:`ConfigError` at once: retrying cannot help. The gateway uses a connection made here for JetStream
+and KV (``gateway/io/bus.py``); its data plane is a connection of its own (``gateway/io/nats_link.py``),
+made from the same :class:`NatsOptions` with the same first-connect backoff, errors and log lines.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ CONNECT_BACKOFF = Backoff(base=0.5, cap=5.0)
 
 @dataclass(frozen=True, slots=True)
 class NatsOptions:
+    """How to reach NATS: for nats-py here, and for the gateway's data-plane connection
+    (``gateway/io/nats_link.py``), which also uses the last two (nats-py's defaults are the same)."""
+
     servers: list[str]
     name: str
     connect_timeout: float = 5.0
@@ -41,11 +45,14 @@ class NatsOptions:
     reconnect_time_wait: float = 1.0
     drain_timeout: float = 10.0
     auth: NatsAuth = field(default_factory=NatsAuth)
+    ping_interval: float = 120.0  # seconds between the client's own PINGs
+    reconnect_buffer: int = 2 * 1024 * 1024  # bytes published while disconnected that wait for a reconnect
 
 
 class NatsUnreachable(Exception):
-    """No NATS server answered within the time :func:`connect` was given; the message says where and why
-    (the last error, e.g. connection refused)."""
+    """No NATS server answered within the time the first connect was given (:func:`connect`, or the
+    data plane's ``NatsLink.connect``); the message says where and why (the last error, e.g. connection
+    refused)."""
 
 
 @dataclass(slots=True)
@@ -110,11 +117,9 @@ async def connect(
     options: NatsOptions,
     on_state: Callable[[bool], Awaitable[None]] | None = None,
     give_up_after: float | None = None,
-    prepare: Callable[[NatsClient], None] | None = None,
 ) -> NatsConnection:
     """Connect, retrying while no server answers: forever, or for ``give_up_after`` seconds and then
-    raise :class:`NatsUnreachable`. ``on_state`` hears of every disconnect (False) and reconnect (True);
-    ``prepare`` is given each new client before it connects."""
+    raise :class:`NatsUnreachable`. ``on_state`` hears of every disconnect (False) and reconnect (True)."""
     events = ConnectionEvents(on_state)
     servers = ", ".join(options.servers)
     loop = asyncio.get_running_loop()
@@ -125,8 +130,6 @@ async def connect(
     schedule = CONNECT_BACKOFF.schedule()
     while True:
         nc = NatsClient()
-        if prepare is not None:
-            prepare(nc)
         events.last_error = None
         try:
             await nc.connect(
@@ -146,8 +149,8 @@ async def connect(
             raise ConfigError(f"TLS to NATS at {servers} failed: {exc}") from None
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             if events.refused:  # the servers answered, and said no: retrying cannot help
-                raise _credentials_refused(options) from None
-            why = _reason(events.last_error or exc)
+                raise credentials_refused(options) from None
+            why = reason(events.last_error or exc)
             delay = schedule.next_delay() or CONNECT_BACKOFF.cap
             if deadline is not None and loop.time() + delay > deadline:
                 raise NatsUnreachable(f"NATS at {servers} unreachable ({why})") from None
@@ -156,21 +159,23 @@ async def connect(
         except nats.errors.Error as exc:
             if "authorization violation" not in str(exc).lower():
                 raise
-            raise _credentials_refused(options) from None
+            raise credentials_refused(options) from None
     events.connected = True
     nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
     return NatsConnection(nc, events)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """Why a connect failed, in words: "Connection refused" (the loop's own message varies: uvloop and
     asyncio word a refused connect differently), else the error's message or its type."""
+    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        return f"TLS: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
 
 
-def _credentials_refused(options: NatsOptions) -> ConfigError:
+def credentials_refused(options: NatsOptions) -> ConfigError:
     return ConfigError(
         f"NATS at {', '.join(options.servers)} refused this node's credentials: check "
         "PRISM_NATS_USER / PRISM_NATS_PASSWORD, PRISM_NATS_TOKEN, PRISM_NATS_NKEY_SEED_FILE or "

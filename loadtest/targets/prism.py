@@ -67,7 +67,18 @@ class NatsPublisher:
 class PrismTarget(Target):
     name = "prism"
 
-    def __init__(self, core: int | None = 0, nats_core: int | None = 1, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        core: int | None = 0,
+        nats_core: int | None = 1,
+        env: dict[str, str] | None = None,
+        source: Path | None = None,
+    ):
+        """``source``: a checkout of another version of Prism to run instead of this one (the target is
+        then ``prism@<its directory name>``), so two versions are measured side by side in one run."""
+        self.source = source
+        if source is not None:
+            self.name = f"prism@{source.name}"
         self.port = free_port()
         self.server_core = core
         self.nats_core = nats_core
@@ -89,8 +100,11 @@ class PrismTarget(Target):
             "PRISM_DRAIN_SECONDS": "0",
             **self.extra_env,
         }
+        if self.source is not None:  # its packages first; -P: not this directory's
+            env["PYTHONPATH"] = str(self.source)
         args = [
             python(),
+            *(["-P"] if self.source is not None else []),
             "-m",
             "gateway",  # prism gateway
             "--host",
