@@ -19,8 +19,6 @@ import orjson
 from opentelemetry.trace import Span, SpanKind, use_span
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import Counter, Gauge
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from gateway.config import GatewayConfig
 from gateway.core.auth import Refresh
@@ -43,6 +41,7 @@ from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.presence_writer import PresenceOps, PresenceUnavailable
 from gateway.io.requests import RequestMux, end_span
 from gateway.io.room_presence import RoomPresence
+from gateway.io.websocket import WsConnection
 from gateway.metrics import FRAME_KINDS, GatewayMetrics
 from gateway.recovery import UNAVAILABLE, Recovery, Start
 from shared import frames, logs, tracing
@@ -57,14 +56,6 @@ log = logging.getLogger("prism.session")
 _EVENT_KEY = h.EVENT.encode()
 _FRAME_BINARY_LINE = f"{h.FRAME}: {h.FRAME_BINARY}\r\n".encode()
 _FRAME_TEXT_LINE = f"{h.FRAME}: {h.FRAME_TEXT}\r\n".encode()
-
-
-# Closes websockets sends on its own when a client breaks a limit, counted as rejections.
-_LIMIT_CLOSES: dict[int, Reason] = {
-    CloseCode.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
-    CloseCode.INVALID_DATA: Reason.INVALID_UTF8,
-    CloseCode.MESSAGE_TOO_BIG: Reason.MESSAGE_TOO_BIG,
-}
 
 
 def record_of(conn: LocalConn, node_id: str) -> ConnRecord:
@@ -128,12 +119,13 @@ class Sessions:
         return f"{self.node_id}.{secrets.token_urlsafe(9)}"
 
     # -- the connection handler ------------------------------------------------------------------------
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: WsConnection) -> None:
         route, query = split_path(ws.request.path if ws.request else "/")
         host, port = (ws.remote_address or ("", 0))[:2]
         identity = self.access.take(ws) if self.access is not None else None  # verified before the upgrade
         if self.access is not None and identity is None:
-            await ws.close(CloseCode.UNAUTHORIZED, "not authenticated")
+            ws.close(CloseCode.UNAUTHORIZED, "not authenticated")
+            await ws.wait_closed()
             return
         conn = LocalConn(
             conn_id=self.new_conn_id(),
@@ -142,7 +134,7 @@ class Sessions:
             remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",  # IPv6 in brackets
             ws=ws,
             connected_at=utc_now(),
-            raw_frames=not ws.protocol.extensions,
+            raw_frames=not ws.compressed,
         )
         logs.bind(self.node_id, conn.conn_id, conn.user)  # this connection's task logs with its ids
         rooms: tuple[str, ...] = ()
@@ -185,8 +177,6 @@ class Sessions:
                         self._over_rate(conn, message, verdict)
                         continue
                 await self._on_frame(conn, message)
-        except ConnectionClosed:
-            pass
         finally:
             if self.recovery is not None:
                 await self.recovery.closed(conn)  # before the hub forgets it: see Recovery.wants_core
@@ -242,7 +232,7 @@ class Sessions:
 
     async def _closed(self, conn: LocalConn) -> None:
         conn.closing = True
-        self._closed_by_limit(conn)
+        self._stop_idle_timer(conn)
         if self.keepalive is not None:
             self.keepalive.discard(conn)
         if self.access is not None:
@@ -313,12 +303,9 @@ class Sessions:
         self.spawn(self._bounded_close(conn, code, reason))
 
     async def _bounded_close(self, conn: LocalConn, code: int, reason: str) -> None:
-        # websockets' close() first waits for the write buffer to drain, with no deadline: against a client
-        # that never reads it would wait forever, holding the buffer. Bound it, then drop the TCP connection.
-        try:
-            await asyncio.wait_for(conn.ws.close(code, reason), self.config.close_timeout)
-        except TimeoutError:
-            conn.ws.transport.abort()
+        # Bounded: the connection drops its TCP connection close_timeout after the close frame.
+        conn.ws.close(code, reason)
+        await conn.ws.wait_closed()
 
     def _route_metrics(self, route: str) -> tuple[Counter, Gauge]:
         """The connects counter and connections gauge of ``route`` (looked up once per route)."""
@@ -369,17 +356,10 @@ class Sessions:
             loop = asyncio.get_running_loop()
             self._idle_timers[conn.conn_id] = loop.call_later(timeout - idle, self._check_idle, conn, guard)
 
-    def _closed_by_limit(self, conn: LocalConn) -> None:
-        """Stop the idle timer; count the closes websockets made for a limit (size, UTF-8, protocol)."""
+    def _stop_idle_timer(self, conn: LocalConn) -> None:
         timer = self._idle_timers.pop(conn.conn_id, None)
         if timer is not None:
             timer.cancel()
-        protocol = conn.ws.protocol
-        sent = protocol.close_sent
-        if sent is not None and protocol.close_rcvd_then_sent is not True:  # the node closed first
-            reason = _LIMIT_CLOSES.get(sent.code)
-            if reason is not None:
-                self.rejections.count(reason)
 
     # -- client frames ---------------------------------------------------------------------------------
     async def _on_frame(self, conn: LocalConn, message: str | bytes) -> None:
