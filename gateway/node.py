@@ -272,7 +272,11 @@ class Node:
         except OSError as exc:  # taken since the check above
             raise listen.unavailable(exc, self.config.host, self.config.port, listen.GATEWAY) from None
         self.port = server.port
-        log.info("node %s listening on port %d, starting", self.node_id, self.port)
+        log.info(
+            "node %s answers HTTP on port %d while it starts (/readyz: 503 until ready)",
+            self.node_id,
+            self.port,
+        )
 
     async def _handle(self, ws: WsConnection) -> None:
         sessions = self._sessions

@@ -140,6 +140,27 @@ async def wait_for_port(port: int, proc: ServerProcess, timeout: float = 30.0) -
         return
 
 
+async def wait_for_ready(port: int, proc: ServerProcess, timeout: float = 60.0) -> None:
+    """Wait until ``GET /readyz`` on ``port`` answers 200: a Prism node listens before NATS and JetStream
+    are ready, and refuses upgrades (503) until they are."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    await wait_for_port(port, proc, timeout)
+    while True:
+        assert proc.proc is not None
+        if proc.proc.returncode is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.proc.returncode} before it was ready")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        status = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        if status.split(b" ")[1:2] == [b"200"]:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"port {port} not ready after {timeout}s: {status!r}")
+        await asyncio.sleep(0.05)  # another process is starting: its readiness is only to be polled
+
+
 def python() -> str:
     return sys.executable
 

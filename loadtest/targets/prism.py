@@ -14,7 +14,15 @@ from gateway.embedded_nats import NatsServer
 from loadtest import server_latency
 from loadtest.procstat import machine_cores
 from loadtest.rawnats import RawPublisher
-from loadtest.targets.base import ConnSend, Publisher, ServerProcess, Target, free_port, python, wait_for_port
+from loadtest.targets.base import (
+    ConnSend,
+    Publisher,
+    ServerProcess,
+    Target,
+    free_port,
+    python,
+    wait_for_ready,
+)
 from shared.headers import SENT_AT
 
 
@@ -95,7 +103,7 @@ class PrismTarget(Target):
         ]
         self.gateway = ServerProcess(args, self.server_core, env)
         await self.gateway.start(workdir / "gateway.log")
-        await wait_for_port(self.port, self.gateway)
+        await wait_for_ready(self.port, self.gateway)
         self.server_pid = self.gateway.pid
 
     async def stop(self) -> None:
