@@ -65,9 +65,21 @@ class NatsPublisher:
 
 
 class PrismTarget(Target):
+    """``source``: a checkout of another version of Prism to run instead of this one (``python -m gateway``
+    from its directory, with this environment's packages), reported as ``prism-before``."""
+
     name = "prism"
 
-    def __init__(self, core: int | None = 0, nats_core: int | None = 1, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        core: int | None = 0,
+        nats_core: int | None = 1,
+        env: dict[str, str] | None = None,
+        source: Path | None = None,
+    ):
+        self.source = source
+        if source is not None:
+            self.name = "prism-before"
         self.port = free_port()
         self.server_core = core
         self.nats_core = nats_core
@@ -101,7 +113,7 @@ class PrismTarget(Target):
             "--node-id",
             "bench",
         ]
-        self.gateway = ServerProcess(args, self.server_core, env)
+        self.gateway = ServerProcess(args, self.server_core, env, cwd=self.source)
         await self.gateway.start(workdir / "gateway.log")
         await wait_for_ready(self.port, self.gateway)
         self.server_pid = self.gateway.pid
