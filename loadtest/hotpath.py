@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from nats.aio.client import Client as NatsClient
 from nats.protocol.parser import Parser
@@ -30,6 +29,7 @@ from gateway.delivery import Delivery, MembershipOps
 from gateway.io import direct_subscription
 from gateway.io.nats_reader import DeliveryReader
 from gateway.io.outbox import Flusher, LocalConn
+from gateway.io.websocket import WsConnection, WsServer, WsSettings
 from gateway.metrics import GatewayMetrics
 from shared.subjects import Subjects
 
@@ -94,9 +94,12 @@ async def delivery_path(messages_per_read: int = 100, reads: int = 1000) -> floa
     metrics = GatewayMetrics(CollectorRegistry(), "node1")
     ops = MembershipOps(join=None, leave=None, close=None)  # type: ignore[arg-type]
     delivery = Delivery("node1", Subjects(""), hub, flusher, None, metrics, ops)  # type: ignore[arg-type]
+    server = WsServer(WsSettings(), lambda conn, request: None, lambda conn: asyncio.sleep(0))
     for i in range(CONNECTIONS):
-        ws = SimpleNamespace(protocol=SimpleNamespace(state=State.OPEN), transport=NullTransport())
-        conn = LocalConn(f"node1.c{i}", None, "/ws", "127.0.0.1:1", ws, "now")  # type: ignore[arg-type]
+        ws = WsConnection(server)  # the node's own connection, open, on a transport that drops writes
+        ws.transport = cast(asyncio.Transport, NullTransport())
+        ws.state = State.OPEN
+        conn = LocalConn(f"node1.c{i}", None, "/ws", "127.0.0.1:1", ws, "now")
         conn.started = True
         hub.add(conn.conn_id, None, conn)
     nc = NatsClient()
