@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
-from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.config import GatewayConfig, random_node_id
 from gateway.control import Control
@@ -30,13 +29,7 @@ from gateway.core.http_backends import HttpBackend, HttpRouting
 from gateway.core.hub import Hub, Scope
 from gateway.delivery import Delivery, Recovering
 from gateway.features import Features, NoHttpBackends, NoKeepalive, NoRecovery, NoRoomEvents
-from gateway.io.admission import (
-    INBOUND_QUEUE_FRAMES,
-    Admission,
-    GuardedConnection,
-    Rejections,
-    connection_class,
-)
+from gateway.io.admission import Admission, Rejections, rate_policy
 from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy_of
 from gateway.io.bus import NatsBus
 from gateway.io.closer import Closer
@@ -62,6 +55,7 @@ from gateway.io.presence_writer import PresenceWriter
 from gateway.io.room_presence import RoomPresence
 from gateway.io.static import StaticSite
 from gateway.io.tasks import cancel_and_wait
+from gateway.io.websocket import WsConnection, WsServer, WsSettings
 from gateway.membership import Membership
 from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
 from gateway.recovery import Recovery
@@ -123,7 +117,7 @@ class Node:
         slow = self.metrics.slow_consumers.labels(node=self.node_id)
         # The flusher reports slow consumers to the closer, which flushes before it closes: the one knot
         # between two parts, tied by a method of the node (_flush).
-        self.closer = Closer(self._flush, config.close_timeout, config.max_outbound_bytes, slow.inc)
+        self.closer = Closer(self._flush, config.max_outbound_bytes, slow.inc)
         self.flusher: Flusher = Flusher(
             config.max_outbound_bytes, self.closer.slow_consumer, self._on_written
         )
@@ -131,8 +125,7 @@ class Node:
         self._steps = StartupSteps()  # what the start waits for (NATS, JetStream), in /readyz
         self._beats_bus: NatsLink | None = None  # liveness's own connection (gateway/io/liveness.py)
         self._sessions: Sessions | None = None
-        self._server: Server | None = None
-        self._connections: type[GuardedConnection] | None = None
+        self._server: WsServer | None = None
         self._draining: asyncio.Future[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._room_presence: RoomPresence | None = None
@@ -382,44 +375,43 @@ class Node:
             static=static,
             node_id=self.node_id,
         )
-        self._connections = connection_class(self.admission, self.admission.rejections, self.config)
+        server = self._server = self._ws_server(routes)
         try:
-            self._server = await self._serve(routes)
+            await server.listen(self.config.host, self.config.port, self.config.listen_backlog)
         except OSError as exc:  # taken since the check above
             raise listen.unavailable(exc, self.config.host, self.config.port, listen.GATEWAY) from None
-        sockets = self._server.sockets
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self.port = server.port
         log.info(
             "node %s answers HTTP on port %d while it starts (/readyz: 503 until ready)",
             self.node_id,
             self.port,
         )
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, ws: WsConnection) -> None:
         sessions = self._sessions
         if sessions is None:  # HttpRoutes refuses upgrades until ready; this is only a safety net
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "node not ready")
+            ws.close(CloseCode.TRY_AGAIN_LATER, "node not ready")
             return
         await sessions.handle(ws)
 
-    async def _serve(self, routes: HttpRoutes) -> Server:
-        assert self._connections is not None
-        return await serve(
+    def _ws_server(self, routes: HttpRoutes) -> WsServer:
+        config = self.config
+        pings = rate_policy(config)
+        settings = WsSettings(
+            max_message_bytes=config.max_message_bytes,
+            handshake_timeout=config.handshake_timeout,
+            close_timeout=config.close_timeout,
+            max_unread_bytes=config.max_outbound_bytes,
+            ping_policy=pings if pings.enabled else None,  # a client's pings count like its messages
+            compression=config.compression,
+        )
+        return WsServer(
+            settings,
+            routes,
             self._handle,
-            self.config.host,
-            self.config.port,
-            compression="deflate" if self.config.compression else None,
-            process_request=routes,
-            select_subprotocol=lambda _, offered: choose_subprotocol(offered),  # prism, for browsers
-            max_size=self.config.max_message_bytes,
-            ping_interval=None,  # one Keepalive for the node instead of a task per connection (below)
-            close_timeout=self.config.close_timeout,
-            server_header="Prism",
-            backlog=self.config.listen_backlog,
-            open_timeout=self.config.handshake_timeout,
-            max_queue=INBOUND_QUEUE_FRAMES,
-            create_connection=self._connections,
+            on_limit=self.admission.rejections.count,
+            release=self.admission.release,
+            choose_subprotocol=choose_subprotocol,  # prism, for browsers
         )
 
     def _make_recovery(self, bus: NatsBus) -> Recovery | None:
@@ -523,19 +515,12 @@ class Node:
             await asyncio.gather(*self.closer.tasks, return_exceptions=True)
 
     async def _close_listener(self) -> None:
+        # A client whose upgrade request has not arrived is dropped (it would hold the stop for
+        # handshake_timeout); one accepted as the listener closes is dropped on arrival. Both retry
+        # elsewhere.
         assert self._server is not None
-        self._server.close(close_connections=True)
-        if self._connections is not None:
-            # A client that has not sent its upgrade request would hold the stop for handshake_timeout;
-            # one that has gets websockets' 503. Both retry elsewhere.
-            self._connections.abort_accepted(silent_only=True)
+        self._server.close()
         await self._server.wait_closed()
-        # A connection the kernel accepted just as the listener closed reaches the protocol one loop pass
-        # later, after websockets stopped waiting for handshakes: drop it, so none outlives the node.
-        await asyncio.sleep(0)
-        if self._connections is not None and (late := self._connections.abort_accepted()):
-            log.info("dropped %d connection(s) accepted while the listener closed", late)
-            await asyncio.sleep(0)  # their connection_lost runs, which closes the sockets
 
     async def stop(self) -> None:
         """Drain, then stop everything the node started. Concurrent calls all return when it has."""

@@ -18,8 +18,6 @@ import orjson
 from opentelemetry.trace import Span, SpanKind, use_span
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import Counter, Gauge
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from gateway.config import GatewayConfig
 from gateway.core import session as core
@@ -31,7 +29,7 @@ from gateway.core.lifecycle_events import disconnect_details, event_body, identi
 from gateway.core.limits import InboundGuard, Verdict
 from gateway.core.presence_writes import LocalState
 from gateway.core.recovery import user_recovery
-from gateway.core.session import Close, Send, SessionRules, limit_broken
+from gateway.core.session import Close, Send, SessionRules
 from gateway.features import Features
 from gateway.io.admission import Rejections, rate_policy
 from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
@@ -43,6 +41,7 @@ from gateway.io.interests import InterestSync
 from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.presence_writer import PresenceOps, PresenceUnavailable
 from gateway.io.requests import RequestMux, end_span
+from gateway.io.websocket import WsConnection
 from gateway.membership import Membership, record_of
 from gateway.metrics import FRAME_KINDS, GatewayMetrics
 from gateway.recovery import UNAVAILABLE, Start
@@ -134,12 +133,13 @@ class Sessions:
         return f"{self.node_id}.{secrets.token_urlsafe(9)}"
 
     # -- the connection handler ------------------------------------------------------------------------
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: WsConnection) -> None:
         route, query = split_path(ws.request.path if ws.request else "/")
         host, port = (ws.remote_address or ("", 0))[:2]
         identity = self.access.take(ws) if self.access is not None else None  # verified before the upgrade
         if self.access is not None and identity is None:
-            await ws.close(CloseCode.UNAUTHORIZED, "not authenticated")
+            ws.close(CloseCode.UNAUTHORIZED, "not authenticated")
+            await ws.wait_closed()
             return
         conn = LocalConn(
             conn_id=self.new_conn_id(),
@@ -148,7 +148,7 @@ class Sessions:
             remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",  # IPv6 in brackets
             ws=ws,
             connected_at=utc_now(),
-            raw_frames=not ws.protocol.extensions,
+            raw_frames=not ws.compressed,
         )
         logs.bind(self.node_id, conn.conn_id, conn.user)  # this connection's task logs with its ids
         # An HTTP connect backend may refuse it, or name its user and rooms.
@@ -189,8 +189,6 @@ class Sessions:
                         self._over_rate(conn, message, verdict)
                         continue
                 await self._on_frame(conn, message)
-        except ConnectionClosed:
-            pass
         finally:
             await self.recovery.closed(conn)  # before the hub forgets it: see Recovery.wants_core
             await self._closed(conn)
@@ -235,7 +233,7 @@ class Sessions:
 
     async def _closed(self, conn: LocalConn) -> None:
         conn.closing = True
-        self._closed_by_limit(conn)
+        self._stop_idle_timer(conn)
         self.keepalive.discard(conn)
         if self.access is not None:
             self.access.closed(conn)
@@ -326,16 +324,10 @@ class Sessions:
             loop = asyncio.get_running_loop()
             self._idle_timers[conn.conn_id] = loop.call_later(decision, self._check_idle, conn, guard)
 
-    def _closed_by_limit(self, conn: LocalConn) -> None:
-        """Stop the idle timer; count the closes websockets made for a limit (size, UTF-8, protocol)."""
+    def _stop_idle_timer(self, conn: LocalConn) -> None:
         timer = self._idle_timers.pop(conn.conn_id, None)
         if timer is not None:
             timer.cancel()
-        protocol = conn.ws.protocol
-        sent = protocol.close_sent
-        node_first = protocol.close_rcvd_then_sent is not True
-        if (broken := limit_broken(sent.code if sent is not None else None, node_first)) is not None:
-            self.rejections.count(broken)
 
     # -- client frames ---------------------------------------------------------------------------------
     async def _on_frame(self, conn: LocalConn, message: str | bytes) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import importlib
 import os
 import shlex
@@ -39,30 +38,21 @@ from loadtest.targets.prism import PrismTarget
 ALL_SCENARIOS = ("idle", "connect", "conn", "room", "user", "request", "mixed")
 
 
-def target_factories(server_core: int, client_core: int) -> dict[str, Callable[[], Target]]:
+def target_factories(
+    server_core: int, client_core: int, before: Path | None = None
+) -> dict[str, Callable[[], Target]]:
     factories: dict[str, Callable[[], Target]] = {
         "prism": lambda: PrismTarget(core=server_core, nats_core=client_core),
         "ceiling": lambda: CeilingTarget(core=server_core),
     }
+    if before is not None:
+        factories["prism-before"] = lambda: PrismTarget(server_core, client_core, source=before)
     try:  # the opt-in peers (Socket.IO, Channels); imported by name so they stay optional
         peers = importlib.import_module("loadtest.peers")
     except ImportError:
         return factories
     factories.update(getattr(peers, "PEERS", {}))
     return factories
-
-
-def other_checkouts(names: list[str], server_core: int, client_core: int) -> dict[str, Callable[[], Target]]:
-    """``prism@<dir>`` targets: another checkout of Prism (the commit before a change, say), measured side
-    by side with this one."""
-    found: dict[str, Callable[[], Target]] = {}
-    for name in names:
-        if name.startswith("prism@"):
-            source = Path(name.removeprefix("prism@")).resolve()
-            if not (source / "gateway" / "__main__.py").is_file():
-                raise SystemExit(f"{name}: {source} is not a checkout of Prism")
-            found[name] = functools.partial(PrismTarget, server_core, client_core, source=source)
-    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--targets",
         default="prism,ceiling",
-        help="comma-separated: prism, ceiling, prism@<dir> (another checkout of Prism, e.g. the commit "
-        "before a change), and opt-in peers socketio, channels",
+        help="comma-separated: prism, ceiling, prism-before (with --before), opt-in peers socketio, channels",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of an earlier Prism (git worktree add /tmp/before <commit>), run as prism-before",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip nats-py alone in the conn scenario")
     parser.add_argument("--connections", type=int, default=1000)
@@ -130,9 +124,8 @@ async def run(args: argparse.Namespace, console: Console) -> list[Result]:
             users=50,
             timeout=30,
         )
-    factories = target_factories(args.server_core, args.client_core)
+    factories = target_factories(args.server_core, args.client_core, args.before)
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
-    factories.update(other_checkouts(names, args.server_core, args.client_core))
     unknown = [n for n in names if n not in factories]
     if unknown:
         raise SystemExit(f"unknown target(s) {unknown}; known: {sorted(factories)}")

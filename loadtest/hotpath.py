@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
+from typing import cast
 
 from nats.protocol.parser import Parser as NatsPyParser
 from prometheus_client import CollectorRegistry
@@ -30,6 +30,7 @@ from gateway.core.nats_protocol import Parser, parse_headers
 from gateway.delivery import Delivery
 from gateway.io.nats_link import NatsLink
 from gateway.io.outbox import Flusher, LocalConn
+from gateway.io.websocket import WsConnection, WsServer, WsSettings
 from gateway.metrics import GatewayMetrics
 from shared.nats_connection import NatsOptions
 from shared.subjects import Subjects
@@ -116,9 +117,12 @@ async def delivery_path(messages_per_read: int = 100, reads: int = 1000) -> floa
     flusher = Flusher(1 << 20, lambda conn: None, lambda frames, written: None)
     metrics = GatewayMetrics(CollectorRegistry(), "node1")
     delivery = Delivery("node1", Subjects(""), hub, flusher, None, metrics)  # type: ignore[arg-type]
+    server = WsServer(WsSettings(), lambda conn, request: None, lambda conn: asyncio.sleep(0))
     for i in range(CONNECTIONS):
-        ws = SimpleNamespace(protocol=SimpleNamespace(state=State.OPEN), transport=NullTransport())
-        conn = LocalConn(f"node1.c{i}", None, "/ws", "127.0.0.1:1", ws, "now")  # type: ignore[arg-type]
+        ws = WsConnection(server)  # the node's own connection, open, on a transport that drops writes
+        ws.transport = cast(asyncio.Transport, NullTransport())
+        ws.state = State.OPEN
+        conn = LocalConn(f"node1.c{i}", None, "/ws", "127.0.0.1:1", ws, "now")
         conn.started = True
         hub.add(conn.conn_id, None, conn)
     link = NatsLink(NatsOptions(servers=["nats://127.0.0.1:4222"], name="hotpath"))  # never connected

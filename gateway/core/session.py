@@ -15,7 +15,8 @@ from shared import frames
 from shared.close_codes import CloseCode
 from shared.frames import ErrorCode, Ref
 
-# Closes websockets sends on its own when a client breaks a limit, counted as rejections.
+# Closes the connection layer (gateway/io/websocket.py) sends on its own when a client breaks a limit,
+# counted as rejections.
 LIMIT_CLOSES: dict[int, Reason] = {
     CloseCode.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
     CloseCode.INVALID_DATA: Reason.INVALID_UTF8,
@@ -142,9 +143,7 @@ class SessionRules:
 
 
 # -- closes ----------------------------------------------------------------------------------------------
-def limit_broken(close_sent: int | None, node_closed_first: bool) -> Reason | None:
-    """The limit a client broke, if the close this node sent first (``close_sent``) was websockets' own
-    answer to one (a frame too big, invalid UTF-8, a protocol error)."""
-    if close_sent is None or not node_closed_first:
-        return None
-    return LIMIT_CLOSES.get(close_sent)
+def limit_broken(close_code: int) -> Reason | None:
+    """The limit a client broke, if ``close_code`` is the connection layer's own answer to one (a frame too
+    big, invalid UTF-8, a protocol error), counted where that close is made; any other close, None."""
+    return LIMIT_CLOSES.get(close_code)

@@ -23,12 +23,10 @@ class Closer:
     def __init__(
         self,
         flush: Callable[[], None],
-        close_timeout: float,
         max_outbound_bytes: int,
         on_slow: Callable[[], None],
     ) -> None:
         self._flush = flush
-        self.close_timeout = close_timeout
         self.max_outbound_bytes = max_outbound_bytes
         self._on_slow = on_slow
         self.tasks: set[asyncio.Task[Any]] = set()  # closes under way (a drain waits for them)
@@ -57,10 +55,8 @@ class Closer:
         self.spawn(self.bounded_close(conn, code, reason))
 
     async def bounded_close(self, conn: LocalConn, code: int, reason: str) -> None:
-        """websockets' close() first waits for the write buffer to drain, with no deadline: against a
-        client that never reads it would wait forever, holding the buffer. Bound it, then drop the TCP
-        connection."""
-        try:
-            await asyncio.wait_for(conn.ws.close(code, reason), self.close_timeout)
-        except TimeoutError:
-            conn.ws.transport.abort()
+        """Send the close frame and wait until the connection is closed: the connection layer drops the TCP
+        connection ``close_timeout`` seconds after its close frame (gateway/io/websocket.py), even against
+        a client that never reads, so this wait is bounded."""
+        conn.ws.close(code, reason)
+        await conn.ws.wait_closed()

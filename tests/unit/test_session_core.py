@@ -101,13 +101,12 @@ def test_invalid_frames_and_forbidden_commands() -> None:
     assert ok(None).error is None
 
 
-def test_closes_websockets_makes_for_a_limit_are_counted_only_when_the_node_closed_first() -> None:
-    assert limit_broken(CloseCode.MESSAGE_TOO_BIG, node_closed_first=True) is Reason.MESSAGE_TOO_BIG
-    assert limit_broken(CloseCode.INVALID_DATA, node_closed_first=True) is Reason.INVALID_UTF8
-    assert limit_broken(CloseCode.PROTOCOL_ERROR, node_closed_first=True) is Reason.PROTOCOL_ERROR
-    assert limit_broken(CloseCode.MESSAGE_TOO_BIG, node_closed_first=False) is None  # the client's echo
-    assert limit_broken(CloseCode.SERVICE_RESTART, node_closed_first=True) is None
-    assert limit_broken(None, node_closed_first=True) is None
+def test_only_the_closes_made_for_a_broken_limit_count_as_one() -> None:
+    assert limit_broken(CloseCode.MESSAGE_TOO_BIG) is Reason.MESSAGE_TOO_BIG
+    assert limit_broken(CloseCode.INVALID_DATA) is Reason.INVALID_UTF8
+    assert limit_broken(CloseCode.PROTOCOL_ERROR) is Reason.PROTOCOL_ERROR
+    assert limit_broken(CloseCode.SERVICE_RESTART) is None
+    assert limit_broken(CloseCode.NORMAL) is None
 
 
 def test_a_disconnect_event_is_built_in_one_place_for_the_node_and_for_a_sweep() -> None:
