@@ -24,7 +24,7 @@ from gateway.io.nats_link import BusUnavailable, NatsLink, PayloadTooLarge
 from shared.errors import ConfigError
 from shared.nats_auth import NatsAuth
 from shared.nats_connection import NatsOptions, NatsUnreachable
-from tests.helpers import eventually
+from tests.helpers import DEFAULT_TIMEOUT, eventually
 from tests.nats_credentials_support import Decentralised, Pki, new_seed, public_key
 
 pytestmark = pytest.mark.timeout(60)
@@ -72,7 +72,7 @@ async def round_trip(link: NatsLink, other: NatsClient) -> None:
     sub = await other.subscribe(subject + ".back", cb=on_msg)
     await other.flush()
     await link.publish(subject + ".back", b"from the link", {"H": "1"})
-    msg = await asyncio.wait_for(got, 5)
+    msg = await asyncio.wait_for(got, DEFAULT_TIMEOUT)  # as long as the other direction may take
     assert (msg.data, msg.headers) == (b"from the link", {"H": "1"})
     await sub.unsubscribe()
 
