@@ -1,3 +1,7 @@
-from gateway.cli import main
+"""``python -m gateway [flags]``: the same as ``prism gateway [flags]``."""
 
-raise SystemExit(main())
+import sys
+
+from shared.cli.command import main
+
+raise SystemExit(main(["gateway", *sys.argv[1:]]))

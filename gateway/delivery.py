@@ -1,4 +1,5 @@
-"""Backend -> clients: what the node does with messages on ``conn.``, ``user.``, ``room.`` and ``control.``.
+"""Backend -> clients: what the node does with messages on ``conn.``, ``user.``, ``room.`` and ``broadcast``
+(``control.`` is :mod:`gateway.control`).
 
 Payloads are never parsed: they are framed once and queued to every local recipient. A message with a
 reply subject gets a receipt (``{"node","delivered"}``) from this node; a request for a connection this
@@ -6,8 +7,8 @@ node does not have gets "no responders", exactly as if nobody listened.
 
 A connection that is closing counts as gone from the moment the node knows it: the client's close frame
 has arrived (its WebSocket is no longer OPEN) or the node has begun closing it (``closing``), even though
-the session has not ended and the hub still holds it. So ``conn.`` and ``control.conn.`` requests for it
-get "no responders", ``control.user.`` ignores it, and nothing joins it to a room.
+the session has not ended and the hub still holds it. So a ``conn.`` request for it gets "no responders"
+(and so do control messages: see :mod:`gateway.control`).
 """
 
 from __future__ import annotations
@@ -20,25 +21,28 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.core.framing import is_valid_utf8
-from gateway.core.hub import Hub, JoinOutcome, Scope
+from gateway.core.hub import Hub, Scope
 from gateway.io.bus import Bus, Handler, Headers
 from gateway.io.outbox import Flusher, LocalConn, Outgoing, is_open
 from gateway.metrics import GatewayMetrics
 from shared import headers as h
-from shared.close_codes import BACKEND_CLOSE_CODES, CloseCode
-from shared.errors import InvalidName
-from shared.subjects import Subjects, validate_room
+from shared.subjects import Subjects
 
 log = logging.getLogger("prism.delivery")
 
 
 @dataclass(frozen=True, slots=True)
-class MembershipOps:
-    """What control messages may do to a connection, carried out by the session layer."""
+class Recovering:
+    """What recovery tells the delivery path (live views): the recovering members of each room and user,
+    and whether a room or user has history."""
 
-    join: Callable[[LocalConn, str], Awaitable[JoinOutcome]]
-    leave: Callable[[LocalConn, str], Awaitable[bool]]
-    close: Callable[[LocalConn, int, str], None]
+    rooms: Mapping[str, Container[str]]
+    users: Mapping[str, Container[str]]
+    stored: Callable[[Scope, str], bool]
+
+
+def _nothing_stored(scope: Scope, name: str) -> bool:
+    return False
 
 
 class Delivery:
@@ -50,7 +54,7 @@ class Delivery:
         flusher: Flusher,
         bus: Bus,
         metrics: GatewayMetrics,
-        ops: MembershipOps,
+        recovering: Recovering | None = None,
     ) -> None:
         self.node_id = node_id
         self.subjects = subjects
@@ -58,33 +62,19 @@ class Delivery:
         self.flusher = flusher
         self.bus = bus
         self.metrics = metrics
-        self.ops = ops
         prefix = subjects.prefix
         self._conn_offset = len(prefix) + len("conn.")
         self._user_offset = len(prefix) + len("user.")
         self._room_offset = len(prefix) + len("room.")
-        self._control_conn_offset = len(prefix) + len("control.conn.")
-        self._control_user_offset = len(prefix) + len("control.user.")
         self._tally = metrics.hot
         # Recovering members (gateway/recovery.py), by room and by user: they get these messages from the
         # history stream, with positions, so the core path leaves them out. Empty unless recovery is on.
-        self._recovering_rooms: Mapping[str, Container[str]] = {}
-        self._recovering_users: Mapping[str, Container[str]] = {}
-        self._stored: Callable[[Scope, str], bool] = lambda scope, name: False
-
-    def use_recovery(
-        self,
-        rooms: Mapping[str, Container[str]],
-        users: Mapping[str, Container[str]],
-        stored: Callable[[Scope, str], bool],
-    ) -> None:
-        """Leave out the recovering members that ``rooms`` and ``users`` (live views) hold, and send no
-        receipt for a room or user that ``stored`` says has history: there the history stream's
-        JetStream acknowledgement is the one answer (a receipt arriving first would be taken for it by a
-        JetStream client, and fail its publish)."""
-        self._recovering_rooms = rooms
-        self._recovering_users = users
-        self._stored = stored
+        # And no receipt for a room or user with history: there the history stream's JetStream
+        # acknowledgement is the one answer (a receipt arriving first would be taken for it by a JetStream
+        # client, and fail its publish).
+        self._recovering_rooms: Mapping[str, Container[str]] = recovering.rooms if recovering else {}
+        self._recovering_users: Mapping[str, Container[str]] = recovering.users if recovering else {}
+        self._stored: Callable[[Scope, str], bool] = recovering.stored if recovering else _nothing_stored
 
     def handler_for(self, scope: Scope) -> Handler:
         return self.on_room if scope is Scope.ROOM else self.on_user
@@ -194,61 +184,3 @@ class Delivery:
             self._tally.outcomes["broadcast", "no_recipient"] += 1
             return None
         return self._fan_out("broadcast", members, reply, data, headers)
-
-    # -- control -----------------------------------------------------------------------------------------
-    async def on_control_conn(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
-        conn_id, _, action = subject[self._control_conn_offset :].rpartition(".")
-        conn = self.hub.get(conn_id)
-        if conn is None or not is_open(conn):
-            if reply:
-                await self.bus.reply_no_responders(reply)
-            return
-        answer = await self._control(action, [conn], data)
-        if reply:
-            await self.bus.publish(reply, orjson.dumps(answer | {"conn": conn_id}))
-
-    async def on_control_user(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
-        user, _, action = subject[self._control_user_offset :].rpartition(".")
-        conns = [c for c in self.hub.user_conns(user) if is_open(c)]
-        if not conns:
-            return  # nodes without the user stay silent; the one(s) that have it answer
-        answer = await self._control(action, conns, data)
-        if reply:
-            await self.bus.publish(reply, orjson.dumps(answer | {"user": user}))
-
-    async def _control(self, action: str, conns: list[LocalConn], data: bytes) -> dict[str, object]:
-        try:
-            body = orjson.loads(data) if data.strip() else {}
-        except orjson.JSONDecodeError as exc:
-            return self._refuse(f"control payload is not JSON: {exc}")
-        if not isinstance(body, dict):
-            return self._refuse("control payload must be a JSON object")
-        if action == "close":
-            code = body.get("code", CloseCode.CLOSED_BY_BACKEND)
-            reason = body.get("reason", "closed by backend")
-            if not isinstance(code, int) or code not in BACKEND_CLOSE_CODES:
-                return self._refuse("code must be 1000, 1001, 1008, 1011, 1012, 1013 or 4000-4999")
-            if not isinstance(reason, str) or len(reason.encode()) > 123:
-                return self._refuse("reason must be a string of at most 123 bytes")
-            for conn in conns:
-                self.ops.close(conn, code, reason)
-            return {"ok": True, "node": self.node_id, "conns": len(conns)}
-        if action in ("join", "leave"):
-            try:
-                room = validate_room(body.get("room"))
-            except InvalidName as exc:
-                return self._refuse(str(exc))
-            if action == "join":
-                # A connection may start closing while an earlier one's join awaits: never join it then.
-                outcomes = [await self.ops.join(conn, room) for conn in conns if is_open(conn)]
-                refused = [o for o in outcomes if o is JoinOutcome.TOO_MANY_ROOMS]
-                if refused:
-                    return self._refuse(f"{len(refused)} connection(s) are in too many rooms")
-                return {"ok": True, "node": self.node_id, "conns": len(outcomes)}
-            for conn in conns:
-                await self.ops.leave(conn, room)
-            return {"ok": True, "node": self.node_id, "conns": len(conns)}
-        return self._refuse(f"unknown control action {action!r}; expected close, join or leave")
-
-    def _refuse(self, message: str) -> dict[str, object]:
-        return {"ok": False, "node": self.node_id, "error": message}

@@ -435,8 +435,7 @@ def watch_outbound(metrics: GatewayMetrics, node: str, conns: Callable[[], Itera
 
     def backlogs() -> Iterator[int]:
         for conn in conns():
-            transport = conn.ws.transport
-            yield conn.pending_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
+            yield conn.pending_bytes + conn.ws.unsent()
 
     metrics.outbound_pending_bytes.labels(node=node).set_function(lambda: sum(backlogs()))
     metrics.outbound_max_pending_bytes.labels(node=node).set_function(lambda: max(backlogs(), default=0))

@@ -14,28 +14,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
-from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.config import GatewayConfig, random_node_id
+from gateway.control import Control
 from gateway.core.api_auth import ApiCredentials
 from gateway.core.auth import choose_subprotocol
 from gateway.core.history_layout import Recoverable, stream_specs
-from gateway.core.http_backends import HttpRouting
+from gateway.core.http_backends import HttpBackend, HttpRouting
 from gateway.core.hub import Hub, Scope
-from gateway.delivery import Delivery, MembershipOps
-from gateway.io.admission import (
-    INBOUND_QUEUE_FRAMES,
-    Admission,
-    GuardedConnection,
-    Rejections,
-    connection_class,
-)
+from gateway.delivery import Delivery, Recovering
+from gateway.features import Features, NoHttpBackends, NoKeepalive, NoRecovery, NoRoomEvents
+from gateway.io.admission import Admission, Rejections, rate_policy
 from gateway.io.auth import Access, Authenticator, AuthzCallout, KeyRing, policy_of
-from gateway.io.bus import NatsBus, NatsOptions
+from gateway.io.bus import NatsBus
+from gateway.io.closer import Closer
 from gateway.io.history import HistoryStore
 from gateway.io.http import HttpRoutes
 from gateway.io.http_api import HttpApi
@@ -45,7 +42,8 @@ from gateway.io.http_polls import HttpPolls
 from gateway.io.interests import InterestSync
 from gateway.io.keepalive import Keepalive
 from gateway.io.liveness import Liveness
-from gateway.io.outbox import Flusher, LocalConn, is_open
+from gateway.io.nats_link import NatsLink
+from gateway.io.outbox import Flusher, LocalConn, Outgoing, is_open
 from gateway.io.presence_api import PresenceApi
 from gateway.io.presence_store import (
     WINDOW,
@@ -54,10 +52,11 @@ from gateway.io.presence_store import (
     open_layout,
 )
 from gateway.io.presence_writer import PresenceWriter
-from gateway.io.requests import RequestMux
 from gateway.io.room_presence import RoomPresence
 from gateway.io.static import StaticSite
 from gateway.io.tasks import cancel_and_wait
+from gateway.io.websocket import WsConnection, WsServer, WsSettings
+from gateway.membership import Membership
 from gateway.metrics import GatewayMetrics, TimedPresence, watch_outbound
 from gateway.recovery import Recovery
 from gateway.session import Sessions
@@ -68,13 +67,37 @@ from shared.close_codes import CloseCode
 from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
 from shared.listen import check_can_listen
+from shared.nats_connection import NatsOptions
 from shared.presence import PresenceReader
+from shared.presence_keys import Layout
 from shared.startup import StartupSteps
 
 log = logging.getLogger("prism.node")
 
 # Seconds a stopping node waits for HTTP disconnect notifications still in flight.
 HTTP_NOTIFY_GRACE = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Registry:
+    """The presence registry as this node opened it."""
+
+    js: JetStreamContext
+    layout: Layout
+    buckets: dict[str, KeyValue]
+    store: KvPresenceStore
+    writer: PresenceWriter
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What :meth:`Node._build` made and :meth:`Node._start_parts` starts."""
+
+    sessions: Sessions
+    handlers: Delivery | TracedDelivery
+    delivery: Delivery
+    control: Control
+    http_backends: HttpBackends | None
 
 
 class Node:
@@ -91,13 +114,18 @@ class Node:
         self.state = State.NEW
         self._written_frames = self.metrics.frames_out.labels(node=self.node_id)
         self._written_bytes = self.metrics.bytes_out.labels(node=self.node_id)
-        self.flusher = Flusher(config.max_outbound_bytes, self._on_slow_consumer, self._on_written)
+        slow = self.metrics.slow_consumers.labels(node=self.node_id)
+        # The flusher reports slow consumers to the closer, which flushes before it closes: the one knot
+        # between two parts, tied by a method of the node (_flush).
+        self.closer = Closer(self._flush, config.max_outbound_bytes, slow.inc)
+        self.flusher: Flusher = Flusher(
+            config.max_outbound_bytes, self.closer.slow_consumer, self._on_written
+        )
         self._bus: NatsBus | None = None
         self._steps = StartupSteps()  # what the start waits for (NATS, JetStream), in /readyz
-        self._beats_bus: NatsBus | None = None  # liveness's own connection (gateway/io/liveness.py)
+        self._beats_bus: NatsLink | None = None  # liveness's own connection (gateway/io/liveness.py)
         self._sessions: Sessions | None = None
-        self._server: Server | None = None
-        self._connections: type[GuardedConnection] | None = None
+        self._server: WsServer | None = None
         self._draining: asyncio.Future[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
         self._room_presence: RoomPresence | None = None
@@ -106,7 +134,8 @@ class Node:
         self.liveness: Liveness | None = None
         self.writer: PresenceWriter | None = None
         self._repairing: asyncio.Task[None] | None = None
-        self._keepalive: asyncio.Task[None] | None = None
+        self._keepalive: Keepalive | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
         self._bucket = BucketOptions()
         self.port = config.port
         # /metrics on a port of its own (PRISM_METRICS_PORT), so a public listener never exposes it.
@@ -117,19 +146,36 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Open the ports, connect to NATS, open the presence registry, build the sessions and what they
+        need, start them, join the cluster, and accept clients. A user mistake (a taken port, a bad key
+        or routes file, refused credentials) fails it before this node touches the presence of its id."""
         self.state = State.STARTING
         keyring = KeyRing(self.config) if self.config.auth_enabled else None  # bad key files fail here
         http_backends = self.config.http_backends()  # a bad routes file too
-        # A taken port fails here, before this node touches NATS or the presence of its node id.
+        authenticator = await self._open_ports(keyring)
+        bus, beats = await self._connect_nats()
+        registry = await self._open_registry(bus)
+        parts = self._build(bus, registry, authenticator, http_backends)
+        await self._start_parts(bus, parts)
+        await self._join_cluster(bus, beats, registry, parts.sessions)
+        self._go_live(bus)
+
+    async def _open_ports(self, keyring: KeyRing | None) -> Authenticator | None:
+        """Every port this node serves, the public one last: a taken one fails here, before NATS. Then
+        the public port listens while NATS and JetStream settle (a whole cluster starting at once):
+        /healthz says alive, /readyz says what the node waits for, and upgrades get 503."""
         await check_can_listen(self.config.host, self.config.port, listen.GATEWAY)
-        await self._open_metrics_port()  # a busy metrics port fails here too
-        await self._open_api_port(keyring)  # and a busy API port
-        # Listen first: while NATS and JetStream settle (a whole cluster starting at once), /healthz says
-        # alive, /readyz says what the node waits for, and upgrades get 503.
+        await self._open_metrics_port()
+        await self._open_api_port(keyring)
         authenticator = None
         if keyring is not None:
             authenticator = Authenticator(keyring, policy_of(self.config), self.metrics, self.node_id)
         await self._listen(authenticator)
+        return authenticator
+
+    async def _connect_nats(self) -> tuple[NatsBus, NatsLink]:
+        """The data-plane connection, and liveness's own (gateway/io/liveness.py): heartbeats must not
+        queue behind deliveries."""
         options = NatsOptions(
             servers=self.config.nats_servers,
             name=f"prism-gateway-{self.node_id}",
@@ -138,16 +184,19 @@ class Node:
         self._steps.waiting = f"NATS at {', '.join(self.config.nats_servers)}"
         bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
         beats_options = replace(options, name=f"prism-gateway-{self.node_id}-liveness")
-        beats = self._beats_bus = await NatsBus.connect(beats_options, self._on_beats_link)
+        beats = self._beats_bus = await NatsLink.connect(beats_options, self._on_beats_link)
         self.flusher.backlogged = bus.backlogged
         self.metrics.nats_connected.labels(node=self.node_id).set(1)
-        bucket = BucketOptions(
+        return bus, beats
+
+    async def _open_registry(self, bus: NatsBus) -> _Registry:
+        """The presence buckets (created by the first node, waiting for JetStream) and this node's writer."""
+        bucket = self._bucket = BucketOptions(
             self.config.presence_bucket,
             self.config.presence_replicas,
             self.config.presence_storage,
             self.config.presence_shards,
         )
-        self._bucket = bucket
         js = bus.nc.jetstream(publish_async_max_pending=WINDOW)
         layout, buckets = await self._steps.run(
             "JetStream to serve the presence buckets", lambda: open_layout(js, bucket)
@@ -161,69 +210,107 @@ class Node:
             on_written=self.metrics.presence_writes.labels(node=self.node_id).inc,
         )
         writer.start()
-        sessions: Sessions
-        ops = MembershipOps(
-            join=lambda conn, room: sessions.join(conn, room),
-            leave=lambda conn, room: sessions.leave_room(conn, room),
-            close=lambda conn, code, reason: sessions.close(conn, code, reason),
-        )
-        delivery = Delivery(self.node_id, self.subjects, self.hub, self.flusher, bus, self.metrics, ops)
+        return _Registry(js, layout, buckets, store, writer)
+
+    def _build(
+        self,
+        bus: NatsBus,
+        registry: _Registry,
+        authenticator: Authenticator | None,
+        http_backends: tuple[HttpBackend, ...],
+    ) -> _Parts:
+        """Every part of the data path, each built whole from the parts it needs (no I/O yet):
+        recovery -> delivery -> subscriptions -> membership -> control and the sessions."""
+        config, node_id, hub, flusher = self.config, self.node_id, self.hub, self.flusher
+        recovery = self._recovery = self._make_recovery(bus)
+        recovering = None
+        if recovery is not None:
+            channels = recovery.channels
+            recovering = Recovering(channels[Scope.ROOM], channels[Scope.USER], recovery.recoverable.matches)
+        delivery = Delivery(node_id, self.subjects, hub, flusher, bus, self.metrics, recovering)
         # With tracing on, deliveries that carry a traceparent continue the trace (gateway/traces.py).
         handlers = TracedDelivery(delivery) if tracing.tracer is not None else delivery
-        recovery = self._recovery = self._make_recovery(bus, delivery, lambda: sessions)
-        wants = recovery.wants_core if recovery is not None else self.hub.wants
+        wants = recovery.wants_core if recovery is not None else hub.wants
         interests = InterestSync(bus, wants, delivery.subject_for, handlers.handler_for)
-        requests = RequestMux(bus, self.config.request_timeout, lambda *answer: sessions.on_answer(*answer))
-        await requests.start()
-        sessions = self._sessions = Sessions(
-            self.config,
-            self.node_id,
-            self.hub,
-            self.flusher,
-            bus,
-            TimedPresence(writer, self.metrics, self.node_id),
-            interests,
-            requests,
-            self.metrics,
-        )
-        sessions.recovery = recovery
-        if recovery is not None:
-            # Creates or updates the history streams (a refusal stops the start; JetStream not ready: wait).
-            await self._steps.run("JetStream to serve the history streams", recovery.start)
-        if authenticator is not None:
-            callout = None
-            if self.config.authz_subject:
-                subject = self.subjects.authz(self.config.authz_subject)
-                callout = AuthzCallout(bus.nc, subject, self.config.authz_timeout, self.node_id)
-            sessions.access = Access(authenticator, callout, sessions.close)
-        if self.config.room_presence:
-            self._room_presence = sessions.room_presence = RoomPresence(
+        room_presence = None
+        if config.room_presence:
+            buckets, layout = registry.buckets, registry.layout
+            room_presence = self._room_presence = RoomPresence(
                 lambda room: buckets[layout.bucket_of(room)],
-                self.flusher,
-                self.hub,
-                self.config.room_presence,
-                self.config.presence_debounce,
-                self.config.presence_batch,
+                flusher,
+                hub,
+                config.room_presence,
+                config.presence_debounce,
+                config.presence_batch,
             )
+        close = self.closer.close
+        if config.ping_interval > 0:
+            self._keepalive = Keepalive(
+                config.ping_interval,
+                config.ping_timeout,
+                lambda conn: close(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"),
+            )
+        backends = None
+        if http_backends:
+            backends = HttpBackends(HttpRouting(http_backends), node_id, self.metrics, _version())
+            self._http = HttpHooks(backends, node_id, config.max_rooms_per_conn)
+            self._polls = HttpPolls(backends, node_id, self._open_conns_of, delivery.to_local_conn)
+        features = Features(
+            recovery=recovery if recovery is not None else NoRecovery(self._send_frame),
+            access=self._make_access(bus, authenticator),
+            keepalive=self._keepalive if self._keepalive is not None else NoKeepalive(),
+            room_events=room_presence if room_presence is not None else NoRoomEvents(),
+            http=self._http if self._http is not None else NoHttpBackends(),
+        )
+        presence = TimedPresence(registry.writer, self.metrics, node_id)
+        membership = Membership(
+            node_id, hub, interests, presence, features.room_events, features.recovery, self.metrics
+        )
+        control = Control(node_id, self.subjects, hub, bus, membership, close)
+        sessions = self._sessions = Sessions(
+            config,
+            node_id,
+            hub,
+            flusher,
+            bus,
+            presence,
+            interests,
+            membership,
+            self.closer,
+            self.metrics,
+            features,
+        )
+        return _Parts(sessions, handlers, delivery, control, backends)
+
+    async def _start_parts(self, bus: NatsBus, parts: _Parts) -> None:
+        """The parts' own subscriptions and streams: the request inbox, the history streams, this node's
+        delivery and control subjects, the HTTP backends' clients."""
+        await parts.sessions.start()
+        if self._recovery is not None:
+            # Creates or updates the history streams (a refusal stops the start; JetStream not ready: wait).
+            await self._recovery.start(self._steps)
+        handlers, control = parts.handlers, parts.control
         await bus.subscribe(self.subjects.node_conns(self.node_id), handlers.on_conn)
         await bus.subscribe(self.subjects.broadcast, handlers.on_broadcast)
-        await bus.subscribe(self.subjects.node_control_conns(self.node_id), delivery.on_control_conn)
-        await bus.subscribe(self.subjects.control_users, delivery.on_control_user)
-        if http_backends:
-            backends = HttpBackends(HttpRouting(http_backends), self.node_id, self.metrics, _version())
-            await backends.start()
-            self._http = sessions.http = HttpHooks(backends, self.node_id, self.config.max_rooms_per_conn)
-            self._polls = HttpPolls(backends, self.node_id, self._open_conns_of, delivery.to_local_conn)
-        # Before accepting anyone: sweep what an earlier process with this id left, start beating, and
-        # (once it has listened for a TTL) sweep nodes that died while no one was watching.
+        await bus.subscribe(self.subjects.node_control_conns(self.node_id), control.on_control_conn)
+        await bus.subscribe(self.subjects.control_users, control.on_control_user)
+        if parts.http_backends is not None:
+            await parts.http_backends.start()
+
+    async def _join_cluster(
+        self, bus: NatsBus, beats: NatsLink, registry: _Registry, sessions: Sessions
+    ) -> None:
+        """Before accepting anyone: sweep what an earlier process with this id left, start beating, and
+        (once it has listened for a TTL) sweep nodes that died while no one was watching; then answer
+        presence queries."""
         room_presence = self._room_presence
         liveness = self.liveness = Liveness(
             node_id=self.node_id,
             bus=bus,
             beats=beats,
-            js=js,
-            store=store,
-            writer=writer,
+            js=registry.js,
+            store=registry.store,
+            writer=registry.writer,
             subjects=self.subjects,
             ttl=self.config.node_ttl,
             sweep_interval=self.config.sweep_interval,
@@ -236,16 +323,15 @@ class Node:
         )
         await self._steps.run("JetStream to record this node in the presence registry", liveness.prepare)
         await liveness.run()
-        self._presence_api = PresenceApi(bus, PresenceReader(js, layout), liveness.table.alive, self.subjects)
+        reader = PresenceReader(registry.js, registry.layout)
+        self._presence_api = PresenceApi(bus, reader, liveness.table.alive, self.subjects)
         await self._presence_api.start()
         await bus.flush()
-        if self.config.ping_interval > 0:
-            sessions.keepalive = Keepalive(
-                self.config.ping_interval,
-                self.config.ping_timeout,
-                lambda conn: sessions.close(conn, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"),
-            )
-            self._keepalive = asyncio.create_task(sessions.keepalive.run(), name="keepalive")
+
+    def _go_live(self, bus: NatsBus) -> None:
+        """Ping clients, publish through the HTTP API, poll HTTP backends, and be ready."""
+        if self._keepalive is not None:
+            self._keepalive_task = asyncio.create_task(self._keepalive.run(), name="keepalive")
         if self.api is not None:
             self.api.attach(bus.nc)
         if self._polls is not None:
@@ -253,6 +339,22 @@ class Node:
         self.state = State.READY
         self.metrics.ready.labels(node=self.node_id).set(1)
         log.info("node %s ready on port %d", self.node_id, self.port)
+
+    def _make_access(self, bus: NatsBus, authenticator: Authenticator | None) -> Access | None:
+        """Authentication of open connections (token expiry, refresh, permissions, the callout)."""
+        if authenticator is None:
+            return None
+        callout = None
+        if self.config.authz_subject:
+            subject = self.subjects.authz(self.config.authz_subject)
+            callout = AuthzCallout(bus.nc, subject, self.config.authz_timeout, self.node_id)
+        return Access(authenticator, callout, self.closer.close)
+
+    def _flush(self) -> None:
+        self.flusher.flush()
+
+    def _send_frame(self, conn: LocalConn, frame: bytes) -> None:
+        self.flusher.send(conn, Outgoing(frame, binary=False))
 
     async def _listen(self, authenticator: Authenticator | None) -> None:
         """Open the public port: health, readiness and static answers at once, WebSocket upgrades (503
@@ -273,49 +375,46 @@ class Node:
             static=static,
             node_id=self.node_id,
         )
-        self._connections = connection_class(self.admission, self.admission.rejections, self.config)
+        server = self._server = self._ws_server(routes)
         try:
-            self._server = await self._serve(routes)
+            await server.listen(self.config.host, self.config.port, self.config.listen_backlog)
         except OSError as exc:  # taken since the check above
             raise listen.unavailable(exc, self.config.host, self.config.port, listen.GATEWAY) from None
-        sockets = self._server.sockets
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self.port = server.port
         log.info(
             "node %s answers HTTP on port %d while it starts (/readyz: 503 until ready)",
             self.node_id,
             self.port,
         )
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, ws: WsConnection) -> None:
         sessions = self._sessions
         if sessions is None:  # HttpRoutes refuses upgrades until ready; this is only a safety net
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "node not ready")
+            ws.close(CloseCode.TRY_AGAIN_LATER, "node not ready")
             return
         await sessions.handle(ws)
 
-    async def _serve(self, routes: HttpRoutes) -> Server:
-        assert self._connections is not None
-        return await serve(
+    def _ws_server(self, routes: HttpRoutes) -> WsServer:
+        config = self.config
+        pings = rate_policy(config)
+        settings = WsSettings(
+            max_message_bytes=config.max_message_bytes,
+            handshake_timeout=config.handshake_timeout,
+            close_timeout=config.close_timeout,
+            max_unread_bytes=config.max_outbound_bytes,
+            ping_policy=pings if pings.enabled else None,  # a client's pings count like its messages
+            compression=config.compression,
+        )
+        return WsServer(
+            settings,
+            routes,
             self._handle,
-            self.config.host,
-            self.config.port,
-            compression="deflate" if self.config.compression else None,
-            process_request=routes,
-            select_subprotocol=lambda _, offered: choose_subprotocol(offered),  # prism, for browsers
-            max_size=self.config.max_message_bytes,
-            ping_interval=None,  # one Keepalive for the node instead of a task per connection (below)
-            close_timeout=self.config.close_timeout,
-            server_header="Prism",
-            backlog=self.config.listen_backlog,
-            open_timeout=self.config.handshake_timeout,
-            max_queue=INBOUND_QUEUE_FRAMES,
-            create_connection=self._connections,
+            on_limit=self.admission.rejections.count,
+            release=self.admission.release,
+            choose_subprotocol=choose_subprotocol,  # prism, for browsers
         )
 
-    def _make_recovery(
-        self, bus: NatsBus, delivery: Delivery, sessions: Callable[[], Sessions]
-    ) -> Recovery | None:
+    def _make_recovery(self, bus: NatsBus) -> Recovery | None:
         """Missed-message recovery, when some rooms or users have history (PRISM_RECOVER_*)."""
         config = self.config
         recoverable = Recoverable(config.recover_rooms, config.recover_users)
@@ -331,21 +430,17 @@ class Node:
             replicas=config.recover_replicas,
             storage=config.recover_storage,
         )
-        recovery = Recovery(
+        return Recovery(
             config,
             self.node_id,
             self.hub,
             self.flusher,
             bus,
-            HistoryStore(bus.nc, specs, bus.subscribe),
+            HistoryStore(bus.nc, specs, bus),
             self.metrics,
-            close=lambda conn, code, reason: sessions().close(conn, code, reason),
-            slow_consumer=lambda conn: sessions().slow_consumer(conn),
+            close=self.closer.close,
+            slow_consumer=self.closer.slow_consumer,
         )
-        delivery.use_recovery(
-            recovery.channels[Scope.ROOM], recovery.channels[Scope.USER], recovery.recoverable.matches
-        )
-        return recovery
 
     async def _open_metrics_port(self) -> None:
         if not self.config.metrics_port:
@@ -416,23 +511,16 @@ class Node:
         except TimeoutError:
             log.warning("%d connections still open after drain; closing them", len(self.hub))
         await self._close_listener()
-        if self._sessions.tasks:
-            await asyncio.gather(*self._sessions.tasks, return_exceptions=True)
+        if self.closer.tasks:
+            await asyncio.gather(*self.closer.tasks, return_exceptions=True)
 
     async def _close_listener(self) -> None:
+        # A client whose upgrade request has not arrived is dropped (it would hold the stop for
+        # handshake_timeout); one accepted as the listener closes is dropped on arrival. Both retry
+        # elsewhere.
         assert self._server is not None
-        self._server.close(close_connections=True)
-        if self._connections is not None:
-            # A client that has not sent its upgrade request would hold the stop for handshake_timeout;
-            # one that has gets websockets' 503. Both retry elsewhere.
-            self._connections.abort_accepted(silent_only=True)
+        self._server.close()
         await self._server.wait_closed()
-        # A connection the kernel accepted just as the listener closed reaches the protocol one loop pass
-        # later, after websockets stopped waiting for handshakes: drop it, so none outlives the node.
-        await asyncio.sleep(0)
-        if self._connections is not None and (late := self._connections.abort_accepted()):
-            log.info("dropped %d connection(s) accepted while the listener closed", late)
-            await asyncio.sleep(0)  # their connection_lost runs, which closes the sockets
 
     async def stop(self) -> None:
         """Drain, then stop everything the node started. Concurrent calls all return when it has."""
@@ -443,8 +531,8 @@ class Node:
     async def _stop(self) -> None:
         await self.drain()
         self.state = State.STOPPED
-        if self._keepalive is not None:
-            await cancel_and_wait([self._keepalive])
+        if self._keepalive_task is not None:
+            await cancel_and_wait([self._keepalive_task])
         if self._room_presence is not None:
             await self._room_presence.stop()
         if self._presence_api is not None:
@@ -545,10 +633,6 @@ class Node:
         if node != self.node_id:
             self.metrics.presence_sweeps.labels(node=self.node_id).inc()
             self.metrics.presence_swept_connections.labels(node=self.node_id).inc(conns)
-
-    def _on_slow_consumer(self, conn: LocalConn) -> None:
-        if self._sessions is not None:
-            self._sessions.slow_consumer(conn)
 
     def _on_written(self, frames: int, nbytes: int) -> None:
         self._written_frames.inc(frames)

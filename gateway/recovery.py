@@ -43,6 +43,7 @@ from shared import frames
 from shared import headers as h
 from shared.close_codes import CloseCode
 from shared.frames import Position
+from shared.startup import StartupSteps
 from shared.subjects import Subjects
 
 log = logging.getLogger("prism.recovery")
@@ -129,8 +130,10 @@ class Recovery:
         return lambda: sum(len(channel) for channel in self.channels[scope].values())
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        await self.history.start()
+    async def start(self, steps: StartupSteps) -> None:
+        """Create or update the history streams (waiting for JetStream through ``steps``), then take each
+        stream's epoch and start the periodic check."""
+        await self.history.start(steps)
         for scope in self.history.specs:
             state = await self.history.state_after(scope, asyncio.get_running_loop().time())
             self._epochs[scope] = state.epoch

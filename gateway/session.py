@@ -12,39 +12,39 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import orjson
 from opentelemetry.trace import Span, SpanKind, use_span
 from opentelemetry.util.types import AttributeValue
 from prometheus_client import Counter, Gauge
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from gateway.config import GatewayConfig
+from gateway.core import session as core
 from gateway.core.auth import Refresh
 from gateway.core.http_backends import Deny, HttpBackend
 from gateway.core.hub import Hub, JoinOutcome
-from gateway.core.inbound import Event, Join, Leave, Raw, parse_client_frame, ref_of
-from gateway.core.lifecycle_events import event_body, identity_headers
-from gateway.core.limits import InboundGuard, Reason, Verdict
-from gateway.core.presence_writes import ConnRecord, LocalState
+from gateway.core.inbound import Command, Event, Join, Leave, Raw, parse_client_frame, ref_of
+from gateway.core.lifecycle_events import disconnect_details, event_body, identity_headers
+from gateway.core.limits import InboundGuard, Verdict
+from gateway.core.presence_writes import LocalState
 from gateway.core.recovery import user_recovery
+from gateway.core.session import Close, Send, SessionRules
+from gateway.features import Features
 from gateway.io.admission import Rejections, rate_policy
-from gateway.io.auth import Access
 from gateway.io.bus import Bus, BusUnavailable, Headers, encode_header_lines, header_block
+from gateway.io.closer import Closer
 from gateway.io.history import HistoryUnavailable
 from gateway.io.http import split_path, user_from_query
-from gateway.io.http_hooks import ClientError, HttpHooks
+from gateway.io.http_hooks import ClientError
 from gateway.io.interests import InterestSync
-from gateway.io.keepalive import Keepalive
 from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.presence_writer import PresenceOps, PresenceUnavailable
 from gateway.io.requests import RequestMux, end_span
-from gateway.io.room_presence import RoomPresence
+from gateway.io.websocket import WsConnection
+from gateway.membership import Membership, record_of
 from gateway.metrics import FRAME_KINDS, GatewayMetrics
-from gateway.recovery import UNAVAILABLE, Recovery, Start
+from gateway.recovery import UNAVAILABLE, Start
 from shared import frames, logs, tracing
 from shared import headers as h
 from shared.close_codes import CloseCode
@@ -59,19 +59,11 @@ _FRAME_BINARY_LINE = f"{h.FRAME}: {h.FRAME_BINARY}\r\n".encode()
 _FRAME_TEXT_LINE = f"{h.FRAME}: {h.FRAME_TEXT}\r\n".encode()
 
 
-# Closes websockets sends on its own when a client breaks a limit, counted as rejections.
-_LIMIT_CLOSES: dict[int, Reason] = {
-    CloseCode.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
-    CloseCode.INVALID_DATA: Reason.INVALID_UTF8,
-    CloseCode.MESSAGE_TOO_BIG: Reason.MESSAGE_TOO_BIG,
-}
-
-
-def record_of(conn: LocalConn, node_id: str) -> ConnRecord:
-    return ConnRecord(conn.conn_id, node_id, conn.user, conn.route, conn.remote, conn.connected_at)
-
-
 class Sessions:
+    """Every WebSocket connection of the node, from its upgrade to its disconnect event. Built whole:
+    ``membership`` joins and leaves rooms, ``closer`` closes connections, and ``features`` holds the
+    optional parts (each on, or a stand-in that does what "off" means)."""
+
     def __init__(
         self,
         config: GatewayConfig,
@@ -81,8 +73,10 @@ class Sessions:
         bus: Bus,
         presence: PresenceOps,
         interests: InterestSync,
-        requests: RequestMux,
+        membership: Membership,
+        closer: Closer,
         metrics: GatewayMetrics,
+        features: Features,
     ) -> None:
         self.config = config
         self.node_id = node_id
@@ -92,14 +86,20 @@ class Sessions:
         self.bus = bus
         self.presence = presence
         self.interests = interests
-        self.requests = requests
+        self.membership = membership
+        self.closer = closer
         self.metrics = metrics
-        self.room_presence: RoomPresence | None = None  # set by the node when room presence is on
-        self.access: Access | None = None  # set by the node when authentication is on
-        self.keepalive: Keepalive | None = None  # set by the node when keepalive pings are on
-        self.recovery: Recovery | None = None  # set by the node when some rooms or users have history
-        self.http: HttpHooks | None = None  # set by the node when HTTP backends are configured
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.access = features.access
+        self.keepalive = features.keepalive
+        self.room_events = features.room_events
+        self.recovery = features.recovery
+        self.http = features.http
+        # Client requests to NATS backends: one inbox subscription for the node (start() subscribes it).
+        self.requests = RequestMux(bus, config.request_timeout, self.on_answer)
+        access = self.access
+        self._parse: Callable[[str | bytes, int], Command | Refresh] = (
+            parse_client_frame if access is None else access.parse
+        )
         # Set while no connection is between its registration and its disconnect event (drain waits on
         # it): once set, every close has been written to the registry and announced.
         self.idle = asyncio.Event()
@@ -109,6 +109,13 @@ class Sessions:
         # idle timeout (a timer per connection, only when it is on).
         self.rejections = Rejections(metrics, node_id)
         self._rate = rate_policy(config)
+        self.rules = SessionRules(
+            config.max_rooms_per_conn,
+            config.max_inflight_requests,
+            config.request_timeout,
+            config.idle_timeout,
+            self._rate.rate,
+        )
         self._guard_inbound = self._rate.enabled or config.idle_timeout > 0
         self._max_depth = config.max_json_depth
         self._idle_timers: dict[str, asyncio.TimerHandle] = {}
@@ -119,21 +126,20 @@ class Sessions:
         metrics.rooms_active.labels(node=node_id).set_function(lambda: len(hub.rooms))
         metrics.users_active.labels(node=node_id).set_function(lambda: len(hub.users))
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    async def start(self) -> None:
+        await self.requests.start()
 
     def new_conn_id(self) -> str:
         return f"{self.node_id}.{secrets.token_urlsafe(9)}"
 
     # -- the connection handler ------------------------------------------------------------------------
-    async def handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: WsConnection) -> None:
         route, query = split_path(ws.request.path if ws.request else "/")
         host, port = (ws.remote_address or ("", 0))[:2]
         identity = self.access.take(ws) if self.access is not None else None  # verified before the upgrade
         if self.access is not None and identity is None:
-            await ws.close(CloseCode.UNAUTHORIZED, "not authenticated")
+            ws.close(CloseCode.UNAUTHORIZED, "not authenticated")
+            await ws.wait_closed()
             return
         conn = LocalConn(
             conn_id=self.new_conn_id(),
@@ -142,39 +148,37 @@ class Sessions:
             remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",  # IPv6 in brackets
             ws=ws,
             connected_at=utc_now(),
-            raw_frames=not ws.protocol.extensions,
+            raw_frames=not ws.compressed,
         )
         logs.bind(self.node_id, conn.conn_id, conn.user)  # this connection's task logs with its ids
-        rooms: tuple[str, ...] = ()
-        if self.http is not None:  # an HTTP connect backend may refuse it, or name its user and rooms
-            headers = ws.request.headers if ws.request else {}
-            decision = await self.http.connect(conn, query, headers, identity)
-            if isinstance(decision, Deny):
-                await self._bounded_close(conn, decision.code, decision.reason)
-                return
-            rooms = decision.rooms
+        # An HTTP connect backend may refuse it, or name its user and rooms.
+        decision = await self.http.connect(conn, query, ws.request.headers if ws.request else {}, identity)
+        if isinstance(decision, Deny):
+            await self.closer.bounded_close(conn, decision.code, decision.reason)
+            return
+        rooms = decision.rooms
+        if decision.user is not None:
             logs.bind(self.node_id, conn.conn_id, conn.user)
         try:
             wants_user_history, user_position = user_recovery(query)  # checked before the upgrade
         except ValueError:
             wants_user_history, user_position = False, None
         user_start: Start | None = None
-        if wants_user_history and self.recovery is not None:
+        if wants_user_history:
             try:
                 user_start = await self.recovery.reserve_user(conn, user_position)
             except HistoryUnavailable:
                 await self.recovery.closed(conn)
-                await self._bounded_close(conn, CloseCode.TRY_AGAIN_LATER, UNAVAILABLE)
+                await self.closer.bounded_close(conn, CloseCode.TRY_AGAIN_LATER, UNAVAILABLE)
                 return
         if not await self._open(conn, rooms):
-            if self.recovery is not None:
-                await self.recovery.closed(conn)
+            await self.recovery.closed(conn)
             return
         if self.access is not None and identity is not None:
             self.access.opened(conn, identity)  # closes it with 4501 when the token expires
         try:
-            if wants_user_history:
-                await self._start_user_history(conn, user_start)
+            if wants_user_history:  # its user's recovery frame, what it missed, then live
+                await self.recovery.start_user(conn, user_start)
             guard = self._watch_idle(conn) if self.config.idle_timeout > 0 else None
             async for message in ws:
                 if self._guard_inbound:
@@ -185,20 +189,9 @@ class Sessions:
                         self._over_rate(conn, message, verdict)
                         continue
                 await self._on_frame(conn, message)
-        except ConnectionClosed:
-            pass
         finally:
-            if self.recovery is not None:
-                await self.recovery.closed(conn)  # before the hub forgets it: see Recovery.wants_core
+            await self.recovery.closed(conn)  # before the hub forgets it: see Recovery.wants_core
             await self._closed(conn)
-
-    async def _start_user_history(self, conn: LocalConn, start: Start | None) -> None:
-        """After the welcome of a connection opened with ``?recover=user``: its user's ``recovery`` frame,
-        what it missed, then live deliveries with positions (or, with no history, ``recoverable: false``)."""
-        if self.recovery is not None:
-            await self.recovery.start_user(conn, start)
-        else:
-            self._send(conn, frames.not_recoverable("user", conn.user))  # type: ignore[arg-type]
 
     async def _open(self, conn: LocalConn, rooms: tuple[str, ...] = ()) -> bool:
         """Register ``conn`` (in ``rooms``, which a connect backend named): hub, subscriptions, presence
@@ -224,17 +217,15 @@ class Sessions:
             self.metrics.presence_errors.labels(node=self.node_id, op="register").inc()
             _, changes = self.hub.remove(conn.conn_id)
             await self.interests.apply(changes)
-            await self._bounded_close(conn, CloseCode.TRY_AGAIN_LATER, "presence registry unavailable")
+            await self.closer.bounded_close(conn, CloseCode.TRY_AGAIN_LATER, "presence registry unavailable")
             self._done()
             return False
         await self._lifecycle(self.subjects.client_connect, conn, {})
-        if self.keepalive is not None:
-            self.keepalive.add(conn)
+        self.keepalive.add(conn)
         welcome = frames.welcome(conn.conn_id, self.node_id, conn.user, conn.route)
         self.flusher.start(conn, Outgoing(welcome, binary=False))
-        if self.room_presence is not None:
-            for room in sorted(self.hub.rooms_of(conn.conn_id)):
-                self.room_presence.joined(conn, room)
+        for room in sorted(self.hub.rooms_of(conn.conn_id)):
+            self.room_events.joined(conn, room)
         connects, connections = self._route_metrics(conn.route)
         connects.inc()
         connections.inc()
@@ -242,9 +233,8 @@ class Sessions:
 
     async def _closed(self, conn: LocalConn) -> None:
         conn.closing = True
-        self._closed_by_limit(conn)
-        if self.keepalive is not None:
-            self.keepalive.discard(conn)
+        self._stop_idle_timer(conn)
+        self.keepalive.discard(conn)
         if self.access is not None:
             self.access.closed(conn)
         member, changes = self.hub.remove(conn.conn_id)
@@ -252,9 +242,8 @@ class Sessions:
         # Queued now, before anything can run in between: a join still in flight either sees the
         # connection closing, or was queued before this and is purged by it.
         removed = self.presence.unregister(record_of(conn, self.node_id), rooms)
-        if self.room_presence is not None:
-            for room in rooms:
-                self.room_presence.left(conn, room)
+        for room in rooms:
+            self.room_events.left(conn, room)
         ws = conn.ws
         code = conn.close_code if conn.close_code is not None else ws.close_code
         reason = ws.close_reason or ""
@@ -264,11 +253,9 @@ class Sessions:
         except PresenceUnavailable as exc:  # the writer scheduled a repair, which purges the keys
             log.warning("could not unregister %s: %s", conn.conn_id, exc)
             self.metrics.presence_errors.labels(node=self.node_id, op="unregister").inc()
-        extra: dict[str, object] = {"code": code, "reason": reason, "rooms": sorted(rooms)}
-        extra["disconnected_at"] = utc_now()
+        extra = disconnect_details(code, reason, rooms, utc_now())
         await self._lifecycle(self.subjects.client_disconnect, conn, extra)
-        if self.http is not None:
-            self.http.disconnected(conn, extra)
+        self.http.disconnected(conn, extra)
         self._route_metrics(conn.route)[1].dec()
         self.metrics.disconnects.labels(node=self.node_id, code=str(code)).inc()
         self._done()
@@ -297,28 +284,7 @@ class Sessions:
 
     def close(self, conn: LocalConn, code: int, reason: str) -> None:
         """Close ``conn`` with ``code`` once whatever is already queued for it has been written."""
-        if conn.closing:
-            return
-        self.flusher.flush()
-        self._close_now(conn, code, reason)
-
-    def slow_consumer(self, conn: LocalConn) -> None:
-        self.metrics.slow_consumers.labels(node=self.node_id).inc()
-        limit = self.config.max_outbound_bytes
-        self._close_now(conn, CloseCode.SLOW_CONSUMER, f"slow consumer: over {limit} bytes unread")
-
-    def _close_now(self, conn: LocalConn, code: int, reason: str) -> None:
-        conn.closing = True
-        conn.close_code = code
-        self.spawn(self._bounded_close(conn, code, reason))
-
-    async def _bounded_close(self, conn: LocalConn, code: int, reason: str) -> None:
-        # websockets' close() first waits for the write buffer to drain, with no deadline: against a client
-        # that never reads it would wait forever, holding the buffer. Bound it, then drop the TCP connection.
-        try:
-            await asyncio.wait_for(conn.ws.close(code, reason), self.config.close_timeout)
-        except TimeoutError:
-            conn.ws.transport.abort()
+        self.closer.close(conn, code, reason)
 
     def _route_metrics(self, route: str) -> tuple[Counter, Gauge]:
         """The connects counter and connections gauge of ``route`` (looked up once per route)."""
@@ -337,16 +303,7 @@ class Sessions:
         self._bytes_in.inc(len(message))
         if conn.closing:
             return
-        rate = self._rate.rate
-        if verdict is Verdict.DROP:
-            self.rejections.count(Reason.RATE_LIMITED)
-            ref = ref_of(message, self._max_depth)
-            text = f"over {rate:g} messages per second: message dropped"
-            self.send_error(conn, ref, ErrorCode.RATE_LIMITED, text)
-        else:
-            self.rejections.count(Reason.RATE_ABUSE)
-            reason = f"message rate limit: over {rate:g} messages per second, again and again"
-            self.close(conn, CloseCode.POLICY_VIOLATION, reason)
+        self._act(conn, self.rules.over_rate(verdict, ref_of(message, self._max_depth)))
 
     def _watch_idle(self, conn: LocalConn) -> InboundGuard:
         guard = InboundGuard(self._rate, time.monotonic())
@@ -359,70 +316,49 @@ class Sessions:
         if conn.closing:
             self._idle_timers.pop(conn.conn_id, None)
             return
-        timeout = self.config.idle_timeout
-        idle = guard.idle_for(time.monotonic())
-        if idle >= timeout - 0.001:  # a timer may fire a hair early
+        decision = self.rules.idle(guard.idle_for(time.monotonic()))
+        if isinstance(decision, Close):
             self._idle_timers.pop(conn.conn_id, None)
-            self.rejections.count(Reason.IDLE_TIMEOUT)
-            self.close(conn, CloseCode.GOING_AWAY, f"idle timeout: no message for {timeout:g}s")
+            self._act(conn, decision)
         else:
             loop = asyncio.get_running_loop()
-            self._idle_timers[conn.conn_id] = loop.call_later(timeout - idle, self._check_idle, conn, guard)
+            self._idle_timers[conn.conn_id] = loop.call_later(decision, self._check_idle, conn, guard)
 
-    def _closed_by_limit(self, conn: LocalConn) -> None:
-        """Stop the idle timer; count the closes websockets made for a limit (size, UTF-8, protocol)."""
+    def _stop_idle_timer(self, conn: LocalConn) -> None:
         timer = self._idle_timers.pop(conn.conn_id, None)
         if timer is not None:
             timer.cancel()
-        protocol = conn.ws.protocol
-        sent = protocol.close_sent
-        if sent is not None and protocol.close_rcvd_then_sent is not True:  # the node closed first
-            reason = _LIMIT_CLOSES.get(sent.code)
-            if reason is not None:
-                self.rejections.count(reason)
 
     # -- client frames ---------------------------------------------------------------------------------
     async def _on_frame(self, conn: LocalConn, message: str | bytes) -> None:
         self._bytes_in.inc(len(message))
         try:
-            command = (
-                parse_client_frame(message, self._max_depth)
-                if self.access is None
-                else self.access.parse(message, self._max_depth)
-            )
+            command = self._parse(message, self._max_depth)
         except FrameError as exc:
             self._frames_in["invalid"].inc()
-            if exc.code == ErrorCode.INVALID_FRAME:  # nested deeper than max_json_depth (or than orjson can)
-                self.rejections.count(Reason.JSON_DEPTH)
-            self.send_error(conn, exc.ref, ErrorCode(exc.code), exc.message)
+            self._act(conn, self.rules.invalid(exc.ref, ErrorCode(exc.code), exc.message))
             return
         if isinstance(command, Join):
             self._frames_in["command"].inc()
             if self.access is not None and (denied := await self.access.deny_join(conn, command.room)):
-                self.send_error(conn, command.ref, ErrorCode.FORBIDDEN, denied)
+                self._act(conn, self.rules.forbidden(command.ref, denied))
                 return
             try:
                 outcome = await self._join_command(conn, command)
             except PresenceUnavailable:
-                text = "the presence registry is unavailable: not joined, try again later"
-                self.send_error(conn, command.ref, ErrorCode.UNAVAILABLE, text)
+                self._act(conn, self.rules.join_unavailable(command.ref))
                 return
-            if outcome is JoinOutcome.TOO_MANY_ROOMS:
-                limit = self.config.max_rooms_per_conn
-                self.rejections.count(Reason.TOO_MANY_ROOMS)
-                self.send_error(conn, command.ref, ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms")
-            else:
-                self._send(conn, frames.ok(command.ref))
-        elif isinstance(command, Refresh) and self.access is not None:
+            self._act(conn, self.rules.join_answer(command.ref, outcome))
+        elif isinstance(command, Refresh) and self.access is not None:  # parsed only with auth on
             self._frames_in["command"].inc()
             if (refused := self.access.refresh(conn, command.token)) is None:
-                self._send(conn, frames.ok(command.ref))
+                self._act(conn, core.ok(command.ref))
             else:
-                self.send_error(conn, command.ref, refused.error_code, refused.message)
+                self._act(conn, core.error(command.ref, refused.error_code, refused.message))
         elif isinstance(command, Leave):
             self._frames_in["command"].inc()
-            await self.leave_room(conn, command.room)
-            self._send(conn, frames.ok(command.ref))
+            await self.membership.leave_room(conn, command.room)
+            self._act(conn, core.ok(command.ref))
         elif isinstance(command, Event):
             await self._on_event(conn, command)
         elif isinstance(command, Raw):
@@ -434,56 +370,9 @@ class Sessions:
     async def _join_command(self, conn: LocalConn, command: Join) -> JoinOutcome:
         """A client's join; with ``"recover": true`` through recovery (docs/protocol.md, "Recovery")."""
         if not command.recover:
-            return await self.join(conn, command.room)
-        if self.recovery is not None:
-            join = functools.partial(self.join, conn, command.room)
-            return await self.recovery.join_room(conn, command.room, command.position, join)
-        outcome = await self.join(conn, command.room)
-        if outcome is JoinOutcome.JOINED:  # recovery is not configured: no room has history
-            self._send(conn, frames.not_recoverable("room", command.room))
-        return outcome
-
-    async def leave_room(self, conn: LocalConn, room: str) -> bool:
-        """Leave ``room`` (a client's leave, or a backend's control leave), recovering or not."""
-        if self.recovery is not None:
-            await self.recovery.left(conn, room)  # first: see Recovery.wants_core
-        return await self.leave(conn, room)
-
-    async def join(self, conn: LocalConn, room: str) -> JoinOutcome:
-        """Join ``room``; returns once the subscription and the room key are in place (raises
-        :class:`PresenceUnavailable`, with the join undone, if the key could not be written)."""
-        outcome, changes = self.hub.join(conn.conn_id, room)
-        if outcome is not JoinOutcome.JOINED:
-            return outcome
-        # The subscription is sent before the KV put on the same NATS connection, so once the put is
-        # acknowledged the server has the subscription too: "ok" means deliveries will arrive.
-        await self.interests.apply(changes)
-        if conn.closing or not self.hub.is_member(conn.conn_id, room):
-            return outcome  # a leave or a close overtook it, and queued its purge: nothing to write
-        try:
-            await self.presence.joined(record_of(conn, self.node_id), room)
-        except PresenceUnavailable:
-            self.metrics.presence_errors.labels(node=self.node_id, op="join").inc()
-            await self.leave(conn, room)
-            raise
-        if self.room_presence is not None:
-            self.room_presence.joined(conn, room)
-        return outcome
-
-    async def leave(self, conn: LocalConn, room: str) -> bool:
-        was_member, changes = self.hub.leave(conn.conn_id, room)
-        if not was_member:
-            return False
-        removed = self.presence.left(record_of(conn, self.node_id), room)  # queued before any await
-        if self.room_presence is not None:
-            self.room_presence.left(conn, room)
-        await self.interests.apply(changes)
-        try:
-            await removed
-        except PresenceUnavailable as exc:  # the writer scheduled a repair, which purges the key
-            log.warning("presence leave %s %s failed: %s", conn.conn_id, room, exc)
-            self.metrics.presence_errors.labels(node=self.node_id, op="leave").inc()
-        return True
+            return await self.membership.join(conn, command.room)
+        join = functools.partial(self.membership.join, conn, command.room)
+        return await self.recovery.join_room(conn, command.room, command.position, join)
 
     async def _on_event(self, conn: LocalConn, event: Event) -> None:
         tracer = tracing.tracer
@@ -518,9 +407,9 @@ class Sessions:
         """Publish the event, or send the request; True if the request (and ``span``) is now pending."""
         if self.access is not None and (denied := await self.access.deny_event(conn, event.name)):
             self._frames_in["event" if event.ref is None else "request"].inc()
-            self.send_error(conn, event.ref, ErrorCode.FORBIDDEN, denied)
+            self._act(conn, self.rules.forbidden(event.ref, denied))
             return False
-        if self.http is not None and (backend := self.http.backend_for(conn, event.name)) is not None:
+        if (backend := self.http.backend_for(conn, event.name)) is not None:
             return await self._send_http_event(conn, event, backend, span)
         subject = self.subjects.client_event(event.name)
         event_line = b"%s: %s\r\n" % (_EVENT_KEY, event.name.encode())
@@ -537,17 +426,16 @@ class Sessions:
             await self.requests.send(conn, subject, block, event.data, event.ref, event.name, span)
         except Exception as exc:
             conn.inflight_requests -= 1
-            self.send_error(conn, event.ref, ErrorCode.BACKEND_UNAVAILABLE, f"cannot reach backends: {exc}")
+            self._act(conn, self.rules.unreachable(event.ref, exc))
             return False
         return True
 
     def _too_many_requests(self, conn: LocalConn, ref: Ref) -> bool:
         """Refuse (with an error frame) a request over ``max_inflight_requests`` awaiting replies."""
-        if conn.inflight_requests < self.config.max_inflight_requests:
+        refused = self.rules.request_refused(conn.inflight_requests, ref)
+        if refused is None:
             return False
-        limit = self.config.max_inflight_requests
-        self.rejections.count(Reason.TOO_MANY_REQUESTS)
-        self.send_error(conn, ref, ErrorCode.TOO_MANY_REQUESTS, f"at most {limit} requests at once")
+        self._act(conn, refused)
         return True
 
     async def _send_http_event(
@@ -555,12 +443,11 @@ class Sessions:
     ) -> bool:
         """An event or request for an HTTP backend. An event is sent before the connection's next frame
         is read (so a connection's events reach the backend in order); requests run side by side."""
-        assert self.http is not None
         if event.ref is None:
             self._frames_in["event"].inc()
             failed = await self.http.event(conn, backend, event)
             if failed is not None:
-                self.send_error(conn, None, *failed)
+                self._act(conn, core.error(None, *failed))
             return False
         self._frames_in["request"].inc()
         if self._too_many_requests(conn, event.ref):
@@ -570,10 +457,7 @@ class Sessions:
 
         def done(failed: ClientError | None, body: bytes) -> None:
             conn.inflight_requests -= 1
-            if failed is None:
-                self._send(conn, frames.reply(ref, body))
-            else:
-                self.send_error(conn, ref, *failed)
+            self._act(conn, self.rules.answered(ref, failed, body))
             if span is not None:
                 end_span(span, failed[0] if failed else None)
 
@@ -586,19 +470,13 @@ class Sessions:
         """A backend's reply to a client request, or why there is none (from :class:`RequestMux`)."""
         assert isinstance(conn, LocalConn)
         conn.inflight_requests -= 1
-        if error is ErrorCode.TIMEOUT:
-            seconds = self.config.request_timeout
-            self.send_error(conn, ref, error, f"no reply to {event!r} in {seconds}s")
-        elif error is ErrorCode.NO_RESPONDERS:
-            self.send_error(conn, ref, error, f"no backend handles {event!r}")
-        else:
-            self._send(conn, frames.reply(ref, data or b""))
+        self._act(conn, self.rules.request_answer(ref, event, data, error))
 
     async def _publish(self, conn: LocalConn, subject: str, block: bytes, payload: bytes, ref: Ref) -> None:
         try:
             await self.bus.publish_encoded(subject, "", block, payload)
         except BusUnavailable as exc:
-            self.send_error(conn, ref, ErrorCode.BACKEND_UNAVAILABLE, f"message not sent: {exc}")
+            self._act(conn, self.rules.not_sent(ref, exc))
 
     def _headers(self, conn: LocalConn) -> Headers:
         return identity_headers(record_of(conn, self.node_id))
@@ -610,9 +488,13 @@ class Sessions:
         except Exception as exc:
             log.warning("could not publish %s for %s: %s", subject, conn.conn_id, exc)
 
-    def _send(self, conn: LocalConn, frame: bytes) -> None:
-        self.flusher.send(conn, Outgoing(frame, binary=False))
-
-    def send_error(self, conn: LocalConn, ref: Ref, code: ErrorCode, message: str) -> None:
-        self.metrics.client_errors.labels(node=self.node_id, code=code.value).inc()
-        self._send(conn, frames.error(ref, code, message))
+    def _act(self, conn: LocalConn, action: Send | Close) -> None:
+        """Carry out a decision of the session core (gateway/core/session.py)."""
+        if action.rejected is not None:
+            self.rejections.count(action.rejected)
+        if isinstance(action, Close):
+            self.close(conn, action.code, action.reason)
+            return
+        if action.error is not None:
+            self.metrics.client_errors.labels(node=self.node_id, code=action.error.value).inc()
+        self.flusher.send(conn, Outgoing(action.frame, binary=False))

@@ -41,11 +41,15 @@ from loadtest.targets.prism import PrismTarget
 ALL_SCENARIOS = ("idle", "connect", "conn", "room", "user", "request", "mixed")
 
 
-def target_factories(server_core: int, client_core: int) -> dict[str, Callable[[], Target]]:
+def target_factories(
+    server_core: int, client_core: int, before: Path | None = None
+) -> dict[str, Callable[[], Target]]:
     factories: dict[str, Callable[[], Target]] = {
         "prism": lambda: PrismTarget(core=server_core, nats_core=client_core),
         "ceiling": lambda: CeilingTarget(core=server_core),
     }
+    if before is not None:
+        factories["prism-before"] = lambda: PrismTarget(server_core, client_core, source=before)
     try:  # the opt-in peers (Socket.IO, Channels); imported by name so they stay optional
         peers = importlib.import_module("loadtest.peers")
     except ImportError:
@@ -64,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--targets",
         default="prism,ceiling",
-        help="comma-separated: prism, ceiling, and opt-in peers socketio, channels",
+        help="comma-separated: prism, ceiling, prism-before (with --before), opt-in peers socketio, channels",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of an earlier Prism (git worktree add /tmp/before <commit>), run as prism-before",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip nats-py alone in the conn scenario")
     parser.add_argument("--connections", type=int, default=1000)
@@ -161,7 +170,7 @@ async def run(args: argparse.Namespace, console: Console) -> list[Result]:
             timeout=30,
             capacity=settings.capacity,
         )
-    factories = target_factories(args.server_core, args.client_core)
+    factories = target_factories(args.server_core, args.client_core, args.before)
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [n for n in names if n not in factories]
     if unknown:

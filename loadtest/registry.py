@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 from gateway.core.liveness import DEFAULT_TTL
 from gateway.core.presence_writes import ConnRecord, LocalState
-from gateway.io.bus import NatsBus, NatsOptions
+from gateway.io.bus import NatsBus
 from gateway.io.liveness import Liveness
 from gateway.io.presence_store import WINDOW, BucketOptions, KvPresenceStore, open_layout
 from gateway.io.presence_writer import PresenceWriter
+from shared.nats_connection import NatsOptions
 from shared.startup import StartupSteps
 from shared.subjects import Subjects
 from shared.timestamps import utc_now

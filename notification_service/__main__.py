@@ -2,6 +2,6 @@
 
 import sys
 
-from gateway.cli import main
+from shared.cli.command import main
 
 raise SystemExit(main(["notify", *sys.argv[1:]]))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
 
 import orjson
 
+from shared.backoff import Backoff
 from shared.errors import InvalidName
 from shared.subjects import Subjects, validate_room, validate_user_id
 from shared.timestamps import iso
@@ -225,10 +226,16 @@ class RetryPolicy:
     max_deliveries: int = 5
     base_delay: float = 1.0
     max_delay: float = 30.0
+    # The ceilings of a Backoff, without its jitter: the delays docs/notifications.md promises.
+    _backoff: Backoff = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        backoff = Backoff(base=min(self.base_delay, self.max_delay), cap=self.max_delay)
+        object.__setattr__(self, "_backoff", backoff)
 
     def delay(self, attempt: int) -> float:
         """Delay before the redelivery that follows attempt ``attempt`` (1-based): doubling, capped."""
-        return min(self.max_delay, self.base_delay * 2.0 ** max(0, attempt - 1))
+        return self._backoff.ceiling(max(0, attempt - 1))
 
     def on_failure(self, problem: Problem, detail: str, attempt: int) -> Retry | DeadLetter:
         if attempt >= self.max_deliveries:

@@ -21,7 +21,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from gateway.io.bus import NatsBus, NatsOptions
 from notification_service import core
 from notification_service.client_requests import SelfNotifyListener
 from notification_service.config import NotifyConfig
@@ -31,8 +30,10 @@ from notification_service.metrics import NotifyMetrics
 from notification_service.receipts import Receipts
 from notification_service.streams import ensure_streams
 from notification_service.worker import FETCH_TIMEOUT, Worker
+from shared import nats_connection
 from shared.health_http import HealthServer
 from shared.lifecycle import State, not_ready_reason, run_until_signalled
+from shared.nats_connection import NatsConnection, NatsOptions
 from shared.startup import StartupSteps
 
 log = logging.getLogger("prism.notify")
@@ -59,7 +60,7 @@ class NotifyService:
         self.state = State.NEW
         self.http = HealthServer(self.registry, self.is_ready, self.not_ready_reason)
         self.worker: Worker | None = None
-        self._bus: NatsBus | None = None
+        self._bus: NatsConnection | None = None
         self._steps = StartupSteps()  # what the start waits for (NATS, JetStream), in /readyz
         self._receipts: Receipts | None = None
         self._listener: ConnectListener | None = None
@@ -80,7 +81,7 @@ class NotifyService:
         await self.http.start(config.metrics_host, config.metrics_port, self.metrics_port_fallback)
         options = NatsOptions(servers=config.nats_servers, name="prism-notify", auth=config.nats_auth)
         self._steps.waiting = f"NATS at {', '.join(config.nats_servers)}"
-        bus = self._bus = await NatsBus.connect(options, self._on_nats_state)
+        bus = self._bus = await nats_connection.connect(options, self._on_nats_state)
         self.metrics.nats_connected.set(1)
         nc = bus.nc
         js = nc.jetstream()

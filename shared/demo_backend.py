@@ -40,8 +40,8 @@ from shared.subjects import Subjects, validate_prefix, validate_room
 if TYPE_CHECKING:  # nats-py is imported when the backend starts: the prism command's parser reads
     from nats.aio.msg import Msg  # DemoConfig, and every other subcommand should not pay for nats-py
 
-    from gateway.io.bus import NatsBus
     from shared.backend import PrismBackend
+    from shared.nats_connection import NatsConnection
 
 log = logging.getLogger("prism.demo")
 
@@ -164,17 +164,17 @@ class DemoBackend:
         self.subjects = config.subjects
         self.history = ChatHistory()
         self.now = now
-        self._bus: NatsBus | None = None
+        self._bus: NatsConnection | None = None
         self._prism: PrismBackend | None = None
 
     async def start(self) -> None:
-        from gateway.io.bus import NatsBus, NatsOptions  # the connection every Prism process makes
+        from shared import nats_connection  # the connection every Prism process makes
         from shared.backend import PrismBackend
 
-        options = NatsOptions(
+        options = nats_connection.NatsOptions(
             servers=self.config.nats_servers, name="prism-demo-backend", auth=self.config.nats_auth
         )
-        self._bus = await NatsBus.connect(options)
+        self._bus = await nats_connection.connect(options)
         nc = self._bus.nc
         self._prism = PrismBackend(nc, self.subjects)
         handlers: dict[str, Callable[[Msg], Awaitable[None]]] = {

@@ -30,8 +30,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core import http_signing
-from shared import listen
+from shared import http_signing, listen
 from shared.config import setting
 from shared.errors import ConfigError
 

@@ -8,6 +8,7 @@ CA and an optional client certificate (mutual TLS).
 
 from __future__ import annotations
 
+import base64
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,3 +125,57 @@ class NatsAuth:
         if (context := self.tls_context()) is not None:
             kwargs["tls"] = context
         return kwargs
+
+    def connect_fields(self, nonce: str | None, url_user: str = "", url_password: str = "") -> dict[str, Any]:
+        """The credentials of a ``CONNECT`` that Prism writes itself (``gateway.io.nats_link``), chosen as
+        nats-py chooses them from :meth:`connect_kwargs`: an NKey or a credentials file signs the server's
+        ``nonce``; else user and password, else a token, else credentials in the server's URL."""
+        fields: dict[str, Any] = {}
+        if self.creds_file or self.nkey_seed_file:
+            if nonce is not None:
+                if self.creds_file:
+                    jwt, seed = read_creds(self.creds_file)
+                    fields["jwt"] = jwt
+                else:
+                    seed = Path(self.nkey_seed_file).read_bytes().strip()
+                fields["sig"], public = sign_nonce(seed, nonce)
+                if not self.creds_file:
+                    fields["nkey"] = public
+        elif self.user:
+            fields.update(user=self.user, **{"pass": self.password})
+        elif self.token:
+            fields["auth_token"] = self.token
+        elif url_user and url_password:
+            fields.update(user=url_user, **{"pass": url_password})
+        elif url_user:
+            fields["auth_token"] = url_user
+        return fields
+
+
+def read_creds(path: str) -> tuple[str, bytes]:
+    """The user JWT and the NKey seed of a NATS credentials file (``nsc generate creds``): each is the
+    line after its ``-----BEGIN ...-----`` marker."""
+    lines = Path(path).read_bytes().splitlines()
+    jwt = seed = b""
+    for i, line in enumerate(lines[:-1]):
+        if b"BEGIN NATS USER JWT" in line:
+            jwt = lines[i + 1].strip()
+        elif b"BEGIN USER NKEY SEED" in line:
+            seed = lines[i + 1].strip()
+    if not jwt or not seed:
+        raise ConfigError(f"nats_creds_file: {path} holds no user JWT and seed")
+    return jwt.decode(), seed
+
+
+def sign_nonce(seed: bytes, nonce: str) -> tuple[str, str]:
+    """The server's nonce signed with the NKey ``seed`` (base64, as nats-py sends it), and the public key."""
+    import nkeys  # only processes that authenticate with NKeys pay for it
+
+    try:
+        key = nkeys.from_seed(bytearray(seed))
+    except Exception as exc:  # nkeys raises its own errors for a malformed seed
+        raise ConfigError(f"NATS NKey seed is not valid: {exc}") from None
+    try:
+        return base64.b64encode(key.sign(nonce.encode())).decode(), key.public_key.decode()
+    finally:
+        key.wipe()

@@ -136,7 +136,7 @@ async def spawn_prism_dev(nodes: int, port: int) -> asyncio.subprocess.Process:
     caller stops it (and what it started) by PID."""
     env = dev_env(PRISM_DRAIN_SECONDS="0")
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "dev", "--nodes", str(nodes), "--port", str(port),
+        sys.executable, "-m", "shared.cli", "dev", "--nodes", str(nodes), "--port", str(port),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from gateway.core.framing import fit_close_reason
 from gateway.core.permissions import Pattern
 from gateway.core.retry import Attempt, Outcome, RetryPolicy
 from shared.backoff import Backoff
@@ -36,7 +37,6 @@ from shared.subjects import validate_room, validate_token, validate_user_id
 
 MIN_SECRET_BYTES = 32
 MAX_CLAIMS_BYTES = 16384  # claims travel with every later call for the connection: keep them small
-MAX_REASON_BYTES = 123  # a WebSocket close reason
 MAX_ERROR_TEXT = 200  # characters of a backend's error body shown to a client
 _KEYS = frozenset(
     {
@@ -359,12 +359,6 @@ class BadAnswer(ValueError):
     """A backend's answer that does not follow the contract; the message says how."""
 
 
-def _close_reason(text: str) -> str:
-    """``text`` cut to fit a close frame's reason (123 bytes of UTF-8), never inside a character."""
-    encoded = text.encode()[:MAX_REASON_BYTES]
-    return encoded.decode(errors="ignore")
-
-
 def error_text(body: bytes) -> str:
     """A backend's error body as one short line for a client: a JSON ``message``/``error``/``reason``
     string if there is one, else the text itself."""
@@ -386,9 +380,9 @@ def connect_decision(status: int, body: bytes, max_rooms: int) -> Allow | Deny:
     """What a connect backend's answer decides; :class:`BadAnswer` if it breaks the contract. Call it
     only for statuses 2xx, 401 and 403 (anything else means the backend is unavailable)."""
     if status == 401:
-        return Deny(CloseCode.UNAUTHORIZED, _close_reason(error_text(body) or "unauthorized"))
+        return Deny(CloseCode.UNAUTHORIZED, fit_close_reason(error_text(body) or "unauthorized"))
     if status == 403:
-        return Deny(CloseCode.FORBIDDEN, _close_reason(error_text(body) or "forbidden"))
+        return Deny(CloseCode.FORBIDDEN, fit_close_reason(error_text(body) or "forbidden"))
     if not 200 <= status < 300:
         raise BadAnswer(f"status {status} is not an answer")
     if not body.strip():
@@ -406,7 +400,7 @@ def connect_decision(status: int, body: bytes, max_rooms: int) -> Allow | Deny:
         reason = answer.get("reason", "forbidden")
         if not isinstance(reason, str):
             raise BadAnswer("reason must be a string")
-        return Deny(code, _close_reason(reason))
+        return Deny(code, fit_close_reason(reason))
     try:
         user = None if answer.get("user") is None else validate_user_id(answer["user"])
         rooms = answer.get("rooms", [])

@@ -4,6 +4,7 @@ dead node does (docs/protocol.md section 7)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from gateway.core.presence_writes import ConnRecord
@@ -34,3 +35,12 @@ def event_body(record: ConnRecord, **extra: Any) -> dict[str, Any]:
         "connected_at": record.connected_at,
         **extra,
     }
+
+
+def disconnect_details(
+    code: int | None, reason: str, rooms: Iterable[str], disconnected_at: str
+) -> dict[str, Any]:
+    """What a ``client.disconnect`` says besides the connection (all of it is also what HTTP disconnect
+    backends get): the close ``code`` and ``reason``, the ``rooms`` it was in (sorted), and when. A sweep
+    adds ``swept_by``."""
+    return {"code": code, "reason": reason, "rooms": sorted(rooms), "disconnected_at": disconnected_at}

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.core.lifecycle_events import event_body
+from gateway.core.lifecycle_events import disconnect_details, event_body
 from gateway.core.presence_writes import ConnRecord
 
 # How a connection lost with its node is reported on ``client.disconnect``: 1006 is what the client
@@ -104,14 +104,8 @@ class LostConn:
 
     def disconnect_event(self, disconnected_at: str, swept_by: str) -> dict[str, Any]:
         """The ``client.disconnect`` body, as the node itself would have published it, plus ``swept_by``."""
-        return event_body(
-            self.record,
-            code=LOST_CLOSE_CODE,
-            reason=LOST_REASON,
-            rooms=sorted(self.rooms),
-            disconnected_at=disconnected_at,
-            swept_by=swept_by,
-        )
+        details = disconnect_details(LOST_CLOSE_CODE, LOST_REASON, self.rooms, disconnected_at)
+        return event_body(self.record, **details, swept_by=swept_by)
 
 
 def lost_connections(node: str, conns: Mapping[str, Any], room_keys: Iterable[str]) -> list[LostConn]:

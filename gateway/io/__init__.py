@@ -1,1 +1,3 @@
-"""Thin I/O shells around nats-py and websockets; the decisions they carry out live in ``gateway.core``."""
+"""Thin I/O shells: the WebSocket connection layer (``websocket.py``), the data plane's NATS connection
+(``nats_link.py``) and nats-py for JetStream and KV; the decisions and protocols they carry out live in
+``gateway.core``."""

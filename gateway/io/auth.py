@@ -22,7 +22,6 @@ from typing import Any
 import nats.errors
 import orjson
 from nats.aio.client import Client as NatsClient
-from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from gateway.config import GatewayConfig
@@ -47,6 +46,7 @@ from gateway.core.auth import (
 )
 from gateway.core.inbound import Command, parse_client_frame
 from gateway.io.outbox import LocalConn
+from gateway.io.websocket import WsConnection
 from gateway.metrics import GatewayMetrics
 from shared.close_codes import CloseCode
 from shared.errors import ConfigError, FrameError
@@ -136,10 +136,10 @@ class Authenticator:
         self.policy = policy
         self._rejections = metrics.rejections
         self.node_id = node_id
-        self._verified: weakref.WeakKeyDictionary[ServerConnection, Identity] = weakref.WeakKeyDictionary()
+        self._verified: weakref.WeakKeyDictionary[WsConnection, Identity] = weakref.WeakKeyDictionary()
 
     def check(
-        self, connection: ServerConnection, request: Request, route: str, query: dict[str, list[str]]
+        self, connection: WsConnection, request: Request, route: str, query: dict[str, list[str]]
     ) -> Response | None:
         """None to go on with the upgrade, or the 401/403 response that refuses it."""
         try:
@@ -167,7 +167,7 @@ class Authenticator:
     def verify(self, token: str, route: str) -> Identity:
         return authenticate(token, self.keyring.keys(), self.policy, route)
 
-    def take(self, connection: ServerConnection) -> Identity | None:
+    def take(self, connection: WsConnection) -> Identity | None:
         """The identity verified for ``connection``'s upgrade (once)."""
         return self._verified.pop(connection, None)
 
@@ -242,7 +242,7 @@ class Access:
         self._close = close
         self._live: dict[str, _Live] = {}
 
-    def take(self, ws: ServerConnection) -> Identity | None:
+    def take(self, ws: WsConnection) -> Identity | None:
         return self.authenticator.take(ws)
 
     def opened(self, conn: LocalConn, identity: Identity) -> None:

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import nats.errors
@@ -29,8 +30,9 @@ from nats.js.api import DiscardPolicy, RePublish, RetentionPolicy, StorageType, 
 from gateway.core.history_layout import StreamSpec
 from gateway.core.hub import Scope
 from gateway.core.recovery import StreamState, epoch_of
-from gateway.io.bus import Handler, Headers, SubscriptionHandle
+from gateway.io.bus import Bus, BusUnavailable, Headers, SubscriptionHandle
 from shared.errors import ConfigError
+from shared.startup import StartupSteps
 
 log = logging.getLogger("prism.history")
 
@@ -144,18 +146,19 @@ class _Probe:
 
 # One reply of a direct get: payload and headers (with ``Status`` for the end of a batch, or a 404).
 _Reply = tuple[bytes, Headers | None]
-Subscribe = Callable[[str, Handler], Awaitable[SubscriptionHandle]]
 
 
 class HistoryStore:
-    """The history streams of the scopes in ``specs``. ``subscribe`` (the bus's) takes the replies of
-    direct gets, so they are parsed on the delivery path's fast reader, not as nats-py messages."""
+    """The history streams of the scopes in ``specs``. Direct gets go through the ``bus`` (the data
+    plane): sent on the connection that carries the channels' subscriptions, each after the SUB that
+    precedes it (so nothing published in between is missed), and answered on its fast path. ``nc``
+    (nats-py) creates and inspects the streams."""
 
     def __init__(
-        self, nc: NatsClient, specs: dict[Scope, StreamSpec], subscribe: Subscribe, timeout: float = 5.0
+        self, nc: NatsClient, specs: dict[Scope, StreamSpec], bus: Bus, timeout: float = 5.0
     ) -> None:
         self.nc = nc
-        self._subscribe = subscribe
+        self.bus = bus
         self.js = nc.jetstream(timeout=timeout)
         self.specs = specs
         self.timeout = timeout
@@ -168,29 +171,17 @@ class HistoryStore:
     def _state_fn(self, scope: Scope) -> Callable[[], Awaitable[StreamState]]:
         return lambda: self._state(scope)
 
-    async def start(self) -> None:
-        """Create or update every stream, retrying while JetStream cannot answer yet (a cluster electing
-        its leaders); a setting the server refuses is a :class:`ConfigError`."""
-        self._inbox = str(self.nc.new_inbox())
-        self._sub = await self._subscribe(f"{self._inbox}.*", self._on_reply)
-        for scope in self.specs:
-            delay = 0.5
-            while True:
-                try:
-                    await self.ensure(scope)
-                    break
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                    problem: Exception = exc
-                except nats.js.errors.ServiceUnavailableError as exc:
-                    problem = exc
-                name = self.specs[scope].name
-                log.warning("history stream %s unavailable (%r); retrying in %.1fs", name, problem, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    async def start(self, steps: StartupSteps) -> None:
+        """Create or update every stream, through ``steps``: retried while JetStream cannot answer yet (a
+        cluster electing its leaders); a setting the server refuses is a :class:`ConfigError`."""
+        self._inbox = self.bus.new_inbox()
+        self._sub = await self.bus.subscribe(f"{self._inbox}.*", self._on_reply)
+        for scope, spec in self.specs.items():
+            await steps.run(f"JetStream to serve the history stream {spec.name}", partial(self.ensure, scope))
             await self.write_anchor(scope)
 
     async def stop(self) -> None:
-        if self._sub is not None and not self.nc.is_closed:
+        if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
         self._sub = None
@@ -268,7 +259,7 @@ class HistoryStore:
         messages: list[_Reply] = []
         stream = self.specs[scope].name
         try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(body), reply=reply)
+            await self.bus.publish_encoded(f"$JS.API.DIRECT.GET.{stream}", reply, b"", orjson.dumps(body))
             async with asyncio.timeout(self.timeout):
                 while True:
                     data, parsed = await queue.get()
@@ -282,7 +273,7 @@ class HistoryStore:
                         return messages, {}
                     else:
                         raise HistoryUnavailable(f"{stream}: direct get answered {status} {headers}")
-        except (nats.errors.Error, TimeoutError) as exc:
+        except (nats.errors.Error, BusUnavailable, TimeoutError) as exc:
             raise HistoryUnavailable(f"{stream}: {exc!r}") from None
         finally:
             del self._waiting[reply]

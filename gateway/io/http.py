@@ -1,9 +1,10 @@
 """Plain HTTP on the gateway's port: /healthz, /readyz, /metrics, the static files (the browser SDK and
 the console, gateway/io/static.py), and the checks made before an upgrade.
 
-One request per TCP connection: websockets closes the connection after any answer but ``101``, so every
-answer says ``Connection: close`` (RFC 9112 section 9.6) and keep-alive clients open a new connection for
-their next request instead of writing into a closed one ("socket hang up")."""
+One request per TCP connection: the node closes the connection after any answer but ``101``
+(:mod:`gateway.io.websocket`), so every answer says ``Connection: close`` (RFC 9112 section 9.6) and
+keep-alive clients open a new connection for their next request instead of writing into a closed one
+("socket hang up")."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -20,6 +20,7 @@ from gateway.core.recovery import user_recovery
 from gateway.io.admission import Admission
 from gateway.io.auth import Authenticator
 from gateway.io.static import StaticSite
+from gateway.io.websocket import WsConnection
 from shared.errors import InvalidName
 from shared.subjects import validate_user_id
 
@@ -64,13 +65,13 @@ class HttpRoutes:
         # the port (a second `prism dev`, say) for the node it started.
         self.identity = (("Prism-Node", node_id), ("Prism-Pid", str(os.getpid())))
 
-    def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+    def __call__(self, connection: WsConnection, request: Request) -> Response | None:
         response = self._answer(connection, request)
         if response is not None and "Connection" not in response.headers:
             response.headers["Connection"] = "close"  # see the module docstring
         return response
 
-    def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _answer(self, connection: WsConnection, request: Request) -> Response | None:
         route, query = split_path(request.path)
         if route in self.ws_routes:
             if not self.is_ready():

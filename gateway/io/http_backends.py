@@ -19,11 +19,10 @@ from typing import Any
 
 import aiohttp
 
-from gateway.core import http_signing
 from gateway.core.http_backends import HttpBackend, HttpRouting
 from gateway.core.retry import Attempt, Outcome
 from gateway.metrics import HTTP_BACKEND_KINDS, HTTP_BACKEND_OUTCOMES, GatewayMetrics
-from shared import tracing
+from shared import http_signing, tracing
 
 log = logging.getLogger("prism.http_backends")
 

@@ -10,9 +10,9 @@ new connection joins the slot that was just pinged, so each connection is pinged
 pings are spread evenly over the interval instead of arriving in bursts. A ping whose pong has not come
 ``timeout`` seconds later fails its connection with 1011, as websockets' own keepalive does.
 
-Pings go through websockets' protocol object and are recorded in its ``pending_pings`` (as ``ping()``
-records them), so a pong is matched, acknowledged and timed (``latency``) by websockets as before; only
-the waiting is done here, by checking whether the ping is still pending when its deadline comes.
+Pings go out through the connection (:meth:`gateway.io.websocket.WsConnection.ping`), which matches
+each pong to its ping and times it (``latency``); only the waiting is done here, by checking whether the
+ping is still unanswered when its deadline comes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
-import struct
 from collections import deque
 from collections.abc import Callable
 
@@ -50,7 +48,6 @@ class Keepalive:
         self._slots: list[set[LocalConn]] = [set() for _ in range(count)]
         self._cursor = 0  # the slot the next tick pings
         self._deadlines: deque[tuple[float, LocalConn, bytes]] = deque()  # sent first, due first
-        self._acked: asyncio.Future[float] | None = None
 
     def __len__(self) -> int:
         return sum(len(slot) for slot in self._slots)
@@ -82,7 +79,7 @@ class Keepalive:
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, conn, ping = deadlines.popleft()
-            if ping in conn.ws.pending_pings and not conn.closing and conn.ws.protocol.state is State.OPEN:
+            if conn.ws.awaiting_pong(ping) and not conn.closing and conn.ws.state is State.OPEN:
                 log.info("%s: no pong within %.1fs; closing", conn.conn_id, self.timeout)
                 self._on_timeout(conn)
         slot = self._slots[self._cursor]
@@ -91,27 +88,12 @@ class Keepalive:
             self._ping(conn, now)
 
     def _ping(self, conn: LocalConn, now: float) -> None:
-        ws = conn.ws
-        if conn.closing or ws.protocol.state is not State.OPEN:
+        if conn.closing:
             return
-        pending = ws.pending_pings
-        ping = struct.pack("!I", random.getrandbits(32))
-        while ping in pending:
-            ping = struct.pack("!I", random.getrandbits(32))
-        # websockets resolves the future in a pending ping when its pong comes; nobody awaits ours, so
-        # every ping shares one future that is already done (websockets skips done futures).
-        pending[ping] = (self._done_future(), now)
         try:
-            ws.protocol.send_ping(ping)
-            ws.send_data()
+            ping = conn.ws.ping()
         except Exception as exc:  # a transport closing under us: the read side will notice
             log.debug("ping to %s failed: %s", conn.conn_id, exc)
             return
-        if self.timeout > 0:
+        if ping is not None and self.timeout > 0:
             self._deadlines.append((now + self.timeout, conn, ping))
-
-    def _done_future(self) -> asyncio.Future[float]:
-        if self._acked is None:
-            self._acked = asyncio.get_running_loop().create_future()
-            self._acked.set_result(0.0)
-        return self._acked

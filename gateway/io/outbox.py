@@ -19,10 +19,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from gateway.core.framing import encode_frame
+from gateway.io.websocket import WsConnection
 
 log = logging.getLogger("prism.outbox")
 
@@ -57,7 +57,7 @@ class LocalConn:
     user: str | None
     route: str
     remote: str
-    ws: ServerConnection
+    ws: WsConnection
     connected_at: str
     raw_frames: bool = True  # False when an extension (permessage-deflate) was negotiated
     pending: list[bytes] = field(default_factory=list)
@@ -73,7 +73,7 @@ class LocalConn:
 
 
 def is_open(conn: LocalConn) -> bool:
-    return not conn.closing and conn.ws.protocol.state is State.OPEN
+    return not conn.closing and conn.ws.state is State.OPEN
 
 
 class Flusher:
@@ -105,15 +105,10 @@ class Flusher:
             frame = message.frame
             conn.pending.append(frame)
             conn.pending_bytes += len(frame)
-        else:
-            protocol = conn.ws.protocol
-            if message.binary:
-                protocol.send_binary(message.payload)
-            else:
-                protocol.send_text(message.payload)
-            for chunk in protocol.data_to_send():
-                conn.pending.append(chunk)
-                conn.pending_bytes += len(chunk)
+        else:  # compressed: framed for this connection alone
+            frame = conn.ws.encode(message.payload, message.binary)
+            conn.pending.append(frame)
+            conn.pending_bytes += len(frame)
         self._mark(conn)
         return True
 
@@ -170,22 +165,23 @@ class Flusher:
             conn.dirty = False
             if not conn.started or not conn.pending:
                 continue
-            if conn.closing or conn.ws.protocol.state is not State.OPEN:
+            ws = conn.ws
+            if conn.closing or ws.state is not State.OPEN:
                 conn.pending.clear()
                 conn.pending_bytes = 0
                 continue
-            transport = conn.ws.transport
             frames += len(conn.pending)
             written += conn.pending_bytes
             try:
-                transport.writelines(conn.pending)
+                unsent = ws.write(conn.pending)
             except Exception as exc:  # a transport closing under us: the read side will notice
                 log.debug("write to %s failed: %s", conn.conn_id, exc)
+                unsent = 0
             conn.pending = []
             conn.pending_bytes = 0
             # What the socket could not take is what the client has not read: over the limit, it is slow.
             # (Checked after writing so one burst the client absorbs at once is not mistaken for slowness.)
-            if transport.get_write_buffer_size() > self.max_outbound_bytes:
+            if unsent > self.max_outbound_bytes:
                 self._on_slow_consumer(conn)
         if frames:
             self._on_written(frames, written)

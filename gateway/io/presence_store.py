@@ -153,6 +153,9 @@ class KvPresenceStore:
         sub = await bus.subscribe(inbox, on_msg)  # before the consumer, which starts pushing at once
         name = f"prism-read-{secrets.token_hex(8)}"
         try:
+            # The consumer is made on nats-py's connection, the subscription is on the bus's: the server
+            # must have the SUB before it has the consumer.
+            await bus.flush()
             info = await self.js.add_consumer(
                 keys.kv_stream(bucket),
                 ConsumerConfig(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Span, Status, StatusCode
 
-from gateway.io.bus import Headers, NatsBus
+from gateway.io.bus import Bus, Headers
 from shared import headers as h
 from shared.frames import ErrorCode, Ref
 
@@ -34,7 +34,7 @@ class _Pending:
 
 
 class RequestMux:
-    def __init__(self, bus: NatsBus, timeout: float, answer: Answer) -> None:
+    def __init__(self, bus: Bus, timeout: float, answer: Answer) -> None:
         self._bus = bus
         self._timeout = timeout
         self._answer = answer

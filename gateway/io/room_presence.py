@@ -23,10 +23,13 @@ from gateway.io.outbox import Flusher, LocalConn, Outgoing
 from gateway.io.tasks import cancel_and_wait
 from shared import frames
 from shared import presence_keys as keys
+from shared.backoff import Backoff
 
 log = logging.getLogger("prism.room_presence")
 
-_RETRY_MAX = 5.0
+# A room's watch that fails is restarted after up to 0.25 s, doubling (jittered) to 5 s while it keeps
+# failing; any entry it reads starts the delays over.
+WATCH_RETRY = Backoff(base=0.25, cap=5.0)
 
 
 class RoomPresence:
@@ -88,7 +91,7 @@ class RoomPresence:
     # -- the watch of one room -------------------------------------------------------------------------
     async def _watch(self, room: str) -> None:
         me = asyncio.current_task()
-        delay = 0.25
+        retries = WATCH_RETRY.schedule()
         while True:
             watcher: Any = None
             try:
@@ -102,7 +105,7 @@ class RoomPresence:
                     elif (change := parse_entry(entry.key, entry.operation, entry.value)) is not None:
                         self.tracker.entry(room, change, now)
                     self._arm()
-                    delay = 0.25
+                    retries.reset()
                 raise RuntimeError("the watch ended")
             except Exception as exc:
                 log.warning("presence watch of room %s failed (restarting it): %s", room, exc)
@@ -110,8 +113,7 @@ class RoomPresence:
                 if watcher is not None:
                     with contextlib.suppress(Exception):
                         await watcher.stop()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX)
+            await asyncio.sleep(retries.next_delay() or WATCH_RETRY.cap)
             if self._watches.get(room) is not me:
                 return
             self.tracker.reload(room)  # the new watch lists the room again; changes are diffed

@@ -7,7 +7,7 @@
 //   await client.join("lobby");
 //   const answer = await client.request("echo", { hi: 1 });
 //
-// It mirrors the Python client (shared/client.py): the same close-code policy
+// It mirrors the Python client (shared/client/): the same close-code policy
 // (shared/close_codes.should_reconnect, docs/protocol.md section 11), exponential backoff with full
 // jitter, rooms rejoined after a reconnect before "connected" is reported, requests in flight failed
 // (never resent) when a connection drops, and missed-message recovery: positions kept per recoverable

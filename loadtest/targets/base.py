@@ -82,10 +82,13 @@ class Target(ABC):
 class ServerProcess:
     """A child process pinned to ``core`` with ``taskset``, stopped (and killed if need be) by PID."""
 
-    def __init__(self, args: list[str], core: int | None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], core: int | None, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.args = args
         self.core = core
         self.env = env
+        self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -104,6 +107,7 @@ class ServerProcess:
                 stderr=out,
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, **(self.env or {})},
+                cwd=self.cwd,
                 preexec_fn=die_with_parent,
                 start_new_session=True,
             )

@@ -64,10 +64,31 @@ class NatsPublisher:
         await self.raw.close()
 
 
+def gateway_command(source: Path | None) -> list[str]:
+    """What follows ``python -m`` to run a node of the checkout ``source`` (None: this one), from its
+    directory: ``gateway`` is ``prism gateway`` since the CLI moved to shared/cli/; before that it was the
+    whole ``prism`` command, which needs the subcommand named."""
+    if source is None or (source / "shared" / "cli").is_dir():
+        return ["gateway"]
+    return ["gateway", "gateway"]
+
+
 class PrismTarget(Target):
+    """``source``: a checkout of another version of Prism to run instead of this one (``python -m gateway``
+    from its directory, with this environment's packages), reported as ``prism-before``."""
+
     name = "prism"
 
-    def __init__(self, core: int | None = 0, nats_core: int | None = 1, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        core: int | None = 0,
+        nats_core: int | None = 1,
+        env: dict[str, str] | None = None,
+        source: Path | None = None,
+    ):
+        self.source = source
+        if source is not None:
+            self.name = "prism-before"
         self.port = free_port()
         self.server_core = core
         self.nats_core = nats_core
@@ -92,8 +113,7 @@ class PrismTarget(Target):
         args = [
             python(),
             "-m",
-            "gateway",
-            "gateway",
+            *gateway_command(self.source),
             "--host",
             "127.0.0.1",
             "--port",
@@ -101,7 +121,7 @@ class PrismTarget(Target):
             "--node-id",
             "bench",
         ]
-        self.gateway = ServerProcess(args, self.server_core, env)
+        self.gateway = ServerProcess(args, self.server_core, env, cwd=self.source)
         await self.gateway.start(workdir / "gateway.log")
         await wait_for_ready(self.port, self.gateway)
         self.server_pid = self.gateway.pid

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.dev import http_status
+from shared.cli.dev import http_status
 from tests.helpers import alive, descendants, dev_env, eventually, free_port_pair
 
 if TYPE_CHECKING:  # playwright may be missing: the tests are skipped then, but this module is imported
@@ -55,7 +55,7 @@ def missing_requirement() -> str | None:
 
 @dataclass
 class PrismDev:
-    """``python -m gateway dev --nodes N`` as a child process, its output read by a thread.
+    """``python -m shared.cli dev --nodes N`` as a child process, its output read by a thread.
 
     ``node_pids`` always holds the latest PID of each node: the banner's, then each restart line's.
     """
@@ -81,7 +81,8 @@ class PrismDev:
 
     def start(self, timeout: float = 60.0) -> PrismDev:
         env = dev_env(PRISM_DRAIN_SECONDS="0.5", PRISM_PRESENCE_DEBOUNCE="1", PRISM_PRESENCE_STORAGE="memory")
-        args = [sys.executable, "-m", "gateway", "dev", "--nodes", str(self.nodes), "--port", str(self.port)]
+        args = [sys.executable, "-m", "shared.cli", "dev", "--nodes", str(self.nodes)]
+        args += ["--port", str(self.port)]
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,

@@ -146,8 +146,8 @@ async def run_without_extra(*args: str) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("args", "command"),
     [
-        (("gateway", "loadtest", "--help"), "prism loadtest"),
-        (("gateway", "loadtest", "--scenarios", "conn"), "prism loadtest"),
+        (("shared.cli", "loadtest", "--help"), "prism loadtest"),
+        (("shared.cli", "loadtest", "--scenarios", "conn"), "prism loadtest"),
         (("loadtest", "--help"), "python -m loadtest"),
     ],
 )

@@ -28,7 +28,7 @@ async def test_a_busy_metrics_port_is_one_line_and_a_nonzero_exit(nats_server: A
         taken.listen()
         busy = taken.getsockname()[1]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "gateway",
+            sys.executable, "-m", "shared.cli", "gateway",
             "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(busy),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PRISM_NATS_URL": nats_server.url},
@@ -63,7 +63,7 @@ async def test_prism_dev_keeps_node_metrics_on_the_node_port_when_prism_metrics_
         "PRISM_METRICS_PORT": str(notify_port),
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "dev", "--nodes", "2", "--port", str(port),
+        sys.executable, "-m", "shared.cli", "dev", "--nodes", "2", "--port", str(port),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:

@@ -19,6 +19,7 @@ import pytest
 from loadtest.targets.base import free_port
 from shared.backend import PrismBackend
 from shared.client import PrismClient
+from shared.nats_connection import CONNECT_BACKOFF
 from tests.helpers import (
     alive,
     descendants,
@@ -38,10 +39,10 @@ def process_names(pids: set[int]) -> set[str]:
 
 @contextlib.asynccontextmanager
 async def prism(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run ``prism ARGS`` (as ``python -m gateway``) with output piped; killed on exit if still running,
+    """Run ``prism ARGS`` (as ``python -m shared.cli``) with output piped; killed on exit if still running,
     along with anything it started that is still alive."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args,
+        sys.executable, "-m", "shared.cli", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
@@ -99,7 +100,7 @@ async def test_prism_gateway_runs_one_node_and_drains_on_sigterm(nats_server: An
     args = ("gateway", "--port", str(port), "--host", "127.0.0.1", "--node-id", "solo")
     async with prism(*args, env=env) as proc:
         assert proc.stdout is not None
-        started = await read_until(proc.stdout, "listening on")
+        started = await read_until(proc.stdout, "prism gateway solo listening on")  # ready, not the log line
         assert started.count("PRISM_NATS_ULR") == 1
         assert (
             "WARNING prism.config: PRISM_NATS_ULR is not a Prism setting and is ignored; "
@@ -116,10 +117,9 @@ async def test_prism_gateway_runs_one_node_and_drains_on_sigterm(nats_server: An
 
 
 async def test_bad_configuration_is_a_clear_error() -> None:
-    proc = await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(  # python -m gateway: the same as prism gateway
         sys.executable,
         "-m",
-        "gateway",
         "gateway",
         "--port",
         "not-a-number",
@@ -234,7 +234,7 @@ def taken_port(port: int = 0) -> Iterator[int]:
 async def test_prism_gateway_on_a_taken_port_says_so_in_one_line_before_it_waits_for_nats() -> None:
     with taken_port() as port:
         # NATS is unreachable: a node that checked its port only after connecting would wait forever.
-        args = ("-m", "gateway", "gateway", "--host", "127.0.0.1", "--port", str(port))
+        args = ("-m", "shared.cli", "gateway", "--host", "127.0.0.1", "--port", str(port))
         code, out = await run_to_exit(*args, env=unreachable_nats_env(), timeout=20)
     assert code == 2
     assert out == (
@@ -246,7 +246,7 @@ async def test_prism_gateway_on_a_taken_port_says_so_in_one_line_before_it_waits
 async def test_prism_dev_on_a_taken_port_says_so_in_one_line_and_starts_nothing() -> None:
     port = free_port_pair()
     with taken_port(port + 1) as taken:  # the second node's: every port is checked before anything starts
-        args = ("-m", "gateway", "dev", "--nodes", "2", "--port", str(port))
+        args = ("-m", "shared.cli", "dev", "--nodes", "2", "--port", str(port))
         code, out = await run_to_exit(*args, env=dev_env(), timeout=20)
     assert code == 2
     assert out == (
@@ -274,14 +274,14 @@ async def test_prism_dev_on_a_taken_port_says_so_in_one_line_and_starts_nothing(
 async def test_impossible_ports_and_node_counts_are_refused_in_one_line(
     args: tuple[str, ...], message: str
 ) -> None:
-    code, out = await run_to_exit("-m", "gateway", *args, env=unreachable_nats_env(), timeout=20)
+    code, out = await run_to_exit("-m", "shared.cli", *args, env=unreachable_nats_env(), timeout=20)
     assert (code, out) == (2, f"prism: configuration error: {message}\n")
 
 
 async def test_prism_dev_waits_for_its_own_node_not_another_process_on_the_port() -> None:
     """A process that holds the port and answers /readyz 200 (another prism dev's node) is not the node
     prism dev started: its Prism-Pid says so."""
-    from gateway.dev import StartFailed, _wait_ready
+    from shared.cli.dev import StartFailed, _wait_ready
 
     asked = 0
 
@@ -319,7 +319,8 @@ async def test_prism_dev_waits_for_its_own_node_not_another_process_on_the_port(
 async def test_prism_dev_names_an_unreachable_nats_once_per_retry_then_gives_up_in_one_line() -> None:
     env = unreachable_nats_env()
     url = env["PRISM_NATS_URL"]
-    args = ("-m", "gateway", "dev", "--nodes", "2", "--port", str(free_port_pair()), "--ready-timeout", "4")
+    port = str(free_port_pair())
+    args = ("-m", "shared.cli", "dev", "--nodes", "2", "--port", port, "--ready-timeout", "4")
     code, out = await run_to_exit(*args, env=env, timeout=30)
     assert code == 1
     lines = out.splitlines()
@@ -329,8 +330,8 @@ async def test_prism_dev_names_an_unreachable_nats_once_per_retry_then_gives_up_
     assert len(retries) >= 2, out
     for line in retries:  # from prism dev alone: no node or notification service started to repeat them
         assert f"WARNING prism.bus: cannot reach NATS at {url} (" in line, out
-    waits = [line.rsplit("retrying in ", 1)[1] for line in retries]
-    assert waits == ["0.5s", "1.0s", "2.0s"][: len(waits)], out
+    waits = [float(line.rsplit("retrying in ", 1)[1].removesuffix("s")) for line in retries]
+    assert all(w <= CONNECT_BACKOFF.ceiling(n) + 0.05 for n, w in enumerate(waits)), out  # jittered
 
 
 async def test_python_m_shared_client_has_a_help_and_refuses_a_bad_url_in_one_line() -> None:

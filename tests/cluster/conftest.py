@@ -22,7 +22,7 @@ pytestmark = pytest.mark.cluster
 
 @dataclass
 class GatewayProcess:
-    """``python -m gateway gateway`` as a child process, output to a log file."""
+    """``python -m shared.cli gateway`` as a child process, output to a log file."""
 
     node_id: str
     port: int
@@ -42,7 +42,7 @@ class GatewayProcess:
 
     async def start(self, timeout: float = 30.0) -> GatewayProcess:
         out = self.log.open("ab")
-        args = ["-m", "gateway", "gateway", "--host", "127.0.0.1", "--port", str(self.port)]
+        args = ["-m", "shared.cli", "gateway", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, *args, "--node-id", self.node_id,
             stdout=asyncio.subprocess.PIPE, stderr=out, env=self.env,

@@ -47,7 +47,7 @@ async def test_a_whole_cluster_started_at_once_comes_up_without_a_traceback(
     notify_port = free_port()
     notify_log = (tmp_path / "notify.log").open("ab")
     notify = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "notify",
+        sys.executable, "-m", "shared.cli", "notify",
         "--metrics-host", "127.0.0.1", "--metrics-port", str(notify_port),
         stdout=notify_log, stderr=notify_log,
         env={**os.environ, "PRISM_NATS_URL": cluster.urls, "PRISM_STREAM_REPLICAS": "3"},

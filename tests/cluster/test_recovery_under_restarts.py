@@ -17,7 +17,7 @@ import pytest
 
 from shared.backoff import Backoff
 from shared.client import ConnState, PrismClient
-from shared.positions import Recovery
+from shared.client.positions import Recovery
 from tests.cluster.conftest import GatewayFactory, GatewayProcess
 from tests.helpers import eventually, kill_process_tree
 

@@ -33,7 +33,7 @@ kubernetes_validate = pytest.importorskip(
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "prism"
 KUBE_VERSION = "1.35.0"
-# Read by gateway/cli.py for both processes (not a config field): how logs are written.
+# Read by shared/cli/common.py for both processes (not a config field): how logs are written.
 EXTRA_ENV = {"PRISM_LOG_FORMAT"}
 
 EXTERNAL = {"nats": {"enabled": False}, "externalNats": {"url": "nats://nats.example:4222"}}

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.core import http_signing
+from shared import http_signing
 
 SECRET = "test-signing-secret-" + "x" * 20
 

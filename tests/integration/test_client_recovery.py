@@ -10,7 +10,7 @@ from nats.aio.client import Client as NatsClient
 from loadtest.targets.base import free_port
 from shared.backoff import Backoff
 from shared.client import ConnState, PrismClient
-from shared.positions import Recovery
+from shared.client.positions import Recovery
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 

@@ -81,3 +81,21 @@ async def test_a_request_right_behind_the_close_frame_is_never_answered_delivere
             assert await raw.close_code() == 1000
         finally:
             await raw.close()
+
+
+async def test_a_client_that_holds_its_tcp_connection_after_the_close_handshake_is_dropped(
+    make_node: NodeFactory, nc: NatsClient
+) -> None:
+    """docs/protocol.md: a closing connection's TCP connection stays up for at most PRISM_CLOSE_TIMEOUT
+    seconds, whoever started the close; then client.disconnect follows."""
+    node = await make_node(close_timeout=0.5)
+    disconnects = await nc.subscribe("client.disconnect")
+    raw, conn_id = await open_raw(node, "holder")
+    try:
+        raw.send(frame(Opcode.CLOSE, struct.pack("!H", 1000)))
+        assert await raw.close_code() == 1000  # answered; the client never closes its side
+        event = orjson.loads((await disconnects.next_msg(timeout=5)).data)
+        assert (event["conn"], event["code"]) == (conn_id, 1000)
+        assert node.hub.get(conn_id) is None
+    finally:
+        await raw.close()

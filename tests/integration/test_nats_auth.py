@@ -5,8 +5,6 @@ an NKey, and TLS with a private CA and a client certificate."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import secrets
 import sys
@@ -19,10 +17,6 @@ import nats.errors
 import nkeys
 import orjson
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 from nats.aio.msg import Msg
 
@@ -40,6 +34,7 @@ from shared.nats_permissions import render_users
 from shared.presence import PresenceReader
 from shared.presence_keys import Layout
 from tests.helpers import eventually
+from tests.nats_credentials_support import Decentralised, Pki
 
 PASSWORDS = {
     "gateway": "gw-" + secrets.token_hex(8),
@@ -241,7 +236,7 @@ async def test_token_authentication(tmp_path: Path) -> None:
         # nats-py leaves the refused socket for the garbage collector).
         env = {**os.environ, "PRISM_NATS_URL": server.url, "PRISM_NATS_TOKEN": "wrong"}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "gateway", "--port", "0",
+            sys.executable, "-m", "shared.cli", "gateway", "--port", "0",
             stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=env,
         )  # fmt: skip
         _, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -264,73 +259,33 @@ async def test_nkey_authentication(tmp_path: Path) -> None:
         server.stop()
 
 
-def _certificate(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, ca_key: Any, ca: bool
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(_loopback())]),
-            critical=False,
-        )
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def _loopback() -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address("127.0.0.1")
-
-
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[str, str]:
-    cert_path, key_path = path.with_suffix(".crt"), path.with_suffix(".key")
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return str(cert_path), str(key_path)
-
-
 async def test_mutual_tls_with_a_private_ca(tmp_path: Path) -> None:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("prism-test-ca", ca_key, None, ca_key, ca=True)
-    ca_file = tmp_path / "ca.crt"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    server_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    server_cert, server_key_file = _write(
-        tmp_path / "server", _certificate("localhost", server_key, ca, ca_key, ca=False), server_key
-    )
-    client_cert, client_key_file = _write(
-        tmp_path / "client", _certificate("gateway", client_key, ca, ca_key, ca=False), client_key
-    )
-    config = (
-        f'tls {{ cert_file: "{server_cert}", key_file: "{server_key_file}", '
-        f'ca_file: "{ca_file}", verify: true, timeout: 5 }}\n'
-    )
+    pki = Pki.make(tmp_path)
+    config = pki.server_config(verify=True)
     server = start_nats(tmp_path, config)
     url = f"tls://127.0.0.1:{server.client_port}"
     try:
         node = await start_node_on(
             url,
-            nats_tls_ca_file=str(ca_file),
-            nats_tls_cert_file=client_cert,
-            nats_tls_key_file=client_key_file,
+            nats_tls_ca_file=pki.ca_file,
+            nats_tls_cert_file=pki.client_cert,
+            nats_tls_key_file=pki.client_key,
         )
         await registers_a_client(node)
         # Without the client certificate the server refuses the connection.
         with pytest.raises((ConnectionError, OSError, nats.errors.Error)):
             await nats.connect(url, allow_reconnect=False, connect_timeout=3)
+    finally:
+        server.stop()
+
+
+async def test_credentials_file_authentication(tmp_path: Path) -> None:
+    """Decentralised auth (operator, account, user JWT): both of the node's connections sign the nonce
+    with the credentials file's seed."""
+    setup = Decentralised.make(tmp_path)
+    server = start_nats(tmp_path, setup.server_config)
+    try:
+        await registers_a_client(await start_node_on(server.url, nats_creds_file=setup.creds_file))
     finally:
         server.stop()
 

@@ -5,13 +5,15 @@ purpose."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 
 from gateway.embedded_nats import NatsServer
-from gateway.io.bus import NatsBus, NatsOptions, NatsUnreachable
+from gateway.io.bus import NatsBus
 from loadtest.targets.base import free_port
+from shared.nats_connection import CONNECT_BACKOFF, NatsOptions, NatsUnreachable
 from tests.helpers import eventually
 
 
@@ -46,6 +48,13 @@ async def test_an_unreachable_nats_is_one_line_per_attempt_until_the_connect_giv
         await NatsBus.connect(NatsOptions(servers=[url], name="test"), give_up_after=2.0)
     warnings = bus_warnings(caplog)
     assert warnings, "no line said NATS was unreachable"
-    # nats-py's own error callback adds nothing while the first connect is tried: one line per attempt.
-    expected = [f"cannot reach NATS at {url} (Connection refused); retrying in {d}" for d in ("0.5s", "1.0s")]
-    assert warnings == expected[: len(warnings)]
+    # nats-py's own error callback adds nothing while the first connect is tried: one line per attempt,
+    # each delay drawn from the backoff's window (full jitter: up to 0.5 s, then 1 s, ...).
+    refused = rf"cannot reach NATS at {re.escape(url)} \(Connection refused\)"
+    line = re.compile(refused + r"; retrying in (\d+\.\d)s")
+    delays = []
+    for warning in warnings:
+        match = line.fullmatch(warning)
+        assert match is not None, warning
+        delays.append(float(match[1]))
+    assert all(d <= CONNECT_BACKOFF.ceiling(n) + 0.05 for n, d in enumerate(delays)), delays

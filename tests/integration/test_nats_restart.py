@@ -1,4 +1,4 @@
-"""NATS going away and coming back: the node's subscriptions (direct ones included) are re-sent."""
+"""NATS going away and coming back: the node's subscriptions are re-sent on its data-plane connection."""
 
 from __future__ import annotations
 
@@ -8,18 +8,11 @@ import nats
 
 from gateway.config import GatewayConfig
 from gateway.embedded_nats import NatsServer
-from gateway.io import direct_subscription
 from gateway.node import Node
 from shared.backend import PrismBackend
 from shared.client import PrismClient
-from tests.conftest import NodeFactory, ws_url
+from tests.conftest import ws_url
 from tests.helpers import eventually
-
-
-async def test_direct_subscriptions_are_supported_by_this_nats_py(make_node: NodeFactory) -> None:
-    node = await make_node()
-    assert node._bus is not None
-    assert direct_subscription.supported(node._bus.nc)
 
 
 async def test_deliveries_resume_after_nats_restarts(tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ from nats.aio.msg import Msg
 from loadtest import payload
 from loadtest.rawnats import RawPublisher
 from loadtest.stats import Timeline, summarize
-from loadtest.targets.prism import NatsPublisher
+from loadtest.targets.prism import NatsPublisher, gateway_command
+
+CHECKOUT = str(Path(__file__).resolve().parents[2])  # a Prism checkout for --before: this one will do
 
 
 def test_payload_carries_its_publish_time_at_a_fixed_offset() -> None:
@@ -63,7 +65,7 @@ def test_latency_summary_and_timeline() -> None:
 async def test_quick_benchmark_of_prism_and_the_ceiling_writes_every_report(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "loadtest", "--quick", "--scenarios", "conn,room,request,connect",
+        sys.executable, "-m", "shared.cli", "loadtest", "--quick", "--scenarios", "conn,room,request,connect",
         "--targets", "prism,ceiling", "--out", str(out), "--max-seconds", "100",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -79,6 +81,29 @@ async def test_quick_benchmark_of_prism_and_the_ceiling_writes_every_report(tmp_
     assert figures["conn", "nats-py-alone"]["deliveries_per_s"] > 0
     assert figures["connect", "prism"]["connects_per_s"] > 0
     assert "| conn | prism |" in (out / "summary.md").read_text()
+
+
+async def test_an_earlier_checkout_runs_beside_this_one_as_prism_before(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "loadtest", "--quick", "--scenarios", "connect",
+        "--targets", "prism,prism-before", "--before", CHECKOUT, "--out", str(out), "--max-seconds", "60",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, output.decode()[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    figures = {(r["scenario"], r["target"]): r["figures"] for r in data["results"]}
+    assert figures["connect", "prism"]["connects_per_s"] > 0
+    assert figures["connect", "prism-before"]["connects_per_s"] > 0
+
+
+def test_a_checkout_from_before_the_cli_moved_gets_its_gateway_subcommand(tmp_path: Path) -> None:
+    """Before shared/cli/, ``python -m gateway`` was the whole prism command: the node is its subcommand."""
+    assert gateway_command(None) == ["gateway"]
+    assert gateway_command(Path(CHECKOUT)) == ["gateway"]
+    (tmp_path / "gateway").mkdir()
+    assert gateway_command(tmp_path) == ["gateway", "gateway"]
 
 
 async def test_the_recovery_benchmark_runs_small_and_every_client_recovers(tmp_path: Path) -> None:

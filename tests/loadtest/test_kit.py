@@ -245,12 +245,10 @@ async def test_the_readme_locust_command_passes_against_a_plain_prism_dev(tmp_pa
 
 async def test_hotpath_micro_benchmark_runs() -> None:
     """``python -m loadtest.hotpath`` keeps working (tiny counts: this checks it runs, not its speed)."""
-    from nats.protocol.parser import Parser
-
-    from gateway.io.nats_reader import DeliveryReader
     from loadtest import hotpath
 
     reads = hotpath.chunks(hotpath.operations(500, header=True), 4096)
-    assert await hotpath.parse_once(DeliveryReader, reads, 500) > 0
-    assert await hotpath.parse_once(Parser, reads, 500) > 0
+    assert hotpath.frame_with_prism(reads, 500) > 0
+    assert await hotpath.frame_with_nats_py(reads, 500) > 0
+    assert hotpath.headers_with_prism(10) > 0
     assert await hotpath.delivery_path(messages_per_read=50, reads=5) > 0

@@ -75,7 +75,7 @@ async def test_prism_notify_refuses_a_bad_setting_clearly() -> None:
 async def test_prism_notify_says_when_jetstream_refuses_a_setting(nats_server: Any) -> None:
     env = {**os.environ, "PRISM_NATS_URL": nats_server.url, "PRISM_STREAM_REPLICAS": "3"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "notify", "--metrics-port", "0",
+        sys.executable, "-m", "shared.cli", "notify", "--metrics-port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
@@ -87,7 +87,7 @@ async def test_prism_notify_says_when_jetstream_refuses_a_setting(nats_server: A
 async def start_notify(env: dict[str, str]) -> asyncio.subprocess.Process:
     """``prism notify`` with ``env``, its output (stdout and stderr) piped."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "notify",
+        sys.executable, "-m", "shared.cli", "notify",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )  # fmt: skip
 
@@ -141,7 +141,7 @@ async def test_prism_notify_on_a_metrics_port_it_was_given_and_is_taken_says_so(
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "notify",
+            sys.executable, "-m", "shared.cli", "notify",
             "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         )  # fmt: skip

@@ -168,6 +168,12 @@ def test_retries_double_up_to_a_cap_then_dead_letter() -> None:
     assert too_many.problem is Problem.TOO_MANY_DELIVERIES
 
 
+def test_a_cap_below_the_first_delay_is_every_delay() -> None:
+    # PRISM_RETRY_MAX_DELAY under PRISM_RETRY_DELAY is allowed: the cap wins from the first retry on.
+    policy = core.RetryPolicy(max_deliveries=4, base_delay=2.0, max_delay=0.5)
+    assert [policy.delay(n) for n in (1, 2, 3)] == [0.5, 0.5, 0.5]
+
+
 def test_failure_details_and_dead_letter_headers() -> None:
     assert core.failure_detail(Problem.NO_RECEIPT, DeliveryResult(Outcome.TIMEOUT), 2.0) == (
         "no delivery receipt within 2s"

@@ -98,8 +98,8 @@ def test_outbound_backlog_is_read_at_scrape_time() -> None:
     watch_outbound(metrics, "n1", lambda: cast(list[LocalConn], conns))
     assert value(registry, NAMES["outbound_pending_bytes"], node="n1") == 0
     for queued, unsent in ((100, 1000), (5, 0)):
-        transport = SimpleNamespace(get_write_buffer_size=lambda unsent=unsent: unsent)
-        conns.append(SimpleNamespace(pending_bytes=queued, ws=SimpleNamespace(transport=transport)))
+        ws = SimpleNamespace(unsent=lambda unsent=unsent: unsent)
+        conns.append(SimpleNamespace(pending_bytes=queued, ws=ws))
     assert value(registry, NAMES["outbound_pending_bytes"], node="n1") == 1105
     assert value(registry, NAMES["outbound_max_pending_bytes"], node="n1") == 1100
 

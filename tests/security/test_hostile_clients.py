@@ -35,10 +35,9 @@ async def hostile_node(make_node: NodeFactory, **overrides: Any) -> Node:
 
 
 def node_subjects(node: Node) -> set[str]:
-    """The subjects of the NATS subscriptions the node holds (nats-py's table, direct ones included),
-    without the reply inboxes nats-py opens when it first needs one."""
+    """The subjects of the NATS subscriptions the node holds (its data plane's), without reply inboxes."""
     assert node._bus is not None
-    return {sub.subject for sub in node._bus.nc._subs.values() if not sub.subject.startswith("_INBOX.")}
+    return {subject for subject in node._bus.link.subscriptions if not subject.startswith("_INBOX.")}
 
 
 async def counted(node: Node, reason: str, expected: float) -> None:

@@ -1,10 +1,10 @@
-"""The client's position bookkeeping (shared/positions.py): what each recovery, pos and mark frame does
+"""The client's position bookkeeping (shared/client/positions.py): what each recovery, pos and mark frame does
 to the positions the SDK sends on its next join or connection."""
 
 from __future__ import annotations
 
+from shared.client.positions import Positions, Recovery
 from shared.frames import Position
-from shared.positions import Positions, Recovery
 
 
 def test_a_recovery_frame_sets_the_position_and_is_reported() -> None:

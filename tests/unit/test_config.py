@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from gateway.config import GatewayConfig, random_node_id
-from gateway.environment import known_variables, misspelled, without_unknown
 from notification_service.config import NotifyConfig
+from shared.cli.environment import known_variables, misspelled, without_unknown
 from shared.config import add_arguments, describe, env_name, env_names, flag_name, load, unknown_variables
 from shared.errors import ConfigError
 from shared.subjects import Subjects, validate_node_id

@@ -1,4 +1,4 @@
-"""Request signatures for HTTP backends (gateway/core/http_signing.py): pure, no sockets."""
+"""Request signatures for HTTP backends (shared/http_signing.py): pure, no sockets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hmac
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.core import http_signing as sig
+from shared import http_signing as sig
 
 SECRET = b"s" * 32
 OLD = b"o" * 32

@@ -4,31 +4,30 @@ NATS connection holds a backlog (at most MAX_DEFERRED_PASSES of them)."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from websockets.protocol import State
 
 from gateway.io.outbox import MAX_DEFERRED_PASSES, Flusher, LocalConn, Outgoing
 
 
-class RecordingTransport:
+class RecordingConnection:
+    """What the Flusher uses of a :class:`gateway.io.websocket.WsConnection`."""
+
     def __init__(self) -> None:
+        self.state = State.OPEN
         self.writes: list[list[bytes]] = []
 
-    def writelines(self, chunks: list[bytes]) -> None:
-        self.writes.append(list(chunks))
-
-    def get_write_buffer_size(self) -> int:
+    def write(self, frames: list[bytes]) -> int:
+        self.writes.append(list(frames))
         return 0
 
 
-def conn(name: str) -> tuple[LocalConn, RecordingTransport]:
-    transport = RecordingTransport()
-    ws: Any = SimpleNamespace(transport=transport, protocol=SimpleNamespace(state=State.OPEN))
-    local = LocalConn(name, None, "/", "test", ws, "2026-01-01T00:00:00Z")
+def conn(name: str) -> tuple[LocalConn, RecordingConnection]:
+    ws = RecordingConnection()
+    local = LocalConn(name, None, "/", "test", cast(Any, ws), "2026-01-01T00:00:00Z")
     local.started = True
-    return local, transport
+    return local, ws
 
 
 def flusher() -> tuple[Flusher, list[int]]:

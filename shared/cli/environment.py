@@ -1,5 +1,8 @@
 """Every ``PRISM_*`` environment variable Prism reads, so that one it does not read (``PRISM_NATS_ULR``,
-say) is reported by ``prism gateway``, ``prism notify`` and ``prism dev`` instead of silently ignored."""
+say) is reported by ``prism gateway``, ``prism notify`` and ``prism dev`` instead of silently ignored.
+
+It knows every process's settings (``prism dev`` hands one environment to all of them), so it imports
+every config object: the command imports it only once a subcommand's arguments are parsed."""
 
 from __future__ import annotations
 

@@ -1,182 +1,42 @@
-"""An asyncio Python client for Prism: connect, read the welcome, join rooms, send events and requests,
-iterate the messages backends deliver, and (opt-in) reconnect.
-
-    async with await PrismClient.connect("ws://localhost:8080/ws", user="alice") as client:
-        await client.join("lobby")
-        reply = await client.request("echo", {"hi": 1})
-        message = await client.receive()          # next delivery: bytes or str, unchanged
-
-Reconnecting, across several nodes (no load balancer needed):
-
-    client = await PrismClient.connect(
-        ["ws://node1:8080/ws", "ws://node2:8080/ws"], user="alice", reconnect=True,  # or a Backoff(...)
-        on_state=lambda change: print(change.state, change.code),
-    )
-
-With ``reconnect`` on, a close that allows reconnecting (:func:`shared.close_codes.should_reconnect`:
-1001, 1006, 1011, 1012, 1013, 4000-4499) or a failed attempt (refused TCP, timeout, HTTP 408/429/5xx)
-makes the client try again after an exponential, fully jittered delay (:class:`shared.backoff.Backoff`),
-moving to the next URL each time. Terminal closes (1000 from the server, 1008, 4500-4999, ...) and refused
-handshakes (HTTP 400, 401, 403, 404, ...) stop it for good. While it reconnects:
-
-- requests and commands in flight fail with :class:`ConnectionLost` (never resent: the node may have
-  acted on them); deliveries already received stay readable with :meth:`PrismClient.receive`;
-- new sends, commands and requests wait for the next connection, bounded by their ``timeout``;
-- after the new welcome, ``conn_id``, ``node``, ``welcome`` and ``url`` describe the new connection, and
-  every room the client had joined is joined again before the client reports ``connected``. A room the
-  node refuses is dropped and its error frame (with an added ``"room"`` key) goes to ``client.errors``.
-
-With authentication on, pass ``token=`` (a JWT, or a function returning one, called before every
-connection attempt) and call ``await client.refresh(new_token)`` before the token expires. In rooms with
-presence events, ``client.members(room)`` is the room's users and ``client.presence`` a queue of the
-presence frames themselves.
-
-Rooms a backend joined on the client's behalf (``control.conn.<id>.join``) are not tracked by the client:
-the backend sees the new connection on ``client.connect`` and can join it again.
-
-Missed-message recovery (docs/protocol.md, "Recovery"): ``await client.join("lobby", recover=True)`` and
-``PrismClient.connect(..., recover=True)`` (the user's own stream) make the node send positions with
-each delivery of a recoverable room or user. The client keeps them (``client.positions``) and sends
-them on every rejoin and reconnect, to whichever node it reaches, which first sends what it missed, in
-order, with no duplicates. Each outcome goes to ``client.recoveries`` (and ``on_recovery``): a
-:class:`shared.positions.Recovery` whose ``recovered`` is False when messages were lost.
-
-Run ``python -m shared.client URL [URL ...]`` for a tiny interactive console that prints what arrives.
-"""
+"""The client itself: its commands, its deliveries, and the supervisor that replaces a lost connection
+(see the package docstring, :mod:`shared.client`, for how to use it)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import logging
-import random
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from shared import frames
-from shared.backoff import Backoff, BackoffSchedule
-from shared.close_codes import CloseCode, should_reconnect
+from shared.backoff import Backoff
+from shared.client.link import Link, Pending, close_of, dial, with_query, with_user
+from shared.client.positions import Expected, Positions
+from shared.client.reconnect import Reconnect
+from shared.client.state import (
+    ConnState,
+    Delivery,
+    RecoveryCallback,
+    StateCallback,
+    StateChange,
+    TokenSource,
+)
+from shared.client.views import PresenceView, RecoveryView
 from shared.errors import ClientError, ConnectFailed, ConnectionLost, RequestFailed
 from shared.frames import Position
-from shared.positions import Expected, Positions, Recovery
 
 log = logging.getLogger("prism.client")
 
-Delivery = str | bytes
-
-# HTTP answers to the upgrade that may go away on their own (a draining or overloaded node answers 503).
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-# Refused handshakes reported with the close code of the same meaning.
-_STATUS_CLOSE_CODES = {401: CloseCode.UNAUTHORIZED, 403: CloseCode.FORBIDDEN}
 # How long close() lets the reader move frames that arrived before the close into the delivery queue.
 _READER_GRACE = 1.0
-
-
-class ConnState(StrEnum):
-    """Where a :class:`PrismClient` is in its life."""
-
-    CONNECTING = "connecting"  # the first connection is being opened
-    CONNECTED = "connected"  # welcome received and rooms rejoined: commands go out at once
-    RECONNECTING = "reconnecting"  # the connection was lost and a new one is being opened
-    CLOSED = "closed"  # for good: closed by the caller, a terminal close, or the backoff gave up
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """What ``on_state`` receives. One ``connecting`` / ``reconnecting`` change is reported per attempt.
-
-    ``url``: the URL being tried (or connected to). ``attempt``: 1 for the first attempt of an outage.
-    ``delay``: seconds the client waits before this attempt. ``code`` / ``reason``: the close that
-    started the outage (or, for ``closed``, the final one). ``error``: why the previous attempt failed.
-    """
-
-    state: ConnState
-    url: str | None = None
-    attempt: int = 0
-    delay: float | None = None
-    code: int | None = None
-    reason: str = ""
-    error: BaseException | None = None
-
-
-StateCallback = Callable[[StateChange], None]
-RecoveryCallback = Callable[[Recovery], None]
-# A JWT, or a function giving one (called before every connection attempt, so a reconnect after a long
-# outage presents a fresh token).
-TokenSource = str | Callable[[], str | Awaitable[str]]
-PRESENCE_BACKLOG = 1000  # presence frames kept for client.presence; the oldest go first
-RECOVERY_BACKLOG = 1000  # recovery outcomes kept for client.recoveries; the oldest go first
-
-
-def retryable(error: BaseException) -> bool:
-    """Whether a failed connection attempt may succeed when tried again.
-
-    Retry: refused or failed TCP connects and timeouts (``OSError``), handshakes cut off
-    (``InvalidMessage``), HTTP 408/429/500/502/503/504, and a connection closed before its welcome
-    with a code that allows reconnecting. Everything else is terminal: other HTTP statuses (400 bad
-    user, 401/403 auth, 404 unknown route), a bad URI, a peer that is not a Prism node.
-    """
-    if isinstance(error, InvalidStatus):
-        return error.response.status_code in RETRY_STATUSES
-    if isinstance(error, ConnectionLost):
-        return should_reconnect(error.code)
-    return isinstance(error, (OSError, InvalidMessage))  # TimeoutError is an OSError
-
-
-def terminal_failure(error: BaseException, attempts: int) -> ConnectFailed:
-    """The :class:`ConnectFailed` reported when ``error`` stops a reconnecting client."""
-    if isinstance(error, InvalidStatus):
-        status = error.response.status_code
-        body = error.response.body.decode(errors="replace").strip() if error.response.body else ""
-        reason = f"handshake refused with HTTP {status}" + (f": {body:.200}" if body else "")
-        return ConnectFailed(_STATUS_CLOSE_CODES.get(status), reason, status=status, attempts=attempts)
-    if isinstance(error, ConnectionLost):
-        return ConnectFailed(error.code, error.reason, attempts=attempts)
-    return ConnectFailed(None, f"{type(error).__name__}: {error}", attempts=attempts)
-
-
-def with_user(url: str, user: str) -> str:
-    """``url`` with ``?user=<user>`` (or ``&user=``) appended."""
-    return url + ("&" if "?" in url else "?") + urlencode({"user": user})
-
-
-class _Pending:
-    __slots__ = ("future", "kind", "recover", "room")
-
-    def __init__(
-        self, future: asyncio.Future[dict[str, Any]], kind: str, room: str | None, recover: bool = False
-    ) -> None:
-        self.future = future
-        self.kind = kind  # "join", "leave", "rejoin" or "request"
-        self.room = room
-        self.recover = recover  # a join with positions
-
-
-class _Link:
-    """One WebSocket connection and what belongs to it."""
-
-    __slots__ = ("closed", "index", "pending", "reader", "url", "welcome", "ws")
-
-    def __init__(self, ws: ClientConnection, welcome: dict[str, Any], url: str, index: int) -> None:
-        self.ws = ws
-        self.welcome = welcome
-        self.url = url
-        self.index = index
-        self.pending: dict[int | str, _Pending] = {}
-        self.closed = asyncio.Event()  # set once the reader has finished and failed ``pending``
-        self.reader: asyncio.Task[None] | None = None
 
 
 class PrismClient:
@@ -200,18 +60,15 @@ class PrismClient:
             raise ValueError("PrismClient needs at least one URL")
         self.urls = tuple(urls)
         self.backoff = backoff
-        self._schedule: BackoffSchedule | None = backoff.schedule() if backoff is not None else None
-        self._next_url = random.randrange(len(self.urls)) if randomize and len(self.urls) > 1 else 0
+        self._reconnect = Reconnect(self.urls, backoff, randomize)
         self._open_timeout = open_timeout
         self._on_state = on_state
         self._ws_options = dict(ws_options or {})
         self._refs = itertools.count(1)
         self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue(max_deliveries)
         self.errors: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        # Room presence frames as they arrive (rooms with presence events on: docs/protocol.md), and
-        # the members they add up to, per room.
-        self.presence: asyncio.Queue[dict[str, Any]] = asyncio.Queue(PRESENCE_BACKLOG)
-        self._members: dict[str, set[str]] = {}
+        self._presence = PresenceView()
+        self.presence = self._presence.frames  # room presence frames as they arrive
         self._token = token
         # Joined rooms, in join order (restored after a reconnect), each with whether it recovers.
         self._rooms: dict[str, bool] = {}
@@ -219,9 +76,9 @@ class PrismClient:
         # outcome of every recovery frame.
         self.positions = Positions(recover if isinstance(recover, Position) else None)
         self._recover_user = recover is not False
-        self._on_recovery = on_recovery
-        self.recoveries: asyncio.Queue[Recovery] = asyncio.Queue(RECOVERY_BACKLOG)
-        self._link: _Link | None = None
+        self._recoveries = RecoveryView(self.positions, on_recovery)
+        self.recoveries = self._recoveries.outcomes
+        self._link: Link | None = None
         self._connected = asyncio.Event()  # set while connected and that connection is still open
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._final: ConnectionLost | None = None
@@ -356,9 +213,9 @@ class PrismClient:
             if link.reader is not None:
                 await asyncio.wait({link.reader}, timeout=_READER_GRACE)
         if link is not None and link.ws.close_code is not None:
-            lost = ConnectionLost(*_close_of(link.ws))
+            lost = ConnectionLost(*close_of(link.ws))
             # Report the connection's own close unless it was one the client was reconnecting from.
-            if closed_here or self._schedule is None or not should_reconnect(lost.code):
+            if closed_here or not self._reconnect.after(lost):
                 final = self._closing = lost
         if link is not None and link.reader is not None and not link.reader.done():
             link.reader.cancel()  # blocked on a full delivery queue
@@ -433,7 +290,7 @@ class PrismClient:
     def members(self, room: str) -> tuple[str, ...]:
         """The users in ``room`` by its presence frames (sorted; empty for a room without presence
         events, or not joined)."""
-        return tuple(sorted(self._members.get(room, ())))
+        return self._presence.members(room)
 
     async def send(self, message: str | bytes, *, timeout: float | None = 10.0) -> None:
         """Send a raw frame (published on ``client.message``); waits like :meth:`send_event`."""
@@ -445,7 +302,7 @@ class PrismClient:
         try:
             await link.ws.send(message, text=text)
         except ConnectionClosed as exc:
-            raise ConnectionLost(*_close_of(link.ws, exc)) from None
+            raise ConnectionLost(*close_of(link.ws, exc)) from None
 
     async def _command(
         self,
@@ -459,7 +316,7 @@ class PrismClient:
             link = await self._open_link()
             ref = next(self._refs)
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            link.pending[ref] = _Pending(future, kind, room, recover)
+            link.pending[ref] = Pending(future, kind, room, recover)
             try:
                 with contextlib.suppress(ConnectionClosed):  # the reader then fails ``future``
                     await link.ws.send(build(ref), text=True)
@@ -470,7 +327,7 @@ class PrismClient:
             raise RequestFailed(str(answer.get("code")), str(answer.get("message")))
         return answer
 
-    async def _open_link(self) -> _Link:
+    async def _open_link(self) -> Link:
         """The current connection once it is connected and still open (a frame sent now is written)."""
         while True:
             link = await self._wait_link()
@@ -478,7 +335,7 @@ class PrismClient:
                 return link
             await link.closed.wait()  # closing: the reader will end it and the supervisor move on
 
-    async def _wait_link(self) -> _Link:
+    async def _wait_link(self) -> Link:
         while True:
             if self._final is not None:
                 raise self._lost()
@@ -535,18 +392,18 @@ class PrismClient:
         self._set_connected(link)
         self._task = asyncio.create_task(self._supervise(link))
 
-    async def _supervise(self, link: _Link) -> None:
+    async def _supervise(self, link: Link) -> None:
         """Wait for the connection to end; reconnect or finish."""
         final: ConnectionLost
         try:
             while True:
                 await link.closed.wait()
-                lost = ConnectionLost(*_close_of(link.ws))
-                if self._closing is not None or self._schedule is None or not should_reconnect(lost.code):
+                lost = ConnectionLost(*close_of(link.ws))
+                if self._closing is not None or not self._reconnect.after(lost):
                     final = self._closing or lost
                     break
                 log.info("connection to %s lost (%s %s): reconnecting", link.url, lost.code, lost.reason)
-                self._next_url = (link.index + 1) % len(self.urls)
+                self._reconnect.moved_on_from(link)
                 link = await self._establish(lost)
                 self.reconnects += 1
                 self._set_connected(link)
@@ -560,57 +417,14 @@ class PrismClient:
             final = ConnectionLost(None, f"client error: {exc!r}")
         self._finish(final)
 
-    async def _establish(self, cause: ConnectionLost | None) -> _Link:
+    async def _establish(self, cause: ConnectionLost | None) -> Link:
         """Open a connection (dial, welcome, rejoin); retry per the backoff policy if there is one."""
-        schedule = self._schedule
-        state = ConnState.CONNECTING if cause is None else ConnState.RECONNECTING
-        code, reason = (cause.code, cause.reason) if cause is not None else (None, "")
-        if schedule is None:  # one attempt per URL, raw errors
-            for attempt in range(1, len(self.urls) + 1):
-                index = self._next_url
-                self._emit(StateChange(state, url=self.urls[index], attempt=attempt, delay=0.0))
-                try:
-                    return await self._open(index)
-                except Exception as exc:
-                    if attempt == len(self.urls) or not retryable(exc):
-                        raise
-                    self._advance()
-            raise AssertionError("unreachable")
-        error: BaseException | None = None
-        while True:
-            if self._closing is not None:
-                raise self._closing
-            delay = schedule.next_delay()
-            if delay is None:
-                raise ConnectFailed(
-                    code, f"gave up after {schedule.attempt} attempts: {error!r}", attempts=schedule.attempt
-                ) from error
-            if cause is None and schedule.attempt == 1:
-                delay = 0.0  # the very first connection is tried at once
-            index = self._next_url
-            change = StateChange(state, self.urls[index], schedule.attempt, delay, code, reason, error)
-            self._emit(change)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                link = await self._open(index)
-            except Exception as exc:
-                if not retryable(exc):
-                    raise terminal_failure(exc, schedule.attempt) from exc
-                log.debug("attempt %d on %s failed: %r", schedule.attempt, self.urls[index], exc)
-                error = exc
-                self._advance()
-                continue
-            schedule.reset()
-            return link
+        return await self._reconnect.establish(self._open, self._emit, cause, lambda: self._closing)
 
-    def _advance(self) -> None:
-        self._next_url = (self._next_url + 1) % len(self.urls)
-
-    async def _open(self, index: int) -> _Link:
+    async def _open(self, index: int) -> Link:
         url = self.urls[index]
         ws, welcome = await self._dial(url)
-        link = _Link(ws, welcome, url, index)
+        link = Link(ws, welcome, url, index)
         link.reader = asyncio.create_task(self._read(link))
         self._link = link
         self.welcome = welcome
@@ -629,7 +443,7 @@ class PrismClient:
         return link
 
     async def _dial(self, url: str) -> tuple[ClientConnection, dict[str, Any]]:
-        """Open the WebSocket and read the welcome frame."""
+        """Open the WebSocket (with the token, and the user stream's position) and read the welcome."""
         options = dict(self._ws_options)
         if self._token is not None:
             token = self._token() if callable(self._token) else self._token
@@ -639,22 +453,10 @@ class PrismClient:
             headers["Authorization"] = f"Bearer {token}"
             options["additional_headers"] = headers
         if self._recover_user:  # the user stream with positions, from where the last connection got to
-            url = url + ("&" if "?" in url else "?") + urlencode(self.positions.user_query())
-        ws = await connect(url, open_timeout=self._open_timeout, **options)
-        try:
-            try:
-                first = await asyncio.wait_for(ws.recv(), self._open_timeout)
-            except ConnectionClosed as exc:
-                raise ConnectionLost(*_close_of(ws, exc)) from None
-            welcome = orjson.loads(first)
-            if not isinstance(welcome, dict) or welcome.get("prism") != "welcome":
-                raise ClientError(f"expected a welcome frame first, got {first!r:.200}")
-        except BaseException:
-            await ws.close()
-            raise
-        return ws, welcome
+            url = with_query(url, self.positions.user_query())
+        return await dial(url, self._open_timeout, options)
 
-    async def _rejoin(self, link: _Link) -> None:
+    async def _rejoin(self, link: Link) -> None:
         """Join every tracked room on a new connection; drop (and report) the ones refused."""
         if not self._rooms:
             return
@@ -663,7 +465,7 @@ class PrismClient:
         for room, recover in self._rooms.items():
             ref = next(self._refs)
             future: asyncio.Future[dict[str, Any]] = loop.create_future()
-            link.pending[ref] = _Pending(future, "rejoin", room, recover)
+            link.pending[ref] = Pending(future, "rejoin", room, recover)
             waits.append((room, ref, future))
         try:
             with contextlib.suppress(ConnectionClosed):  # the reader then fails the futures
@@ -682,7 +484,7 @@ class PrismClient:
                 self.positions.forget_room(room)
                 self.errors.put_nowait({**answer, "room": room})
 
-    async def _read(self, link: _Link) -> None:
+    async def _read(self, link: Link) -> None:
         ws = link.ws
         expected: Expected | None = None  # the position of the delivery that comes next (a pos frame)
         try:
@@ -701,7 +503,7 @@ class PrismClient:
                     elif kind == "mark":
                         self.positions.mark(frame)
                     elif kind == "recovery":
-                        self._on_recovery_frame(frame)
+                        self._recoveries.on_frame(frame)
                     else:
                         self._dispatch(link, frame)
                 else:
@@ -714,7 +516,7 @@ class PrismClient:
         except ConnectionClosed:
             pass
         finally:
-            lost = ConnectionLost(*_close_of(ws))
+            lost = ConnectionLost(*close_of(ws))
             for pending in link.pending.values():
                 if pending.kind == "leave" and pending.room is not None:
                     self._rooms.pop(pending.room, None)  # the next connection is not in it either
@@ -724,14 +526,14 @@ class PrismClient:
             if self._link is link:
                 self._connected.clear()
 
-    def _dispatch(self, link: _Link, frame: dict[str, Any]) -> None:
+    def _dispatch(self, link: Link, frame: dict[str, Any]) -> None:
         ref = frame.get("ref")
         pending = link.pending.get(ref) if isinstance(ref, (int, str)) else None
         if pending is not None and not pending.future.done():
             if frame.get("prism") == "ok" and pending.room is not None:
                 if pending.kind == "leave":
                     self._rooms.pop(pending.room, None)
-                    self._members.pop(pending.room, None)
+                    self._presence.forget(pending.room)
                     self.positions.forget_room(pending.room)
                 else:
                     self._rooms[pending.room] = pending.recover
@@ -739,38 +541,9 @@ class PrismClient:
         elif frame.get("prism") == "error":
             self.errors.put_nowait(frame)
         elif frame.get("prism") == "presence":
-            self._on_presence(frame)
+            self._presence.on_frame(frame)
 
-    def _on_recovery_frame(self, frame: dict[str, Any]) -> None:
-        recovery = self.positions.recovery(frame)
-        if recovery is None:
-            return
-        if recovery.recovering and not recovery.recovered:
-            log.warning("messages of %s may be lost after seq %s", recovery.room or "the user", recovery.seq)
-        if self.recoveries.full():
-            self.recoveries.get_nowait()  # nobody reads them: keep the newest
-        self.recoveries.put_nowait(recovery)
-        if self._on_recovery is not None:
-            try:
-                self._on_recovery(recovery)
-            except Exception:
-                log.exception("on_recovery callback failed")
-
-    def _on_presence(self, frame: dict[str, Any]) -> None:
-        room = frame.get("room")
-        if not isinstance(room, str):
-            return
-        if isinstance(frame.get("members"), list):  # a snapshot: after a join, and after each rejoin
-            self._members[room] = {m for m in frame["members"] if isinstance(m, str)}
-        else:
-            members = self._members.setdefault(room, set())
-            members.update(m for m in frame.get("joined") or () if isinstance(m, str))
-            members.difference_update(m for m in frame.get("left") or () if isinstance(m, str))
-        if self.presence.full():
-            self.presence.get_nowait()  # nobody reads them: keep the newest
-        self.presence.put_nowait(frame)
-
-    def _set_connected(self, link: _Link) -> None:
+    def _set_connected(self, link: Link) -> None:
         if link.closed.is_set() or self._final is not None:
             return  # already lost again: the supervisor will notice
         self._connected.set()
@@ -800,65 +573,3 @@ class PrismClient:
                 self._on_state(change)
             except Exception:
                 log.exception("on_state callback failed")
-
-
-def _close_of(ws: ClientConnection, exc: ConnectionClosed | None = None) -> tuple[int | None, str]:
-    """The close code and reason of ``ws`` (or of ``exc`` while ``ws`` is still closing)."""
-    if ws.close_code is not None:
-        return ws.close_code, ws.close_reason or ""
-    if exc is not None and exc.rcvd is not None:
-        return exc.rcvd.code, exc.rcvd.reason
-    return None, ""
-
-
-async def _console(urls: list[str], user: str | None, token: str | None) -> None:
-    def show(change: StateChange) -> None:
-        detail = f" code={change.code}" if change.code is not None else ""
-        if change.error is not None:
-            detail += f" last error: {change.error!r:.120}"
-        print(f"[{change.state}] {change.url or ''}{detail}", file=sys.stderr, flush=True)
-
-    async with await PrismClient.connect(
-        urls, user=user, token=token, reconnect=True, on_state=show
-    ) as client:
-        print(f"connected: conn={client.conn_id} node={client.node} user={client.user}", flush=True)
-        async for message in client:
-            print(
-                message if isinstance(message, str) else f"<{len(message)} bytes> {message!r:.80}", flush=True
-            )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m shared.client URL [URL ...]``: the console; 0 when stopped, 1 when it cannot connect."""
-    parser = argparse.ArgumentParser(
-        prog="python -m shared.client",
-        description="A tiny Prism console: connect to a node and print every message that arrives "
-        "(connection changes go to stderr). It reconnects, moving to the next URL when its node drains or "
-        "dies, and stops on Ctrl-C or a terminal close.",
-        epilog="example: python -m shared.client 'ws://localhost:8080/ws?user=alice' "
-        "'ws://localhost:8081/ws?user=alice'",
-    )
-    parser.add_argument(
-        "urls",
-        nargs="+",
-        metavar="URL",
-        help="a node's WebSocket URL, ws:// or wss://, e.g. ws://localhost:8080/ws",
-    )
-    parser.add_argument("--user", help="user id, sent as ?user= (authentication off, as in prism dev)")
-    parser.add_argument("--token", help="a JWT to present (authentication on)")
-    args = parser.parse_args(argv)
-    for url in args.urls:
-        if not url.startswith(("ws://", "wss://")):
-            parser.error(f"URL must start with ws:// or wss://, got {url!r}")
-    try:
-        asyncio.run(_console(args.urls, args.user, args.token))
-    except KeyboardInterrupt:
-        pass
-    except ClientError as exc:
-        print(f"python -m shared.client: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,6 +11,7 @@ the banner and each restart print the node's PID.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import http.client
@@ -31,13 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.embedded_nats import NatsServer, die_with_parent
-from gateway.environment import without_unknown
-from gateway.io.bus import NatsBus, NatsOptions, NatsUnreachable
 from shared import http_demo
+from shared.cli.common import UnknownVariables, add_log_format, run_on_uvloop, setup_telemetry
+from shared.cli.environment import without_unknown
 from shared.config import load
 from shared.errors import ConfigError, PrismError
 from shared.listen import Settings, check_can_listen
 from shared.nats_auth import NatsSettings
+from shared.nats_connection import NatsOptions, NatsUnreachable, connect
 
 log = logging.getLogger("prism.dev")
 
@@ -130,7 +132,7 @@ async def _start_notify(host: str, env: dict[str, str]) -> asyncio.subprocess.Pr
     """One notification service instance; its metrics port is any free one unless PRISM_METRICS_PORT says."""
     port = [] if "PRISM_METRICS_PORT" in env else ["--metrics-port", "0"]
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "notify", "--metrics-host", host, *port,
+        sys.executable, "-m", "shared.cli", "notify", "--metrics-host", host, *port,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,  # one line, "prism notify ready: ... metrics on <url>"
@@ -148,7 +150,7 @@ async def _notify_ready(proc: asyncio.subprocess.Process, deadline: float) -> st
 async def _start_demo(env: dict[str, str]) -> asyncio.subprocess.Process:
     """The demo backend, so that the echo and chat requests the docs and load tests send are answered."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "demo-backend",
+        sys.executable, "-m", "shared.cli", "demo-backend",
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,  # one line, "prism demo-backend ready: ..."
@@ -178,10 +180,10 @@ async def _reach_nats(timeout: float) -> None:
     settings.nats_auth.validate()
     options = NatsOptions(servers=settings.nats_servers, name="prism-dev", auth=settings.nats_auth)
     try:
-        bus = await NatsBus.connect(options, give_up_after=timeout)
+        connection = await connect(options, give_up_after=timeout)
     except NatsUnreachable as exc:
         raise StartFailed(f"{exc}; gave up after {timeout:.0f}s: check PRISM_NATS_URL") from None
-    await bus.close()
+    await connection.close()
 
 
 def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
@@ -197,7 +199,7 @@ def dev_environment(nats_url: str, node_urls: list[str]) -> dict[str, str]:
     }
     return {
         **defaults,
-        **without_unknown(os.environ),  # prism dev has warned about the rest (gateway/cli.py)
+        **without_unknown(os.environ),  # prism dev has warned about the rest (shared/cli/command.py)
         "PRISM_NATS_URL": nats_url,
         "PRISM_DRAIN_SECONDS": os.environ.get("PRISM_DRAIN_SECONDS", "1"),
     }
@@ -218,7 +220,7 @@ class DevNode:
 
     async def start(self) -> asyncio.subprocess.Process:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "gateway",
+            sys.executable, "-m", "shared.cli", "gateway",
             "--host", self.host, "--port", str(self.port), "--node-id", self.name,
             "--metrics-port", "0",  # /metrics on the node's port; PRISM_METRICS_PORT is notify's here
             *(["--api-port", str(self.api_port)] if self.api_port else []),
@@ -315,7 +317,7 @@ class HttpBackendSetup:
             "PRISM_HTTP_DEMO_API_KEY": self.api_key,
         }
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "http-demo",
+            sys.executable, "-m", "shared.cli", "http-demo",
             "--http-demo-host", host, "--http-demo-port", str(self.port),
             env=demo_env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -326,6 +328,51 @@ class HttpBackendSetup:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, default=2, help="gateway nodes to start (default 2)")
+    parser.add_argument("--port", type=int, default=8080, help="port of the first node (default 8080)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the nodes listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--no-demo-backend",
+        dest="demo_backend",
+        action="store_false",
+        help="do not run the demo backend (echo, chat.send, chat.history): your own backend answers them",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT,
+        metavar="S",
+        help="seconds to wait for NATS (PRISM_NATS_URL), then for each process, to be ready (default 30)",
+    )
+    parser.add_argument(
+        "--http-backend",
+        dest="http_backend",
+        action="store_true",
+        help="also run the example HTTP backend (http.* events, connects, disconnects; needs the http-demo "
+        "extra) and each node's HTTP API on port + 100",
+    )
+    add_log_format(parser)
+
+
+def run(args: argparse.Namespace, unknown: UnknownVariables) -> int:
+    setup_telemetry(args, "info", None)
+    unknown.log()  # only here: prism dev leaves these variables out of its processes' environment
+    dev = run_dev(
+        args.nodes,
+        args.port,
+        args.host,
+        args.ready_timeout,
+        args.demo_backend,
+        http_backend=args.http_backend,
+    )
+    try:
+        return run_on_uvloop(dev)
+    except StartFailed as exc:
+        print(f"prism dev: {exc}", file=sys.stderr)
+        return 1
 
 
 async def run_dev(

@@ -1,0 +1,3 @@
+from shared.cli.command import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from shared.client.console import main
+
+raise SystemExit(main())
