@@ -76,7 +76,7 @@ async def test_quick_capacity_search_against_prism_writes_the_figure_and_the_rep
     out = tmp_path / "bench"
     # A loose bound: this checks the search runs end to end, not what a shared test machine can do.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "loadtest", "--quick", "--capacity", "--capacity-p99-ms", "200",
+        sys.executable, "-m", "shared.cli", "loadtest", "--quick", "--capacity", "--capacity-p99-ms", "200",
         "--scenarios", "conn,room", "--targets", "prism", "--out", str(out), "--max-seconds", "100",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -105,7 +105,7 @@ async def test_quick_capacity_search_against_prism_writes_the_figure_and_the_rep
 
 async def test_a_bad_capacity_setting_is_one_line_and_a_non_zero_exit_before_anything_runs() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "loadtest", "--capacity", "--capacity-steps", "0",
+        sys.executable, "-m", "shared.cli", "loadtest", "--capacity", "--capacity-steps", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
