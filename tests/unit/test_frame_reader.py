@@ -5,7 +5,6 @@ layer's message assembly (UTF-8 decoding and the 4096-fragment limit), with and 
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Sequence
@@ -28,32 +27,9 @@ from gateway.core.frame_reader import (
     Pong,
     unmask,
 )
+from tests.security.wire import frame as raw_frame  # one client-frame builder for the tests
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def raw_frame(
-    opcode: int,
-    payload: bytes = b"",
-    fin: bool = True,
-    rsv: int = 0,
-    mask: bool = True,
-    length: int | None = None,
-) -> bytes:
-    """A client frame with any header bits; ``length`` lies about the payload's length."""
-    declared = len(payload) if length is None else length
-    head = bytearray([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    bit = 0x80 if mask else 0
-    if declared < 126:
-        head.append(bit | declared)
-    elif declared < 1 << 16:
-        head += bytes([bit | 126]) + struct.pack("!H", declared)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", declared)
-    if not mask:
-        return bytes(head) + payload
-    key = os.urandom(4)
-    return bytes(head) + key + unmask(payload, key)
 
 
 def deflate_pair() -> tuple[PerMessageDeflate, PerMessageDeflate]:
@@ -278,7 +254,7 @@ def test_random_frames_split_anywhere_give_what_websockets_gives(
     specs: list[tuple[int, bytes, bool, int, bool]], cuts: list[int], max_size: int | None
 ) -> None:
     data = b"".join(
-        raw_frame(op, _close_payload(payload) if op == 8 else payload, fin, rsv, mask)
+        raw_frame(op, _close_payload(payload) if op == 8 else payload, fin, rsv=rsv, mask=mask)
         for op, payload, fin, rsv, mask in specs
     )
     same(data, cuts, max_size)
