@@ -24,7 +24,7 @@ from gateway.io.nats_link import BusUnavailable, NatsLink, PayloadTooLarge
 from shared.errors import ConfigError
 from shared.nats_auth import NatsAuth
 from shared.nats_connection import NatsOptions, NatsUnreachable
-from tests.helpers import DEFAULT_TIMEOUT, eventually
+from tests.helpers import eventually
 from tests.nats_credentials_support import Decentralised, Pki, new_seed, public_key
 
 pytestmark = pytest.mark.timeout(60)
@@ -64,16 +64,19 @@ async def round_trip(link: NatsLink, other: NatsClient) -> None:
     await other.publish(subject, b"to the link", headers={"K": "v"})
     await eventually(lambda: inbox.payloads() == [b"to the link"], what="the link's delivery")
     assert inbox.messages[0][3] == {"K": "v"}
-    got: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+    back: list[Msg] = []
 
     async def on_msg(msg: Msg) -> None:
-        got.set_result(msg)
+        back.append(msg)
 
     sub = await other.subscribe(subject + ".back", cb=on_msg)
-    await other.flush()
+    # nats-py's flush() can reach the server before the SUB it follows (seen in the server's trace), so
+    # the subscription is proven by a message of nats-py's own through it before the link publishes.
+    await other.publish(subject + ".back", b"probe")
+    await eventually(lambda: [m.data for m in back] == [b"probe"], what="nats-py's own subscription")
     await link.publish(subject + ".back", b"from the link", {"H": "1"})
-    msg = await asyncio.wait_for(got, DEFAULT_TIMEOUT)  # as long as the other direction may take
-    assert (msg.data, msg.headers) == (b"from the link", {"H": "1"})
+    await eventually(lambda: len(back) == 2, what="the link's publish")
+    assert (back[1].data, back[1].headers) == (b"from the link", {"H": "1"})
     await sub.unsubscribe()
 
 
