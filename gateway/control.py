@@ -44,9 +44,8 @@ class Control:
         self.bus = bus
         self.rooms = rooms
         self.close = close
-        prefix = subjects.prefix
-        self._control_conn_offset = len(prefix) + len("control.conn.")
-        self._control_user_offset = len(prefix) + len("control.user.")
+        self._control_conn_offset = subjects.tail_offset("control.conn.")
+        self._control_user_offset = subjects.tail_offset("control.user.")
 
     async def on_control_conn(self, subject: str, reply: str, data: bytes, headers: Headers | None) -> None:
         conn_id, _, action = subject[self._control_conn_offset :].rpartition(".")

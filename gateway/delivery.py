@@ -62,10 +62,9 @@ class Delivery:
         self.flusher = flusher
         self.bus = bus
         self.metrics = metrics
-        prefix = subjects.prefix
-        self._conn_offset = len(prefix) + len("conn.")
-        self._user_offset = len(prefix) + len("user.")
-        self._room_offset = len(prefix) + len("room.")
+        self._conn_offset = subjects.tail_offset("conn.")
+        self._user_offset = subjects.tail_offset("user.")
+        self._room_offset = subjects.tail_offset("room.")
         self._tally = metrics.hot
         # Recovering members (gateway/recovery.py), by room and by user: they get these messages from the
         # history stream, with positions, so the core path leaves them out. Empty unless recovery is on.
@@ -154,25 +153,33 @@ class Delivery:
         self, subject: str, reply: str, data: bytes, headers: Headers | None
     ) -> Awaitable[None] | None:
         user = subject[self._user_offset :]
-        members: Iterable[LocalConn] = self.hub.user_conns(user)
-        recovering = self._recovering_users.get(user)
-        if recovering is not None:
-            members = [m for m in members if m.conn_id not in recovering]
-        if reply and self._stored(Scope.USER, user):
-            reply = ""
-        return self._fan_out("user", list(members) if reply else members, reply, data, headers)
+        members = self.hub.user_conns(user)
+        return self._to_members(Scope.USER, user, members, self._recovering_users, reply, data, headers)
 
     def on_room(
         self, subject: str, reply: str, data: bytes, headers: Headers | None
     ) -> Awaitable[None] | None:
         room = subject[self._room_offset :]
-        members: Iterable[LocalConn] = self.hub.room_members(room)
-        recovering = self._recovering_rooms.get(room)
+        members = self.hub.room_members(room)
+        return self._to_members(Scope.ROOM, room, members, self._recovering_rooms, reply, data, headers)
+
+    def _to_members(
+        self,
+        scope: Scope,
+        name: str,
+        members: Iterable[LocalConn],
+        recovering_of: Mapping[str, Container[str]],
+        reply: str,
+        data: bytes,
+        headers: Headers | None,
+    ) -> Awaitable[None] | None:
+        """A ``user.`` or ``room.`` message to this node's members of it, less those that recover it."""
+        recovering = recovering_of.get(name)
         if recovering is not None:
             members = [m for m in members if m.conn_id not in recovering]
-        if reply and self._stored(Scope.ROOM, room):
+        if reply and self._stored(scope, name):
             reply = ""
-        return self._fan_out("room", list(members) if reply else members, reply, data, headers)
+        return self._fan_out(scope.value, list(members) if reply else members, reply, data, headers)
 
     def on_broadcast(
         self, subject: str, reply: str, data: bytes, headers: Headers | None

@@ -27,10 +27,10 @@ class TracedDelivery:
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
         hub = delivery.hub
-        prefix = delivery.subjects.prefix
-        self.on_conn = self._wrap("conn", delivery.on_conn, _count_conn(hub, len(prefix) + len("conn.")))
-        self.on_user = self._wrap("user", delivery.on_user, _count_of(hub.users, len(prefix) + len("user.")))
-        self.on_room = self._wrap("room", delivery.on_room, _count_of(hub.rooms, len(prefix) + len("room.")))
+        offset = delivery.subjects.tail_offset
+        self.on_conn = self._wrap("conn", delivery.on_conn, _count_conn(hub, offset("conn.")))
+        self.on_user = self._wrap("user", delivery.on_user, _count_of(hub.users, offset("user.")))
+        self.on_room = self._wrap("room", delivery.on_room, _count_of(hub.rooms, offset("room.")))
         self.on_broadcast = self._wrap("broadcast", delivery.on_broadcast, lambda _: len(hub.conns))
 
     def handler_for(self, scope: Scope) -> Handler:

@@ -159,6 +159,11 @@ class Subjects:
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
 
+    def tail_offset(self, head: str) -> int:
+        """Where the name starts in every subject ``<prefix><head><name>``, so that hot paths take the
+        name as ``subject[offset:]``: ``Subjects("acme.").tail_offset("conn.")`` is 10."""
+        return len(self.prefix) + len(head)
+
     # Delivery (backend -> clients); fixed contract.
     def conn(self, conn_id: str) -> str:
         return f"{self.prefix}conn.{validate_conn_id(conn_id)}"

@@ -55,7 +55,7 @@ class PresenceApi:
         self.reader = reader
         self.nodes = nodes
         self.subjects = subjects
-        self._offset = len(subjects.prefix) + len("presence.")
+        self._offset = subjects.tail_offset("presence.")
         self._sub: SubscriptionHandle | None = None
 
     async def start(self) -> None:

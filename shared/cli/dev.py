@@ -128,17 +128,24 @@ async def _stop_all(procs: list[asyncio.subprocess.Process]) -> None:
         await asyncio.gather(*(p.wait() for p in procs))
 
 
-async def _start_notify(host: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    """One notification service instance; its metrics port is any free one unless PRISM_METRICS_PORT says."""
-    port = [] if "PRISM_METRICS_PORT" in env else ["--metrics-port", "0"]
+async def _spawn(*args: str, env: dict[str, str], ready_line: bool) -> asyncio.subprocess.Process:
+    """Start ``prism <args>`` as a child that dies with this process and that Ctrl-C does not reach (we
+    forward one SIGTERM); with ``ready_line`` its stdout is a pipe for the one line that says it is ready."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "notify", "--metrics-host", host, *port,
+        sys.executable, "-m", "shared.cli", *args,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,  # one line, "prism notify ready: ... metrics on <url>"
+        stdout=asyncio.subprocess.PIPE if ready_line else None,
         preexec_fn=die_with_parent,
         start_new_session=True,
     )  # fmt: skip
+
+
+async def _start_notify(host: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """One notification service instance; its metrics port is any free one unless PRISM_METRICS_PORT says.
+    Its ready line is "prism notify ready: ... metrics on <url>"."""
+    port = [] if "PRISM_METRICS_PORT" in env else ["--metrics-port", "0"]
+    return await _spawn("notify", "--metrics-host", host, *port, env=env, ready_line=True)
 
 
 async def _notify_ready(proc: asyncio.subprocess.Process, deadline: float) -> str:
@@ -149,14 +156,7 @@ async def _notify_ready(proc: asyncio.subprocess.Process, deadline: float) -> st
 
 async def _start_demo(env: dict[str, str]) -> asyncio.subprocess.Process:
     """The demo backend, so that the echo and chat requests the docs and load tests send are answered."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "demo-backend",
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,  # one line, "prism demo-backend ready: ..."
-        preexec_fn=die_with_parent,
-        start_new_session=True,
-    )  # fmt: skip
+    return await _spawn("demo-backend", env=env, ready_line=True)
 
 
 async def _ready_line(proc: asyncio.subprocess.Process, what: str, deadline: float) -> str:
@@ -219,15 +219,11 @@ class DevNode:
     restarts: deque[float] = field(default_factory=deque)  # loop times of recent restarts
 
     async def start(self) -> asyncio.subprocess.Process:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.cli", "gateway",
-            "--host", self.host, "--port", str(self.port), "--node-id", self.name,
+        self.proc = await _spawn(
+            "gateway", "--host", self.host, "--port", str(self.port), "--node-id", self.name,
             "--metrics-port", "0",  # /metrics on the node's port; PRISM_METRICS_PORT is notify's here
             *(["--api-port", str(self.api_port)] if self.api_port else []),
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-            start_new_session=True,  # Ctrl-C reaches only us; we forward one SIGTERM
+            env=self.env, ready_line=False,  # readiness is its /readyz
         )  # fmt: skip
         return self.proc
 
@@ -316,14 +312,9 @@ class HttpBackendSetup:
             "PRISM_HTTP_DEMO_API_URL": api_url,
             "PRISM_HTTP_DEMO_API_KEY": self.api_key,
         }
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.cli", "http-demo",
-            "--http-demo-host", host, "--http-demo-port", str(self.port),
-            env=demo_env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,  # one line, "prism http-demo ready: ..."
-            preexec_fn=die_with_parent,
-            start_new_session=True,
+        return await _spawn(
+            "http-demo", "--http-demo-host", host, "--http-demo-port", str(self.port),
+            env=demo_env, ready_line=True,
         )  # fmt: skip
 
     def remove(self) -> None:

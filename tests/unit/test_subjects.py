@@ -286,7 +286,7 @@ def test_prefix_applies_to_every_subject() -> None:
 
 
 def test_every_public_subject_builder_is_covered_by_the_prefix_test() -> None:
-    public = {name for name in dir(Subjects) if not name.startswith("_")} - {"prefix", "strip"}
+    public = {name for name in dir(Subjects) if not name.startswith("_")} - {"prefix", "strip", "tail_offset"}
     assert public == {
         "node_beat",
         "node_beats",
@@ -444,3 +444,9 @@ def test_presence_query_subjects() -> None:
         s.presence_user("a.b")
     with pytest.raises(InvalidName):
         s.presence_room("*")
+
+
+def test_tail_offset_is_where_the_name_starts_under_any_prefix() -> None:
+    for subjects in (Subjects(), Subjects("acme.prod.")):
+        assert subjects.conn("n1.abc")[subjects.tail_offset("conn.") :] == "n1.abc"
+        assert subjects.control_user("alice", "close")[subjects.tail_offset("control.user.") :] == "alice.close"
