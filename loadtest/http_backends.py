@@ -73,13 +73,15 @@ def serve_http(port: int) -> None:
 async def serve_nats(url: str) -> None:
     import nats
 
+    from shared.nats_connection import flush_all
+
     nc = await nats.connect(url)
 
     async def echo(msg: Any) -> None:
         await msg.respond(msg.data)
 
     await nc.subscribe("client.event.bench.echo", queue="bench", cb=echo)
-    await nc.flush()
+    await flush_all(nc)
     print("ready", flush=True)
     await asyncio.Event().wait()
 

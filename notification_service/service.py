@@ -122,7 +122,7 @@ class NotifyService:
         if config.notify_client_requests:
             self._self_notify = SelfNotifyListener(nc, js, config, self.metrics)
             await self._self_notify.start()
-        await nc.flush()
+        await nats_connection.flush_all(nc)  # subscribed on the server before we say ready
         self._loop = asyncio.ensure_future(self.worker.run())
         self._backlog = asyncio.ensure_future(self._watch_backlog(js))
         self.state = State.READY

@@ -184,7 +184,7 @@ class DemoBackend:
         }
         for event, handler in handlers.items():
             await nc.subscribe(self.subjects.client_event(event), queue=QUEUE, cb=handler)
-        await nc.flush()  # subscribed on the server before we say ready
+        await nats_connection.flush_all(nc)  # subscribed on the server before we say ready
         log.info("demo backend ready: %s in queue group %s", ", ".join(EVENTS), QUEUE)
 
     async def stop(self) -> None:

@@ -32,6 +32,7 @@ from loadtest.fleet import SAMPLE_EVERY
 from loadtest.procstat import machine_cores
 from loadtest.stats import Latency, summarize
 from loadtest.targets.base import ServerProcess, python
+from shared.nats_connection import flush_all
 
 REPORT_EVERY = 1000
 
@@ -81,7 +82,7 @@ async def main(url: str) -> None:
     await nc.subscribe("bench.reset", cb=on_reset)
     await nc.subscribe("bench.expect", cb=on_expect)
     await nc.subscribe("bench.stats", cb=on_stats)
-    await nc.flush()
+    await flush_all(nc)
     print("nats-alone ready", flush=True)
     await asyncio.Event().wait()
 

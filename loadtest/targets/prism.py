@@ -24,6 +24,7 @@ from loadtest.targets.base import (
     wait_for_ready,
 )
 from shared.headers import SENT_AT
+from shared.nats_connection import flush_all
 
 
 class NatsPublisher:
@@ -162,4 +163,4 @@ class PrismTarget(Target):
             await msg.respond(msg.data)
 
         await nc.subscribe("client.event.bench.echo", queue="bench-echo", cb=echo)
-        await nc.flush()
+        await flush_all(nc)

@@ -21,6 +21,7 @@ import orjson
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from shared.nats_connection import flush_all
 from tests.browser.support import (
     ARTIFACTS,
     CHROMIUM,
@@ -155,7 +156,7 @@ async def chat_backend(nc: NatsClient, event: str = "chat.send") -> None:
 
     await nc.subscribe(f"client.event.{event}", cb=chat)
     await nc.subscribe("client.event.echo", cb=echo)
-    await nc.flush()
+    await flush_all(nc)
 
 
 def _ports_free(*ports: int) -> bool:

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from gateway.node import Node
 from shared.backend import PrismBackend
 from shared.close_codes import should_reconnect
+from shared.nats_connection import flush_all
 from tests.browser.conftest import PageFactory
 from tests.browser.support import REPO, PrismDev, load_sdk, save_screenshot, tsc_binary, wait_js
 from tests.conftest import NodeFactory, ws_url
@@ -200,7 +201,7 @@ async def test_requests_replies_timeouts_and_errors(
     # echo is answered by prism dev's demo backend
     await backend.subscribe("client.event.bytes", cb=binary)
     await backend.subscribe("client.event.silent", cb=ignore)  # never answers
-    await backend.flush()
+    await flush_all(backend)
     page = await new_page()
     await load_sdk(page, prism_dev.http_urls[0])
     results = await page.evaluate(
@@ -233,7 +234,7 @@ async def test_pending_requests_fail_when_the_connection_drops(
     prism_dev: PrismDev, new_page: PageFactory, backend: NatsClient
 ) -> None:
     await backend.subscribe("client.event.hang", cb=ignore)
-    await backend.flush()
+    await flush_all(backend)
     page = await new_page()
     await load_sdk(page, prism_dev.http_urls[1])
     conn = await page.evaluate(
@@ -257,7 +258,7 @@ async def test_binary_messages_both_ways(
 ) -> None:
     raw: asyncio.Queue[Msg] = asyncio.Queue()
     await backend.subscribe("client.message", cb=raw.put)
-    await backend.flush()
+    await flush_all(backend)
     page = await new_page()
     await load_sdk(page, prism_dev.http_urls[0])
     conn = await page.evaluate(

@@ -26,6 +26,7 @@ from gateway.node import Node
 from shared import presence_keys as keys
 from shared.backend import PrismBackend
 from shared.client import PrismClient
+from shared.nats_connection import flush_all
 from tests.helpers import eventually
 from tests.presence_support import expected_keys, reader, registry
 
@@ -224,7 +225,7 @@ async def test_losing_nats_servers_or_jetstream_for_15s_sweeps_nobody(nats_clust
         nats_cluster.restart(1)
         await eventually(lambda: streams_current(nc), timeout=60, what="JetStream back with every replica")
         await eventually(exact, timeout=30, what="the registry to match the nodes again")
-        await nc.flush()
+        await flush_all(nc)
         assert sweeps() == 0
         assert disconnects == []
         assert all(c.close_code is None for c in clients)  # nobody lost their WebSocket

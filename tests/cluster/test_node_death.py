@@ -18,6 +18,7 @@ from shared import presence_keys as keys
 from shared.backend import PresenceQueryError, PrismBackend
 from shared.client import PrismClient
 from shared.close_codes import CloseCode
+from shared.nats_connection import flush_all
 from tests.cluster.conftest import GatewayFactory
 from tests.conftest import NodeFactory
 from tests.helpers import eventually
@@ -77,7 +78,7 @@ async def test_sigkilled_node_is_swept_once_within_the_bound(
     for node in survivors:
         assert node.liveness is not None
         await node.liveness.check()
-    await nc.flush()
+    await flush_all(nc)
     assert len(events) == 30
     metric = "prism_presence_sweeps_total"
     sweeps = [n.registry.get_sample_value(metric, {"node": n.node_id}) or 0 for n in survivors]
@@ -111,7 +112,7 @@ async def test_sigterm_drains_and_leaves_nothing_behind(
     assert survivor.liveness is not None
     assert "leaving" not in survivor.liveness.table.alive()
     assert await survivor.liveness.check() == set()
-    await nc.flush()
+    await flush_all(nc)
     assert sorted(e["conn"] for e in events) == sorted(c.conn_id for c in clients)
     assert {e["code"] for e in events} == {CloseCode.SERVICE_RESTART}
     await nc.close()
@@ -244,7 +245,7 @@ async def test_queries_are_answered_once(nats_server: Any, make_node: NodeFactor
     await nc.subscribe(inbox, cb=replies.put)
     await nc.publish("presence.user.ann", b"", reply=inbox)
     await asyncio.wait_for(replies.get(), 5)
-    await nc.flush()
+    await flush_all(nc)
     # A second answer would come from the other node at about the same time; the queue group prevents it.
     await nc.request("presence.cluster", b"", timeout=5)  # a later round trip through both nodes' NATS
     assert replies.empty()

@@ -20,6 +20,7 @@ from gateway.io.presence_store import BucketOptions
 from gateway.node import Node
 from loadtest.registry import RegistryNode
 from shared.backend import PresenceQueryError, PrismBackend
+from shared.nats_connection import flush_all
 from tests.conftest import NodeFactory
 from tests.helpers import eventually
 from tests.presence_support import node_keys
@@ -71,7 +72,7 @@ async def test_a_dead_node_of_10000_connections_is_swept_within_10s(nats_cluster
         elapsed = time.monotonic() - killed
         print(f"{CONNECTIONS} connections swept {elapsed:.2f}s after the node died")
         assert elapsed < 10
-        await nc.flush()
+        await flush_all(nc)
         assert set(events) == conns
         assert set(events.values()) == {1}
         sweeps = sum(

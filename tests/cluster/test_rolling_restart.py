@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from shared.backend import PrismBackend
 from shared.backoff import Backoff
 from shared.client import ConnState, PrismClient
+from shared.nats_connection import flush_all
 from tests.cluster.conftest import GatewayFactory
 from tests.helpers import eventually
 from tests.presence_support import expected_keys, registry
@@ -46,7 +47,7 @@ async def test_rolling_restart_of_three_nodes_with_300_clients(
 
     await nc.subscribe("client.connect", cb=on_event)
     await nc.subscribe("client.disconnect", cb=on_event)
-    await nc.flush()
+    await flush_all(nc)
     urls = [g.url for g in gateways]
     backoff = Backoff(base=0.05, cap=1.0)
     clients: list[PrismClient] = []
@@ -102,7 +103,7 @@ async def test_rolling_restart_of_three_nodes_with_300_clients(
     await eventually(
         lambda: set(disconnects) == set(connects), what="a disconnect event for every connection"
     )
-    await nc.flush()
+    await flush_all(nc)
     print(f"{len(connects)} connections over the restart, {sum(disconnects.values())} disconnect events")
     assert len(connects) >= 2 * CLIENTS
     assert set(connects.values()) == {1}

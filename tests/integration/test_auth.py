@@ -25,6 +25,7 @@ from shared.client import PrismClient
 from shared.close_codes import CloseCode
 from shared.errors import ConfigError, ConnectFailed
 from shared.frames import refresh
+from shared.nats_connection import flush_all
 from shared.subjects import decode_user_id, encode_user_id
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
@@ -295,7 +296,7 @@ async def test_joins_and_events_are_allowed_only_as_the_claims_say(
             await msg.respond(b'{"ok":true}')
 
     await nc.subscribe("client.event.>", cb=on_event)
-    await nc.flush()
+    await flush_all(nc)
     token = kit.hs256(
         "alice", rooms=["lobby", "user-{user}", "chat-*"], events=["chat.*", "profile.update", "game.>"]
     )
@@ -399,7 +400,7 @@ async def test_the_callout_decides_what_the_claims_do_not_grant(
         # "slow": no answer at all
 
     sub = await nc.subscribe("authz.prism", cb=authorize)
-    await nc.flush()
+    await flush_all(nc)
     ws, welcome = await open_ws(ws_url(node), kit.hs256("alice", rooms=["lobby"], role="member"))
 
     async def join(room: str) -> Frame:
@@ -431,7 +432,7 @@ async def test_the_callout_decides_what_the_claims_do_not_grant(
     assert reply["code"] == "no_responders"  # allowed by the callout; no backend handles it
     assert (asked[-1]["action"], asked[-1]["event"]) == ("event", "chat.send")
     await sub.unsubscribe()
-    await nc.flush()
+    await flush_all(nc)
     answer = await join("vip")
     # Denied either way; which message depends on whether the request met the server after it had
     # dropped the callout's interest ("unavailable", no responders) or raced it (a timeout).

@@ -18,6 +18,7 @@ from shared.backend import PrismBackend
 from shared.backoff import Backoff
 from shared.client import ConnState, PrismClient, StateChange
 from shared.errors import ConnectFailed, ConnectionLost
+from shared.nats_connection import flush_all
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 
@@ -97,7 +98,7 @@ async def test_client_reconnects_when_its_node_restarts_on_the_same_port(
         await events.put(msg)
 
     await nc.subscribe("client.event.note", cb=on_event)
-    await nc.flush()
+    await flush_all(nc)
 
     await node.stop()
     await eventually(lambda: len(states.failures()) >= 2, what="failed attempts while the node is down")
@@ -154,7 +155,7 @@ async def test_a_pending_request_fails_and_queued_deliveries_stay_readable(
 
     await nc.subscribe("client.event.slow", cb=never_answers)
     await nc.subscribe("client.event.echo", cb=echo)
-    await nc.flush()
+    await flush_all(nc)
     client = await PrismClient.connect([ws_url(one), ws_url(two)], reconnect=fast(), randomize=False)
     await backend.deliver(f"conn.{client.conn_id}", "queued before the drop")
     await eventually(lambda: not client._deliveries.empty(), what="the delivery to be queued")

@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 
 from shared.client import PrismClient
 from shared.errors import RequestFailed
+from shared.nats_connection import flush_all
 from tests.conftest import NodeFactory, ws_url
 
 
@@ -22,7 +23,7 @@ async def collect(nc: NatsClient, subject: str, queue: str = "") -> asyncio.Queu
         await received.put(msg)
 
     await nc.subscribe(subject, queue=queue, cb=on_msg)
-    await nc.flush()
+    await flush_all(nc)
     return received
 
 
@@ -53,7 +54,7 @@ async def test_request_reply_round_trip_through_a_queue_group(make_node: NodeFac
         await msg.respond(orjson.dumps({"echo": body, "conn": msg.headers and msg.headers["Prism-Conn"]}))
 
     await nc.subscribe("client.event.echo", queue="echo-service", cb=echo)
-    await nc.flush()
+    await flush_all(nc)
     async with await PrismClient.connect(ws_url(node)) as client:
         answers = await asyncio.gather(*(client.request("echo", {"n": i}) for i in range(10)))
         assert [a["echo"]["n"] for a in answers] == list(range(10))
@@ -75,7 +76,7 @@ async def test_request_that_times_out_gets_timeout_error(make_node: NodeFactory,
         return None
 
     await nc.subscribe("client.event.slow", cb=silent)
-    await nc.flush()
+    await flush_all(nc)
     async with await PrismClient.connect(ws_url(node)) as client:
         with pytest.raises(RequestFailed) as failure:
             await client.request("slow", {})
@@ -89,7 +90,7 @@ async def test_non_json_reply_is_wrapped_as_string_or_base64(make_node: NodeFact
         await msg.respond(b"plain words" if msg.subject.endswith("text") else b"\xff\x00")
 
     await nc.subscribe("client.event.raw.*", cb=answer)
-    await nc.flush()
+    await flush_all(nc)
     async with await PrismClient.connect(ws_url(node)) as client:
         assert await client.request("raw.text") == "plain words"
         assert await client.request("raw.bytes") == "/wA="

@@ -22,6 +22,7 @@ from loadtest.targets.base import free_port
 from shared.backend import PrismBackend
 from shared.client import PrismClient
 from shared.errors import RequestFailed
+from shared.nats_connection import flush_all
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 from tests.integration.http_backend_support import SECRET, RecordingBackend, reply, routes_file
@@ -67,7 +68,7 @@ async def test_a_request_is_answered_by_the_http_backend_and_other_events_still_
 
     await nc.subscribe("client.event.echo", cb=nats_echo)
     await nc.subscribe("client.event.app.>", cb=nats_echo)  # never reached: app.* goes over HTTP
-    await nc.flush()
+    await flush_all(nc)
     async with await PrismClient.connect(ws_url(node), user="alice") as client:
         assert await client.request("app.echo", {"n": 1}) == {"n": 1}
         assert await client.request("echo", {}) == {"from": "nats"}

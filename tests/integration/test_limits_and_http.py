@@ -18,6 +18,7 @@ from gateway.node import Node
 from shared.client import PrismClient
 from shared.close_codes import CloseCode
 from shared.lifecycle import State
+from shared.nats_connection import flush_all
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 from tests.security.tokens import SECRET
@@ -43,7 +44,7 @@ async def test_a_client_that_never_reads_is_closed_as_slow_consumer_and_others_c
     for sent in range(1, 2001):  # bounded: 100 MB at most
         await nc.publish("room.firehose", payload)
         if sent % 20 == 0:
-            await nc.flush()
+            await flush_all(nc)
             while not healthy._deliveries.empty():
                 assert await healthy.receive(5) == payload.decode()
                 received += 1

@@ -30,6 +30,7 @@ from shared import presence_keys as keys
 from shared.backend import PrismBackend
 from shared.client import PrismClient
 from shared.demo_backend import DemoBackend, DemoConfig
+from shared.nats_connection import flush_all
 from shared.nats_permissions import render_users
 from shared.presence import PresenceReader
 from shared.presence_keys import Layout
@@ -99,7 +100,7 @@ async def test_gateway_and_backend_work_under_least_privilege(
     await nc.subscribe("client.connect", cb=on_lifecycle)
     await nc.subscribe("client.disconnect", cb=on_lifecycle)
     await nc.subscribe("client.event.>", queue="backends", cb=on_request)
-    await nc.flush()
+    await flush_all(nc)
 
     first, second = (f"ws://127.0.0.1:{n.port}/ws" for n in nodes)
     ada = await PrismClient.connect(first, user="ada")

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from shared import tracing
 from shared.client import PrismClient
 from shared.errors import RequestFailed
+from shared.nats_connection import flush_all
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 from tests.integration.http_backend_support import RecordingBackend, reply, routes_file
@@ -94,7 +95,7 @@ async def test_a_client_event_span_reaches_the_backend_in_the_headers(
         await msg.respond(msg.headers.get("traceparent", "").encode())
 
     await nc.subscribe("client.event.echo", cb=echo)
-    await nc.flush()
+    await flush_all(nc)
     async with await PrismClient.connect(ws_url(node), user="dave") as client:
         await client.send_event("chat.send", {"text": "hi"})
         msg = await asyncio.wait_for(events.get(), 5)

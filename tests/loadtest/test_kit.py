@@ -26,6 +26,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from shared.nats_connection import flush_all
 from tests.helpers import alive, descendants, eventually, free_port_pair, kill_process_tree, spawn_prism_dev
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +135,7 @@ async def echo_backend(nats_url: str, event: str) -> AsyncIterator[None]:
 
     try:
         await nc.subscribe(f"client.event.{event}", queue="loadtest-echo", cb=echo)
-        await nc.flush()
+        await flush_all(nc)
         yield
     finally:
         await nc.close()

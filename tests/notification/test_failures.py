@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from notification_service import core
 from notification_service.publisher import Notifier
 from shared.client import PrismClient
+from shared.nats_connection import flush_all
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 from tests.notification.conftest import ServiceFactory
@@ -85,7 +86,7 @@ async def test_no_receipt_is_retried_with_a_delay_then_dead_lettered(
         seen.append(asyncio.get_running_loop().time())
 
     await nc.subscribe("user.wendy", cb=swallow)
-    await nc.flush()
+    await flush_all(nc)
     service = await make_service(
         max_deliveries=3, receipt_timeout=0.2, retry_delay=0.3, retry_max_delay=5.0, ack_wait=2.0
     )

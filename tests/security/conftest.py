@@ -15,6 +15,7 @@ from nats.aio.client import Client as NatsClient
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.node import Node
+from shared.nats_connection import flush_all
 from tests.conftest import ws_url
 from tests.helpers import eventually
 
@@ -113,7 +114,7 @@ class Healthy:
         """Stop publishing; every message must arrive, in order, each within :data:`LATENCY_BOUND`."""
         self._stop = True
         await self._writer
-        await self.nc.flush()
+        await flush_all(self.nc)
         await eventually(lambda: self.received >= self.sent, timeout=5, what="the healthy client's messages")
         assert not self.problems, self.problems[:5]
         assert self.sent > 0

@@ -24,6 +24,7 @@ from websockets.frames import Opcode
 
 from gateway.node import Node
 from shared.close_codes import CloseCode
+from shared.nats_connection import flush_all
 from tests.conftest import NodeFactory, ws_url
 from tests.helpers import eventually
 from tests.security.conftest import HOSTILE_LIMITS, metric, rejections, witnessed
@@ -289,7 +290,7 @@ async def test_hostile_names_get_error_frames_and_never_a_subscription(
             with pytest.raises(InvalidStatus) as refused:
                 await connect(ws_url(node, user=quote(user, safe="")), open_timeout=5)
             assert refused.value.response.status_code == 400
-    await nc.flush()
+    await flush_all(nc)
     await eventually(lambda: node_subjects(node) == before, what="the node's subscriptions as before")
     assert not any(s.startswith(("client.event.", "room.")) for s in published), published
     assert node.hub.rooms == {}
@@ -318,7 +319,7 @@ async def test_deeply_nested_json_is_refused_without_parsing_it_deeper(
         await ws.send("[" * 30_000)  # not a command: a raw message for the backends, passed on as is
         await ws.send('{"prism":"leave","room":"a","ref":"after"}')
         assert orjson.loads(await ws.recv()) == {"prism": "ok", "ref": "after"}
-    await nc.flush()
+    await flush_all(nc)
     await eventually(lambda: raw_messages == [b"[" * 30_000], what="the raw message to reach client.message")
     await counted(node, "json_depth", 8)
 
@@ -366,7 +367,7 @@ async def test_a_client_that_never_reads_is_closed_as_a_slow_consumer(
         for sent in range(1, 5001):  # bounded: 80 MB at most
             await nc.publish(f"conn.{conn_id}", payload)
             if sent % 50 == 0:
-                await nc.flush()
+                await flush_all(nc)
                 if metric(node, "prism_slow_consumer_closes_total"):
                     break
         await eventually(lambda: conn_id not in node.hub.conns, what="the slow consumer to be closed")
