@@ -449,4 +449,6 @@ def test_presence_query_subjects() -> None:
 def test_tail_offset_is_where_the_name_starts_under_any_prefix() -> None:
     for subjects in (Subjects(), Subjects("acme.prod.")):
         assert subjects.conn("n1.abc")[subjects.tail_offset("conn.") :] == "n1.abc"
-        assert subjects.control_user("alice", "close")[subjects.tail_offset("control.user.") :] == "alice.close"
+        assert (
+            subjects.control_user("alice", "close")[subjects.tail_offset("control.user.") :] == "alice.close"
+        )
