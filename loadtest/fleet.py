@@ -147,6 +147,7 @@ class Fleet:
         self._waiter: asyncio.Future[None] | None = None
         self._refs = itertools.count(1)
         self._sampler: asyncio.Task[None] | None = None
+        self._sampled = 0  # deliveries and replies already in the timeline
         self._connected = 0
 
     # -- receiving ---------------------------------------------------------------------------------
@@ -190,16 +191,26 @@ class Fleet:
         self.received = self.replies = self.errors = 0
         self.latencies = array("q")
         self.timeline = Timeline(time.time_ns())
+        self._sampled = 0
         if self._sampler is None:
             self._sampler = asyncio.ensure_future(self._sample_throughput())
 
     async def _sample_throughput(self) -> None:
-        last = 0
         while True:
             await asyncio.sleep(self.timeline.width_ns / 1e9)
-            now = self.received + self.replies
-            self.timeline.add(time.time_ns(), max(0, now - last) if now >= last else now)
-            last = now
+            self._sample(time.time_ns())
+
+    def _sample(self, now_ns: int) -> None:
+        count = self.received + self.replies
+        self.timeline.add(now_ns, count - self._sampled)
+        self._sampled = count
+
+    def throughput(self) -> list[float]:
+        """Deliveries and replies per second in each 100 ms since :meth:`reset`, up to now (a phase
+        shorter than 100 ms, as on a fast machine with ``--quick``, still gets its one rate)."""
+        now_ns = time.time_ns()
+        self._sample(now_ns)
+        return self.timeline.rates(until_ns=now_ns)
 
     # -- connecting --------------------------------------------------------------------------------
     async def connect(self, url: str, timeout: float = 30.0) -> Client:

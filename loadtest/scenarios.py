@@ -147,7 +147,7 @@ class _Meter:
 
     def phase(self, name: str, messages: int, expected: int, got: int, seconds: float, fleet: Fleet) -> Phase:
         phase = self.measured(name, messages, expected, got, seconds, summarize(fleet.latencies))
-        phase.timeline = fleet.timeline.rates()
+        phase.timeline = fleet.throughput()
         return phase
 
     def measured(

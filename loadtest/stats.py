@@ -57,7 +57,13 @@ class Timeline:
         if index >= 0:
             buckets[index] += count
 
-    def rates(self) -> list[float]:
-        """Events per second in each bucket."""
+    def rates(self, until_ns: int | None = None) -> list[float]:
+        """Events per second in each bucket. With ``until_ns`` (when counting stopped), the last bucket
+        is as wide as the time it covered, so a phase shorter than one bucket still has its rate."""
         seconds = self.width_ns / 1e9
-        return [count / seconds for count in self.buckets]
+        rates = [count / seconds for count in self.buckets]
+        if until_ns is not None and rates:
+            covered_ns = until_ns - self.start_ns - (len(rates) - 1) * self.width_ns
+            if 0 < covered_ns < self.width_ns:
+                rates[-1] = self.buckets[-1] / (covered_ns / 1e9)
+        return rates

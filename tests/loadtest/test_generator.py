@@ -15,6 +15,7 @@ from loadtest import payload
 from loadtest.rawnats import RawPublisher
 from loadtest.stats import Timeline, summarize
 from loadtest.targets.prism import NatsPublisher, gateway_command
+from shared.nats_connection import flush_all
 
 CHECKOUT = str(Path(__file__).resolve().parents[2])  # a Prism checkout for --before: this one will do
 
@@ -37,7 +38,7 @@ async def test_prepared_conn_publishes_are_the_same_messages_as_plain_ones(
         await got.put(msg)
 
     await nc.subscribe("conn.>", cb=on_msg)
-    await nc.flush()
+    await flush_all(nc)
     raw = await RawPublisher.connect(nats_server.url)
     publisher = NatsPublisher(raw)
     message = payload.make(7, size=100)
@@ -60,6 +61,10 @@ def test_latency_summary_and_timeline() -> None:
     timeline.add(50_000_000, 3)
     timeline.add(250_000_000, 1)
     assert timeline.rates() == [30.0, 0.0, 10.0]
+    assert timeline.rates(until_ns=250_000_000) == [30.0, 0.0, 20.0]  # the last 50 ms held one
+    short = Timeline(start_ns=0, width_s=0.1)
+    short.add(20_000_000, 4)
+    assert short.rates(until_ns=20_000_000) == [200.0]
 
 
 async def test_quick_benchmark_of_prism_and_the_ceiling_writes_every_report(tmp_path: Path) -> None:
