@@ -113,8 +113,7 @@ class Recovery:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._delivered = metrics.hot.recovered  # plain ints on the hot path, exported at scrape
         self._sync_task: asyncio.Task[None] | None = None
-        prefix = self.subjects.prefix
-        self._offsets = {s: len(f"{prefix}recovery.{KEYS[s]}.") for s in Scope}
+        self._offsets = {s: self.subjects.tail_offset(f"recovery.{KEYS[s]}.") for s in Scope}
         self._handlers: dict[Scope, Handler] = {Scope.ROOM: self._on_room, Scope.USER: self._on_user}
         self.subscriptions = InterestSync(
             bus, self._has_channel, self._stored_subject, self._handlers.__getitem__
